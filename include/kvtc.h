@@ -1,0 +1,350 @@
+/*
+ * kvtc.h — KV-cache transform coding (KVTC) as a C library.
+ *
+ * The one public header of libkvtc. The data path is:
+ *
+ *   calibrate (once per model):  caches -> kvtc_calibrator -> kvtc_calibration (.kvtcal)
+ *   compress:   kvtc_cache + calibration + ratio -> .kvtc bytes
+ *   decompress: .kvtc bytes + calibration        -> kvtc_cache (or layer by layer)
+ *
+ * Conventions
+ * - Every function that can fail returns a kvtc_status (KVTC_OK == 0, errors < 0)
+ *   or NULL, and fills the optional caller-owned `kvtc_error *err` (may be NULL)
+ *   with the status and a one-line message naming the problem. The library never
+ *   prints, exits or aborts.
+ * - Handles are opaque, created and freed by the library. Buffers returned through
+ *   `void **out` are freed with kvtc_buffer_free().
+ * - Thread safety: a kvtc_calibration is immutable once made and may be shared by
+ *   any number of threads compressing and decompressing at once. A kvtc_cache or
+ *   kvtc_calibrator must not be used by two threads at once. Functions without a
+ *   handle are thread-safe unless stated otherwise.
+ * - Output is deterministic: the same input, calibration and options give the
+ *   same bytes whatever n_threads is.
+ */
+#ifndef KVTC_H
+#define KVTC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KVTC_BUILDING_SHARED)
+#define KVTC_API __attribute__((visibility("default")))
+#else
+#define KVTC_API
+#endif
+
+#define KVTC_VERSION_MAJOR 0
+#define KVTC_VERSION_MINOR 1
+#define KVTC_VERSION_PATCH 0
+#define KVTC_VERSION_STRING "0.1.0"
+
+/* Version of the library actually linked (may differ from the header's). */
+KVTC_API const char *kvtc_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+
+typedef enum kvtc_status {
+    KVTC_OK = 0,
+    KVTC_E_INVALID = -1,     /* bad argument or option from the caller */
+    KVTC_E_NOMEM = -2,       /* an allocation failed */
+    KVTC_E_IO = -3,          /* open/read/write/rename failed */
+    KVTC_E_FORMAT = -4,      /* not a valid file of this kind (magic, field out of range) */
+    KVTC_E_TRUNCATED = -5,   /* the data ends before the format says it should */
+    KVTC_E_CHECKSUM = -6,    /* a CRC32 or fingerprint does not match: corrupt data */
+    KVTC_E_VERSION = -7,     /* written by a newer, incompatible format version */
+    KVTC_E_MISMATCH = -8,    /* calibration, model shape or positions do not match */
+    KVTC_E_UNSUPPORTED = -9, /* valid but not supported (dtype, rope style, ...) */
+    KVTC_E_NUMERIC = -10,    /* non-finite input, or the eigensolver failed */
+    KVTC_E_CANCELLED = -11   /* a callback asked to stop */
+} kvtc_status;
+
+typedef struct kvtc_error {
+    kvtc_status status;
+    char message[256]; /* one line, no trailing newline */
+} kvtc_error;
+
+/* Short constant name of a status, e.g. "checksum mismatch". Never NULL. */
+KVTC_API const char *kvtc_status_string(kvtc_status status);
+
+/* ------------------------------------------------------------------------ */
+/* Memory                                                                    */
+
+typedef struct kvtc_allocator {
+    void *(*malloc_fn)(size_t size, void *user);
+    void (*free_fn)(void *ptr, void *user);
+    void *user;
+} kvtc_allocator;
+
+/* Route every allocation the library makes (and libdeflate's) through `a`;
+ * NULL restores malloc/free. Process-wide: call it before any other kvtc
+ * function and never while one runs. Not thread-safe. */
+KVTC_API void kvtc_set_allocator(const kvtc_allocator *a);
+
+/* Frees a buffer returned by the library (compressed streams, saved files). */
+KVTC_API void kvtc_buffer_free(void *buf);
+
+/* Progress of long work: stage is a constant string ("calibrate", "eigen",
+ * "error table", "compress", "decompress"); done <= total. Called from the
+ * thread that called the library function. */
+typedef void (*kvtc_progress_fn)(void *user, const char *stage, uint64_t done, uint64_t total);
+
+/* ------------------------------------------------------------------------ */
+/* Model shape and KV caches                                                 */
+
+typedef enum kvtc_rope_style {
+    KVTC_ROPE_NONE = 0,        /* keys carry no rotary embedding */
+    KVTC_ROPE_INTERLEAVED = 1, /* pairs (x[2i], x[2i+1]): llama2.c, GGUF llama "norm" */
+    KVTC_ROPE_NEOX = 2         /* pairs (x[i], x[i + rope_dims/2]): NeoX, qwen2 */
+} kvtc_rope_style;
+
+typedef struct kvtc_model_shape {
+    uint32_t n_layer;
+    uint32_t n_kv_head;
+    uint32_t head_dim;
+    kvtc_rope_style rope_style;
+    uint32_t rope_dims;     /* rotated dims per head, even, <= head_dim; 0 means head_dim */
+    double rope_theta;      /* frequency base, e.g. 10000 */
+    double rope_freq_scale; /* angle = pos * rope_freq_scale * theta^(-2i/rope_dims); 0 means 1 */
+} kvtc_model_shape;
+
+/* Features per token and kind: n_layer * n_kv_head * head_dim. */
+KVTC_API uint64_t kvtc_shape_features(const kvtc_model_shape *shape);
+
+typedef enum kvtc_dtype { KVTC_F32 = 0, KVTC_F16 = 1, KVTC_BF16 = 2 } kvtc_dtype;
+KVTC_API size_t kvtc_dtype_size(kvtc_dtype dtype);
+KVTC_API const char *kvtc_dtype_name(kvtc_dtype dtype); /* "F32", "F16", "BF16" */
+
+typedef enum kvtc_kind { KVTC_KEY = 0, KVTC_VALUE = 1 } kvtc_kind;
+
+/* A KV cache of one sequence: for every layer, keys and values of shape
+ * [n_kv_head][n_tokens][head_dim] in `dtype`, row-major. Keys are post-RoPE, as
+ * the model holds them; token t sits at position pos0 + t. */
+typedef struct kvtc_cache kvtc_cache;
+
+/* A zero-filled cache. n_tokens may be 0. Returns NULL on error. */
+KVTC_API kvtc_cache *kvtc_cache_create(const kvtc_model_shape *shape, kvtc_dtype dtype,
+                                       uint32_t n_tokens, int64_t pos0, kvtc_error *err);
+KVTC_API void kvtc_cache_free(kvtc_cache *cache);
+KVTC_API const kvtc_model_shape *kvtc_cache_shape(const kvtc_cache *cache);
+KVTC_API kvtc_dtype kvtc_cache_dtype(const kvtc_cache *cache);
+KVTC_API uint32_t kvtc_cache_tokens(const kvtc_cache *cache);
+KVTC_API int64_t kvtc_cache_pos0(const kvtc_cache *cache);
+/* Pointer to layer `layer`'s keys or values, [n_kv_head][n_tokens][head_dim]
+ * elements of the cache's dtype; NULL if layer is out of range. Owned by the cache. */
+KVTC_API void *kvtc_cache_data(kvtc_cache *cache, kvtc_kind kind, uint32_t layer);
+KVTC_API const void *kvtc_cache_data_const(const kvtc_cache *cache, kvtc_kind kind,
+                                           uint32_t layer);
+/* Free-text model name carried in metadata ("" if unset). */
+KVTC_API const char *kvtc_cache_model_name(const kvtc_cache *cache);
+KVTC_API kvtc_status kvtc_cache_set_model_name(kvtc_cache *cache, const char *name,
+                                               kvtc_error *err);
+
+/* Safetensors I/O. Tensors "layers.{i}.key" / "layers.{i}.value", shape
+ * [n_kv_head, n_tokens, head_dim], dtype F32/F16/BF16 (all the same);
+ * __metadata__ strings rope_theta, rope_style ("interleaved"|"neox"|"none"),
+ * rope_dims, rope_freq_scale, pos0, model. Missing optional metadata takes the
+ * documented default (rope_style interleaved, rope_dims head_dim, pos0 0). */
+KVTC_API kvtc_status kvtc_cache_load_safetensors(const void *data, size_t len,
+                                                 kvtc_cache **out, kvtc_error *err);
+KVTC_API kvtc_status kvtc_cache_read_safetensors(const char *path, kvtc_cache **out,
+                                                 kvtc_error *err);
+KVTC_API kvtc_status kvtc_cache_save_safetensors(const kvtc_cache *cache, void **out,
+                                                 size_t *out_len, kvtc_error *err);
+/* Writes to a temporary file in the same folder, then renames it into place:
+ * a failure never leaves a partial file under `path`. */
+KVTC_API kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const char *path,
+                                                  kvtc_error *err);
+
+/* ------------------------------------------------------------------------ */
+/* Calibration                                                               */
+
+typedef struct kvtc_calib_options {
+    uint32_t sinks;         /* first tokens never compressed (default 4) */
+    uint32_t window;        /* last tokens never compressed (default 128) */
+    uint32_t rank;          /* max basis columns kept per kind; 0 = min(p, 2048) */
+    uint32_t heldout_every; /* every k-th eligible token is held out for the DP (default 8) */
+    uint32_t max_heldout;   /* cap on held-out rows per kind (default 4096) */
+    uint32_t n_threads;     /* 0 = 1 */
+    kvtc_progress_fn progress;
+    void *progress_user;
+} kvtc_calib_options;
+
+KVTC_API void kvtc_calib_options_default(kvtc_calib_options *opt);
+
+typedef struct kvtc_calibrator kvtc_calibrator;
+typedef struct kvtc_calibration kvtc_calibration;
+
+KVTC_API kvtc_calibrator *kvtc_calibrator_create(const kvtc_model_shape *shape,
+                                                 const kvtc_calib_options *opt,
+                                                 kvtc_error *err);
+/* Streams one cache in: its tokens (minus sinks and window) update the running
+ * covariance in double precision; every heldout_every-th goes to the held-out
+ * set instead. The cache is not kept. Shape must match the calibrator's. */
+KVTC_API kvtc_status kvtc_calibrator_add(kvtc_calibrator *cal, const kvtc_cache *cache,
+                                         kvtc_error *err);
+/* Mean, PCA basis (LAPACK symmetric eigensolver), and the DP error table. */
+KVTC_API kvtc_status kvtc_calibrator_finish(kvtc_calibrator *cal, kvtc_calibration **out,
+                                            kvtc_error *err);
+KVTC_API uint64_t kvtc_calibrator_rows(const kvtc_calibrator *cal, kvtc_kind kind);
+KVTC_API void kvtc_calibrator_free(kvtc_calibrator *cal);
+
+/* .kvtcal files (docs/FORMAT.md). Loading verifies every checksum and the fingerprint. */
+KVTC_API kvtc_status kvtc_calibration_load(const void *data, size_t len,
+                                           kvtc_calibration **out, kvtc_error *err);
+KVTC_API kvtc_status kvtc_calibration_read(const char *path, kvtc_calibration **out,
+                                           kvtc_error *err);
+KVTC_API kvtc_status kvtc_calibration_save(const kvtc_calibration *cal, void **out,
+                                           size_t *out_len, kvtc_error *err);
+KVTC_API kvtc_status kvtc_calibration_write(const kvtc_calibration *cal, const char *path,
+                                            kvtc_error *err); /* atomic, like above */
+KVTC_API void kvtc_calibration_free(kvtc_calibration *cal);
+
+KVTC_API const kvtc_model_shape *kvtc_calibration_shape(const kvtc_calibration *cal);
+KVTC_API uint32_t kvtc_calibration_sinks(const kvtc_calibration *cal);
+KVTC_API uint32_t kvtc_calibration_window(const kvtc_calibration *cal);
+KVTC_API uint32_t kvtc_calibration_rank(const kvtc_calibration *cal, kvtc_kind kind);
+KVTC_API uint64_t kvtc_calibration_rows(const kvtc_calibration *cal, kvtc_kind kind);
+/* Eigenvalues (variance per basis column, decreasing), `rank` of them; and the
+ * total variance over all p features, for explained-variance curves. */
+KVTC_API const float *kvtc_calibration_eigenvalues(const kvtc_calibration *cal, kvtc_kind kind);
+KVTC_API double kvtc_calibration_total_variance(const kvtc_calibration *cal, kvtc_kind kind);
+/* 32-byte SHA-256 of the file's contents; a .kvtc records it. */
+KVTC_API const uint8_t *kvtc_calibration_fingerprint(const kvtc_calibration *cal);
+
+/* ------------------------------------------------------------------------ */
+/* Bit allocation plans                                                      */
+
+typedef enum kvtc_qtype {
+    KVTC_Q_NONE = 0, /* dropped: 0 bits, no shift/scale */
+    KVTC_Q_INT2 = 1,
+    KVTC_Q_INT4 = 2,
+    KVTC_Q_FP8 = 3,  /* e4m3 */
+    KVTC_Q_INT8 = 4
+} kvtc_qtype;
+#define KVTC_QTYPE_COUNT 5
+KVTC_API const char *kvtc_qtype_name(kvtc_qtype t); /* "none","int2","int4","fp8","int8" */
+KVTC_API uint32_t kvtc_qtype_bits(kvtc_qtype t);    /* 0, 2, 4, 8, 8 */
+
+/* A group of basis coordinates [start, start + size) quantized with `type`.
+ * Sizes are 1, 16, 64, 256 or 1024 and start is a multiple of size. */
+typedef struct kvtc_group {
+    uint32_t start;
+    uint32_t size;
+    kvtc_qtype type;
+} kvtc_group;
+
+/* The plan of one kind: groups covering [0, n_coords) in order, trailing
+ * dropped groups removed. Bits per token: sum(size*bits + 32) over non-empty groups. */
+typedef struct kvtc_plan kvtc_plan;
+
+/* The DP-optimal plan for target ratio `ratio` (> 1): budget floor(16*p/ratio)
+ * bits per token, minimizing the held-out squared error from the error table. */
+KVTC_API kvtc_status kvtc_plan_create(const kvtc_calibration *cal, kvtc_kind kind, double ratio,
+                                      kvtc_plan **out, kvtc_error *err);
+KVTC_API void kvtc_plan_free(kvtc_plan *plan);
+KVTC_API uint32_t kvtc_plan_group_count(const kvtc_plan *plan);
+KVTC_API const kvtc_group *kvtc_plan_groups(const kvtc_plan *plan);
+KVTC_API uint32_t kvtc_plan_bits_per_token(const kvtc_plan *plan);
+KVTC_API uint32_t kvtc_plan_budget_bits(const kvtc_plan *plan);
+/* Held-out relative squared error the error table predicts for this plan. */
+KVTC_API double kvtc_plan_predicted_error(const kvtc_plan *plan);
+
+/* ------------------------------------------------------------------------ */
+/* Compression (.kvtc streams, docs/FORMAT.md)                               */
+
+typedef struct kvtc_compress_options {
+    double k_ratio;          /* target ratio for keys (> 1); default 16 */
+    double v_ratio;          /* target ratio for values (> 1); default 16 */
+    uint32_t block_tokens;   /* tokens per independently decodable block (default 256) */
+    uint32_t n_threads;      /* 0 = 1 */
+    int deflate_level;       /* 1..12, default 6 */
+    kvtc_progress_fn progress;
+    void *progress_user;
+} kvtc_compress_options;
+
+KVTC_API void kvtc_compress_options_default(kvtc_compress_options *opt);
+
+/* Compresses a whole cache. The first `sinks` and last `window` tokens (from the
+ * calibration) are stored raw, bit-exact in the cache's dtype; a cache shorter
+ * than sinks + window is stored entirely raw. *out is freed with kvtc_buffer_free. */
+KVTC_API kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
+                                   const kvtc_compress_options *opt, void **out,
+                                   size_t *out_len, kvtc_error *err);
+
+/* Appends tokens to an existing stream without re-encoding its earlier blocks:
+ * `more` must continue `prev` (more's pos0 == prev's pos0 + prev's n_tokens, same
+ * shape and dtype). Tokens leaving the raw window are encoded into new blocks. */
+KVTC_API kvtc_status kvtc_append(const kvtc_calibration *cal, const void *prev, size_t prev_len,
+                                 const kvtc_cache *more, const kvtc_compress_options *opt,
+                                 void **out, size_t *out_len, kvtc_error *err);
+
+typedef struct kvtc_decompress_options {
+    uint32_t n_threads; /* 0 = 1 */
+    kvtc_progress_fn progress;
+    void *progress_user;
+} kvtc_decompress_options;
+
+/* Restores the whole cache (dtype and positions as compressed). Refuses a
+ * stream made with another calibration (KVTC_E_MISMATCH naming both fingerprints). */
+KVTC_API kvtc_status kvtc_decompress(const kvtc_calibration *cal, const void *data, size_t len,
+                                     const kvtc_decompress_options *opt, kvtc_cache **out,
+                                     kvtc_error *err);
+
+/* Called once per layer, in order 0..n_layer-1, as soon as that layer is
+ * restored; key and value are [n_kv_head][n_tokens][head_dim] of the stream's
+ * dtype, valid only during the call. Return non-zero to stop (KVTC_E_CANCELLED). */
+typedef int (*kvtc_layer_fn)(void *user, uint32_t layer, const void *key, const void *value);
+
+/* Layer-by-layer decode: the shared coefficients are decoded first, then each
+ * layer is reconstructed and handed over, so a model can start on layer 0. */
+KVTC_API kvtc_status kvtc_decompress_layers(const kvtc_calibration *cal, const void *data,
+                                            size_t len, const kvtc_decompress_options *opt,
+                                            kvtc_layer_fn fn, void *user, kvtc_error *err);
+
+/* Decodes the tokens of one block alone (see kvtc_stream_info.n_blocks); the
+ * returned cache's pos0 is the block's first position. Block 0 and the last
+ * block are the raw sinks and window when present. */
+KVTC_API kvtc_status kvtc_decompress_block(const kvtc_calibration *cal, const void *data,
+                                           size_t len, uint32_t block,
+                                           const kvtc_decompress_options *opt, kvtc_cache **out,
+                                           kvtc_error *err);
+
+typedef struct kvtc_stream_info {
+    uint32_t format_version;
+    kvtc_model_shape shape;
+    kvtc_dtype dtype;
+    int64_t pos0;
+    uint32_t n_tokens;          /* all tokens */
+    uint32_t sinks, window;     /* raw tokens at each end actually stored */
+    uint32_t compressed_tokens; /* n_tokens - raw ones */
+    uint32_t n_blocks;          /* all blocks, raw ones included */
+    uint32_t block_tokens;
+    uint32_t k_bits_per_token, v_bits_per_token; /* plans' bits before DEFLATE */
+    double k_ratio, v_ratio;    /* targets the plans were made for */
+    uint64_t compressed_bytes;  /* bytes of the compressed blocks (records, headers, CRCs) */
+    uint64_t raw_bytes;         /* bytes of the raw sink and window blocks */
+    uint64_t total_bytes;       /* the whole stream */
+    uint8_t calib_fingerprint[32];
+    char model_name[64];
+} kvtc_stream_info;
+
+/* Parses and checks the header (not the block payloads). */
+KVTC_API kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_stream_info *info,
+                                          kvtc_error *err);
+
+/* Reads a whole file into a buffer freed with kvtc_buffer_free. */
+KVTC_API kvtc_status kvtc_read_file(const char *path, void **out, size_t *out_len,
+                                    kvtc_error *err);
+/* Writes a buffer through a temporary file renamed into place. */
+KVTC_API kvtc_status kvtc_write_file_atomic(const char *path, const void *data, size_t len,
+                                            kvtc_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVTC_H */

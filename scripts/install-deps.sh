@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building and testing kvtc needs on Debian 12; does nothing when
+# everything is already there. Run as root (or with sudo available).
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libdeflate-dev libopenblas-dev liblapacke-dev
+      libzstd-dev zstd clang python3 python3-pip python3-venv valgrind)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,148 @@
+/* Number formats: fp16, bf16 and fp8 (e4m3) conversions, and cache dtypes. */
+#include "kvtc_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return x;
+}
+
+static float bits_f32(uint32_t x)
+{
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+uint16_t kvtc_f32_to_f16(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf or nan */
+        return sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u);
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: overflow */
+        return sign | 0x7c00u;
+    if (ax < 0x38800000u) { /* below 2^-14: fp16 subnormal or zero */
+        /* Scaling by 2^24 is exact; rintf rounds half to even. */
+        return sign | (uint16_t)rintf(bits_f32(ax) * 16777216.0f);
+    }
+    uint32_t h = ((((ax >> 23) - 127u + 15u)) << 10) | ((ax & 0x7fffffu) >> 13);
+    uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u)))
+        h++; /* a carry into the exponent is the correct rounding */
+    return sign | (uint16_t)h;
+}
+
+float kvtc_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) {
+        float f = (float)m * (1.0f / 16777216.0f);
+        return sign ? -f : f;
+    }
+    if (e == 31)
+        return bits_f32(sign | 0x7f800000u | (m << 13));
+    return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+uint16_t kvtc_f32_to_bf16(float f)
+{
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40u); /* quiet nan, sign kept */
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+float kvtc_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+/* OCP fp8 E4M3 ("e4m3fn"): bias 7, no infinities, max 448, 0x7f/0xff = nan. */
+uint8_t kvtc_f32_to_e4m3(float f)
+{
+    if (isnan(f))
+        return 0x7f;
+    uint8_t sign = signbit(f) ? 0x80 : 0x00;
+    float a = fabsf(f);
+    if (a >= 448.0f)
+        return sign | 0x7e;
+    if (a < 0.015625f) /* below 2^-6: subnormal steps of 2^-9 */
+        return sign | (uint8_t)rintf(a * 512.0f); /* 8 -> 0x08 = 2^-6, correct */
+    int e;
+    frexpf(a, &e);                      /* a = m * 2^e, m in [0.5, 1) */
+    float q = ldexpf(a, 4 - e);         /* in [8, 16): 1.mmm scaled by 8 */
+    uint32_t r = (uint32_t)rintf(q);
+    int exp = e - 1;                    /* a in [2^exp, 2^(exp+1)) */
+    if (r == 16) {
+        r = 8;
+        exp++;
+    }
+    int be = exp + 7;
+    uint32_t code = ((uint32_t)be << 3) | (r - 8);
+    if (code > 0x7e)
+        code = 0x7e;
+    return sign | (uint8_t)code;
+}
+
+float kvtc_e4m3_to_f32(uint8_t b)
+{
+    uint32_t e = (b >> 3) & 15u, m = b & 7u;
+    float v;
+    if (e == 15 && m == 7)
+        return NAN;
+    if (e == 0)
+        v = (float)m * (1.0f / 512.0f);
+    else
+        v = ldexpf(1.0f + (float)m / 8.0f, (int)e - 7);
+    return (b & 0x80) ? -v : v;
+}
+
+bool kvtc_dtype_valid(kvtc_dtype dtype)
+{
+    return dtype == KVTC_F32 || dtype == KVTC_F16 || dtype == KVTC_BF16;
+}
+
+size_t kvtc_dtype_size(kvtc_dtype dtype)
+{
+    switch (dtype) {
+    case KVTC_F32: return 4;
+    case KVTC_F16: return 2;
+    case KVTC_BF16: return 2;
+    }
+    return 0;
+}
+
+const char *kvtc_dtype_name(kvtc_dtype dtype)
+{
+    switch (dtype) {
+    case KVTC_F32: return "F32";
+    case KVTC_F16: return "F16";
+    case KVTC_BF16: return "BF16";
+    }
+    return "?";
+}
+
+void kvtc_to_f32(kvtc_dtype dtype, const void *src, float *dst, size_t n)
+{
+    const uint16_t *h = src;
+    switch (dtype) {
+    case KVTC_F32: memcpy(dst, src, n * 4); break;
+    case KVTC_F16: for (size_t i = 0; i < n; i++) dst[i] = kvtc_f16_to_f32(h[i]); break;
+    case KVTC_BF16: for (size_t i = 0; i < n; i++) dst[i] = kvtc_bf16_to_f32(h[i]); break;
+    }
+}
+
+void kvtc_from_f32(kvtc_dtype dtype, const float *src, void *dst, size_t n)
+{
+    uint16_t *h = dst;
+    switch (dtype) {
+    case KVTC_F32: memcpy(dst, src, n * 4); break;
+    case KVTC_F16: for (size_t i = 0; i < n; i++) h[i] = kvtc_f32_to_f16(src[i]); break;
+    case KVTC_BF16: for (size_t i = 0; i < n; i++) h[i] = kvtc_f32_to_bf16(src[i]); break;
+    }
+}

@@ -1,0 +1,46 @@
+/* Rotary position embedding: undone on keys before projection (the basis is
+ * position-free) and redone after reconstruction. */
+#include "kvtc_internal.h"
+
+#include <math.h>
+
+static uint32_t rope_dims_of(const kvtc_model_shape *s)
+{
+    return s->rope_dims ? s->rope_dims : s->head_dim;
+}
+
+void kvtc_rope_angles(const kvtc_model_shape *shape, int64_t pos, float *cos_out, float *sin_out)
+{
+    uint32_t dims = rope_dims_of(shape);
+    double scale = shape->rope_freq_scale > 0 ? shape->rope_freq_scale : 1.0;
+    for (uint32_t i = 0; i < dims / 2; i++) {
+        double freq = pow(shape->rope_theta, -2.0 * (double)i / (double)dims);
+        double angle = (double)pos * scale * freq;
+        cos_out[i] = (float)cos(angle);
+        sin_out[i] = (float)sin(angle);
+    }
+}
+
+void kvtc_rope_apply(const kvtc_model_shape *shape, float *head, const float *cos_t,
+                     const float *sin_t, bool inverse)
+{
+    uint32_t dims = rope_dims_of(shape), half = dims / 2;
+    uint32_t stride = shape->rope_style == KVTC_ROPE_INTERLEAVED ? 2 : 1;
+    uint32_t partner = shape->rope_style == KVTC_ROPE_INTERLEAVED ? 1 : half;
+    if (shape->rope_style == KVTC_ROPE_NONE)
+        return;
+    for (uint32_t i = 0; i < half; i++) {
+        float c = cos_t[i], s = inverse ? -sin_t[i] : sin_t[i];
+        float *a = &head[i * stride], *b = a + partner;
+        float x0 = *a, x1 = *b;
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+}
+
+void kvtc_rope_rotate(const kvtc_model_shape *shape, float *head, int64_t pos, bool inverse)
+{
+    float c[512], s[512]; /* rope_dims <= 1024 is enforced by kvtc_shape_check */
+    kvtc_rope_angles(shape, pos, c, s);
+    kvtc_rope_apply(shape, head, c, s, inverse);
+}
