@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue #2 acceptance on real KV caches: calibrate on 4 sequences of 512 tokens
+# sampled from stories260K, then compress a fifth sequence at 8x and 16x and check
+# the realized ratio and the relative errors against the issue's bounds.
+set -euo pipefail
+model="${KVTC_SHARED_DIR:-../shared}/models/stories260K.bin"
+if [ ! -f "$model" ]; then
+  echo "skip: $model is absent (the shared test model is needed for this test)"
+  exit 77
+fi
+kvtc="${KVTC_BIN:?KVTC_BIN not set}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+for seed in 1 2 3 4 5; do
+  "$kvtc" capture --model "$model" --sample 512 --seed "$seed" -o "$tmp/seq$seed.safetensors"
+done
+"$kvtc" calibrate -o "$tmp/cal.kvtcal" "$tmp"/seq{1,2,3,4}.safetensors
+
+check() { # ratio, max K error, max V error
+  "$kvtc" stats -c "$tmp/cal.kvtcal" --ratio "$1" --json "$tmp/seq5.safetensors" > "$tmp/r$1.json"
+  python3 - "$tmp/r$1.json" "$1" "$2" "$3" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+target, kmax, vmax = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+print(f"ratio {target:g}: realized {r['ratio']:.2f}x (file {r['file_ratio']:.2f}x), "
+      f"K rel err {r['k_rel_error']:.4f} (<= {kmax}), V rel err {r['v_rel_error']:.4f} (<= {vmax})")
+ok = r["ratio"] >= target and r["k_rel_error"] <= kmax and r["v_rel_error"] <= vmax
+ok = ok and r["tokens"] == 512 and r["compressed_tokens"] == 512 - 4 - 128
+sys.exit(0 if ok else 1)
+PY
+}
+check 8 0.09 0.10
+check 16 0.25 0.28
