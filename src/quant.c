@@ -78,7 +78,8 @@ void kvtc_quant_group(kvtc_qtype type, const float *x, uint32_t n, uint16_t *shi
     float inv = sc > 0.0f ? 1.0f / sc : 0.0f;
     for (uint32_t i = 0; i < n; i++) {
         float q = floorf((x[i] - s) * inv + 0.5f);
-        codes[i] = (uint8_t)(q <= 0.0f ? 0u : q >= (float)levels ? levels : (uint32_t)q);
+        /* NaN (from inf inputs) goes to 0: converting it to an integer is undefined. */
+        codes[i] = (uint8_t)(q >= (float)levels ? levels : q > 0.0f ? (uint32_t)q : 0u);
     }
 }
 

@@ -1,0 +1,367 @@
+/* Calibration PCA: samples of a known covariance Q diag(lambda) Q^T give back
+ * its eigenvalues and principal subspace; streaming in pieces equals one add;
+ * the held-out selection is deterministic and counted across caches; bad
+ * input is refused. */
+#include "kvtc_internal.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define P 32 /* 2 layers x 2 kv heads x head_dim 8 */
+static const kvtc_model_shape SHAPE = {2, 2, 8, KVTC_ROPE_INTERLEAVED, 0, 10000.0, 0};
+
+typedef struct truth {
+    double q[P][P]; /* orthonormal columns */
+    double lambda[P];
+    double mean[P];
+} truth;
+
+static void make_truth(truth *t, test_rng *r)
+{
+    /* Gram-Schmidt on a Gaussian matrix gives a random orthonormal Q. */
+    for (int j = 0; j < P; j++) {
+        for (int i = 0; i < P; i++)
+            t->q[i][j] = rng_gaussian(r);
+        for (int pass = 0; pass < 2; pass++)
+            for (int k = 0; k < j; k++) {
+                double dot = 0;
+                for (int i = 0; i < P; i++)
+                    dot += t->q[i][j] * t->q[i][k];
+                for (int i = 0; i < P; i++)
+                    t->q[i][j] -= dot * t->q[i][k];
+            }
+        double norm = 0;
+        for (int i = 0; i < P; i++)
+            norm += t->q[i][j] * t->q[i][j];
+        for (int i = 0; i < P; i++)
+            t->q[i][j] /= sqrt(norm);
+        t->lambda[j] = 10.0 * pow(0.6, j);
+        t->mean[j] = 3.0 * rng_gaussian(r);
+    }
+}
+
+/* A cache of n tokens at pos0 whose key and value rows (keys before RoPE) are
+ * mean + Q diag(sqrt(lambda)) z. */
+static kvtc_cache *sample_cache(const truth *t, uint32_t n, int64_t pos0, test_rng *r)
+{
+    kvtc_error err;
+    kvtc_cache *c = kvtc_cache_create(&SHAPE, KVTC_F32, n, pos0, &err);
+    if (!c)
+        return NULL;
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    for (int kind = 0; kind < 2; kind++)
+        for (uint32_t tok = 0; tok < n; tok++) {
+            double z[P], x[P];
+            for (int j = 0; j < P; j++)
+                z[j] = sqrt(t->lambda[j]) * rng_gaussian(r);
+            for (int i = 0; i < P; i++) {
+                x[i] = t->mean[i];
+                for (int j = 0; j < P; j++)
+                    x[i] += t->q[i][j] * z[j];
+            }
+            for (uint32_t l = 0; l < s->n_layer; l++) {
+                float *layer = kvtc_cache_data(c, (kvtc_kind)kind, l);
+                for (uint32_t h = 0; h < s->n_kv_head; h++) {
+                    float *head = layer + ((size_t)h * n + tok) * s->head_dim;
+                    for (uint32_t d = 0; d < s->head_dim; d++)
+                        head[d] = (float)x[(l * s->n_kv_head + h) * s->head_dim + d];
+                    if (kind == KVTC_KEY)
+                        kvtc_rope_rotate(s, head, pos0 + tok, false);
+                }
+            }
+        }
+    return c;
+}
+
+static void test_known_covariance(void)
+{
+    test_rng r;
+    rng_seed(&r, 1);
+    truth t;
+    make_truth(&t, &r);
+    kvtc_calib_options opt;
+    kvtc_calib_options_default(&opt);
+    opt.rank = 12;
+    kvtc_error err;
+    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    if (!CHECK(cal != NULL))
+        return;
+    for (int i = 0; i < 8; i++) {
+        kvtc_cache *c = sample_cache(&t, 4000, 100 * i, &r);
+        CHECK_OK(kvtc_calibrator_add(cal, c, &err), &err);
+        kvtc_cache_free(c);
+    }
+    kvtc_calibration *out = NULL;
+    CHECK_OK(kvtc_calibrator_finish(cal, &out, &err), &err);
+    kvtc_calibrator_free(cal);
+    if (!out)
+        return;
+    for (int kind = 0; kind < 2; kind++) {
+        const struct kvtc_calib_kind *k = &out->kind[kind];
+        CHECK_EQ(k->rank, 12);
+        double sum_lambda = 0;
+        for (int j = 0; j < P; j++)
+            sum_lambda += t.lambda[j];
+        CHECK_MSG(fabs(k->total_variance / sum_lambda - 1) < 0.03,
+                  "total variance %g, want %g", k->total_variance, sum_lambda);
+        for (int i = 0; i < P; i++)
+            CHECK_MSG(fabs(k->mean[i] - t.mean[i]) < 0.05, "mean[%d] = %g, want %g", i,
+                      k->mean[i], t.mean[i]);
+        for (uint32_t j = 0; j < k->rank; j++) {
+            CHECK_MSG(fabs(k->eigenvalues[j] / t.lambda[j] - 1) < 0.05,
+                      "kind %d eigenvalue %u = %g, want %g", kind, j, k->eigenvalues[j],
+                      t.lambda[j]);
+            if (j > 0)
+                CHECK(k->eigenvalues[j] <= k->eigenvalues[j - 1]);
+            /* Orthonormal columns, the first few aligned with Q's, each with
+             * its largest component positive. */
+            double dot_q = 0, biggest = 0;
+            for (int i = 0; i < P; i++) {
+                float v = k->basis[i * k->rank + j];
+                dot_q += v * t.q[i][j];
+                if (fabs(v) > fabs(biggest))
+                    biggest = v;
+            }
+            CHECK_MSG(biggest > 0, "column %u: largest component is negative", j);
+            if (j < 6)
+                CHECK_MSG(fabs(dot_q) > 0.98, "kind %d column %u: |<v, q>| = %g", kind, j,
+                          fabs(dot_q));
+            for (uint32_t j2 = 0; j2 <= j; j2++) {
+                double dot = 0;
+                for (int i = 0; i < P; i++)
+                    dot += (double)k->basis[i * k->rank + j] * k->basis[i * k->rank + j2];
+                CHECK_MSG(fabs(dot - (j == j2)) < 1e-5, "columns %u, %u: dot %g", j, j2, dot);
+            }
+        }
+        /* The principal subspace of dimension 8 captures Q's first 8 columns. */
+        double captured = 0;
+        for (int j = 0; j < 8; j++)
+            for (int j2 = 0; j2 < 8; j2++) {
+                double dot = 0;
+                for (int i = 0; i < P; i++)
+                    dot += k->basis[i * k->rank + j2] * t.q[i][j];
+                captured += dot * dot;
+            }
+        CHECK_MSG(captured / 8 > 0.99, "subspace alignment %g", captured / 8);
+    }
+    kvtc_calibration_free(out);
+}
+
+/* Calibrates one cache of n sampled tokens. */
+static kvtc_status calibrate_sample(const truth *t, uint32_t n, const kvtc_calib_options *opt,
+                                    uint64_t seed, kvtc_calibration **out, kvtc_error *err)
+{
+    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, opt, err);
+    if (!cal)
+        return err->status;
+    test_rng r;
+    rng_seed(&r, seed);
+    kvtc_cache *c = sample_cache(t, n, 0, &r);
+    kvtc_status st = c ? kvtc_calibrator_add(cal, c, err) : KVTC_E_NOMEM;
+    if (st == KVTC_OK)
+        st = kvtc_calibrator_finish(cal, out, err);
+    kvtc_cache_free(c);
+    kvtc_calibrator_free(cal);
+    return st;
+}
+
+static bool same_file(const kvtc_calibration *a, const kvtc_calibration *b)
+{
+    void *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    bool same = kvtc_calibration_save(a, &x, &nx, NULL) == KVTC_OK &&
+                kvtc_calibration_save(b, &y, &ny, NULL) == KVTC_OK && nx == ny &&
+                memcmp(x, y, nx) == 0;
+    kvtc_buffer_free(x);
+    kvtc_buffer_free(y);
+    return same;
+}
+
+/* Same data, any n_threads: the same bytes; row counts follow heldout_every. */
+static void test_threads_and_counts(void)
+{
+    test_rng r;
+    rng_seed(&r, 2);
+    truth t;
+    make_truth(&t, &r);
+    kvtc_calib_options opt;
+    kvtc_calib_options_default(&opt);
+    opt.sinks = 0;
+    opt.window = 0;
+    opt.heldout_every = 5;
+    kvtc_error err;
+    kvtc_calibration *a = NULL, *b = NULL;
+    CHECK_OK(calibrate_sample(&t, 3000, &opt, 9, &a, &err), &err);
+    opt.n_threads = 3;
+    CHECK_OK(calibrate_sample(&t, 3000, &opt, 9, &b, &err), &err);
+    if (a && b) {
+        CHECK_MSG(same_file(a, b), "n_threads changed the calibration");
+        for (int kind = 0; kind < 2; kind++) {
+            CHECK_EQ(a->kind[kind].n_heldout, 600);
+            CHECK_EQ(a->kind[kind].rows, 2400);
+        }
+    }
+    kvtc_calibration_free(a);
+    kvtc_calibration_free(b);
+}
+
+/* Splits one cache into pieces by copying tokens, so that the pieces hold the
+ * very same rows: the covariance must not care how the stream was cut. */
+static void test_split_equals_whole(void)
+{
+    test_rng r;
+    rng_seed(&r, 3);
+    truth t;
+    make_truth(&t, &r);
+    kvtc_calib_options opt;
+    kvtc_calib_options_default(&opt);
+    opt.sinks = 0;
+    opt.window = 0;
+    opt.heldout_every = 7;
+    const uint32_t n = 2600;
+    kvtc_cache *whole = sample_cache(&t, n, 0, &r);
+    if (!CHECK(whole != NULL))
+        return;
+    const uint32_t cuts_aligned[] = {0, 512, 1792, n}; /* multiples of the 256-row batch */
+    const uint32_t cuts_ragged[] = {0, 1, 333, 334, 2000, n};
+    const uint32_t *cut_sets[2] = {cuts_aligned, cuts_ragged};
+    const int n_cuts[2] = {4, 6};
+    kvtc_error err;
+    kvtc_calibration *ref = NULL;
+    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    CHECK_OK(kvtc_calibrator_add(cal, whole, &err), &err);
+    CHECK_OK(kvtc_calibrator_finish(cal, &ref, &err), &err);
+    kvtc_calibrator_free(cal);
+    for (int set = 0; set < 2 && ref; set++) {
+        cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+        for (int i = 0; i + 1 < n_cuts[set]; i++) {
+            uint32_t a = cut_sets[set][i], b = cut_sets[set][i + 1];
+            kvtc_cache *piece = kvtc_cache_create(&SHAPE, KVTC_F32, b - a, a, &err);
+            kvtc_cache_copy_tokens(piece, 0, whole, a, b - a);
+            CHECK_OK(kvtc_calibrator_add(cal, piece, &err), &err);
+            kvtc_cache_free(piece);
+        }
+        kvtc_calibration *got = NULL;
+        CHECK_OK(kvtc_calibrator_finish(cal, &got, &err), &err);
+        kvtc_calibrator_free(cal);
+        if (!got)
+            continue;
+        if (set == 0) {
+            CHECK_MSG(same_file(ref, got), "aligned pieces give a different calibration");
+        } else {
+            /* Other batch cuts change only rounding. */
+            for (int kind = 0; kind < 2; kind++) {
+                const struct kvtc_calib_kind *x = &ref->kind[kind], *y = &got->kind[kind];
+                CHECK_EQ(x->rows, y->rows);
+                CHECK_EQ(x->n_heldout, y->n_heldout);
+                CHECK_NEAR(x->total_variance, y->total_variance, 1e-9 * x->total_variance);
+                for (uint32_t j = 0; j < x->rank; j++)
+                    CHECK_NEAR(x->eigenvalues[j], y->eigenvalues[j],
+                               1e-5 * x->eigenvalues[0]);
+                for (uint32_t j = 0; j < 8; j++)
+                    for (int i = 0; i < P; i++)
+                        CHECK_NEAR(x->basis[i * x->rank + j], y->basis[i * y->rank + j], 1e-4);
+                size_t len = kvtc_err_table_len(x->rank);
+                for (size_t e = 0; e < len; e++)
+                    CHECK_NEAR(x->err_table[e], y->err_table[e], 1e-4 * (x->err_table[e] + 1e-3));
+            }
+        }
+        kvtc_calibration_free(got);
+    }
+    kvtc_calibration_free(ref);
+    kvtc_cache_free(whole);
+}
+
+/* Held-out tokens are every k-th eligible token counted across caches, up to
+ * max_heldout; sinks and window never count. */
+static void test_heldout_selection(void)
+{
+    kvtc_error err;
+    kvtc_calib_options opt;
+    kvtc_calib_options_default(&opt);
+    opt.sinks = 2;
+    opt.window = 3;
+    opt.heldout_every = 3;
+    /* Eligible tokens per cache: 5, 7, 4, 0 (too short), 0 (shorter still). */
+    const uint32_t lengths[5] = {10, 12, 9, 5, 2};
+    for (int capped = 0; capped < 2; capped++) {
+        opt.max_heldout = capped ? 2 : 4096;
+        kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+        if (!CHECK(cal != NULL))
+            return;
+        for (int i = 0; i < 5; i++) {
+            kvtc_cache *c = make_random_cache(&SHAPE, KVTC_BF16, lengths[i], 0, 4, (uint64_t)i);
+            CHECK_OK(kvtc_calibrator_add(cal, c, &err), &err);
+            kvtc_cache_free(c);
+        }
+        /* 16 eligible: tokens 2, 5, 8, 11, 14 held out (per-cache counting would give 4). */
+        uint64_t want_heldout = capped ? 2 : 5;
+        CHECK_EQ(kvtc_calibrator_rows(cal, KVTC_KEY), 16 - want_heldout);
+        CHECK_EQ(kvtc_calibrator_rows(cal, KVTC_VALUE), 16 - want_heldout);
+        kvtc_calibration *out = NULL;
+        CHECK_OK(kvtc_calibrator_finish(cal, &out, &err), &err);
+        if (out) {
+            CHECK_EQ(out->kind[0].n_heldout, want_heldout);
+            CHECK_EQ(out->kind[1].n_heldout, want_heldout);
+            CHECK_EQ(kvtc_calibration_rows(out, KVTC_VALUE), 16 - want_heldout);
+        }
+        kvtc_calibration_free(out);
+        kvtc_calibrator_free(cal);
+    }
+}
+
+static void test_rejections(void)
+{
+    kvtc_error err;
+    kvtc_calib_options opt;
+    kvtc_calib_options_default(&opt);
+    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    if (!CHECK(cal != NULL))
+        return;
+    kvtc_calibration *out = NULL;
+    CHECK_STATUS(kvtc_calibrator_finish(cal, &out, &err), KVTC_E_INVALID, &err);
+    CHECK(out == NULL);
+
+    kvtc_model_shape other = SHAPE;
+    other.rope_style = KVTC_ROPE_NEOX;
+    kvtc_cache *wrong = make_random_cache(&other, KVTC_F16, 200, 0, 2, 1);
+    CHECK_STATUS(kvtc_calibrator_add(cal, wrong, &err), KVTC_E_MISMATCH, &err);
+    kvtc_cache_free(wrong);
+
+    kvtc_cache *short_cache = make_random_cache(&SHAPE, KVTC_F16, 132, 0, 2, 1);
+    CHECK_OK(kvtc_calibrator_add(cal, short_cache, &err), &err);
+    CHECK_EQ(kvtc_calibrator_rows(cal, KVTC_KEY), 0);
+    kvtc_cache_free(short_cache);
+
+    kvtc_cache *bad = make_random_cache(&SHAPE, KVTC_F32, 300, 0, 2, 1);
+    ((float *)kvtc_cache_data(bad, KVTC_VALUE, 1))[(300 + 50) * 8 + 3] = NAN; /* head 1, token 50 */
+    CHECK_STATUS(kvtc_calibrator_add(cal, bad, &err), KVTC_E_NUMERIC, &err);
+    CHECK_EQ(kvtc_calibrator_rows(cal, KVTC_KEY), 0); /* nothing half-added */
+    kvtc_cache_free(bad);
+
+    /* One eligible token: a held-out row but no covariance yet. */
+    opt.heldout_every = 1;
+    kvtc_calibrator *one = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    kvtc_cache *c = make_random_cache(&SHAPE, KVTC_F16, 133, 0, 2, 1);
+    CHECK_OK(kvtc_calibrator_add(one, c, &err), &err);
+    CHECK_STATUS(kvtc_calibrator_finish(one, &out, &err), KVTC_E_INVALID, &err);
+    kvtc_cache_free(c);
+    kvtc_calibrator_free(one);
+
+    opt.heldout_every = 0;
+    CHECK(kvtc_calibrator_create(&SHAPE, &opt, &err) == NULL);
+    CHECK_EQ(err.status, KVTC_E_INVALID);
+    kvtc_calibrator_free(cal);
+}
+
+int main(void)
+{
+    test_known_covariance();
+    test_threads_and_counts();
+    test_split_equals_whole();
+    test_heldout_selection();
+    test_rejections();
+    return test_summary("test_pca");
+}
