@@ -1,0 +1,782 @@
+/* The codec: compress, append and decompress .kvtc streams.
+ *
+ * Encode, per coded block and kind (independent chunks, run in parallel):
+ * gather feature rows (RoPE undone) -> subtract the mean -> project on the
+ * plan's basis columns (one sgemm per chunk) -> quantize per token and group
+ * -> pack -> DEFLATE -> CRC-32. Raw blocks keep the cache's bytes.
+ *
+ * Decode: verify and inflate every chunk into the coefficients of all coded
+ * tokens, then rebuild one layer at a time (per coded block and kind, in
+ * parallel: one sgemm with that layer's rows of the basis, the mean, RoPE and
+ * the dtype), copying raw tokens in. Whole-cache, layer-by-layer and
+ * single-block decoding all go through that one layer loop. */
+#include "codec.h"
+#include "container.h"
+#include "entropy.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+void kvtc_compress_options_default(kvtc_compress_options *opt)
+{
+    if (!opt)
+        return;
+    memset(opt, 0, sizeof *opt);
+    opt->k_ratio = 16.0;
+    opt->v_ratio = 16.0;
+    opt->block_tokens = 256;
+    opt->n_threads = 1;
+    opt->deflate_level = 6;
+}
+
+static const char *kind_name(int kind) { return kind == KVTC_KEY ? "keys" : "values"; }
+
+/* ---- shared helpers ------------------------------------------------------- */
+
+typedef struct batch {
+    kvtc_task_fn fn;
+    void *user;
+    uint32_t start;
+} batch;
+
+static kvtc_status batch_item(void *user, uint32_t item, kvtc_error *err)
+{
+    const batch *b = user;
+    return b->fn(b->user, b->start + item, err);
+}
+
+/* Runs items [0, n) in parallel; with a progress callback, in batches so the
+ * calling thread can report between them (results never depend on batching). */
+static kvtc_status run_items(uint32_t n, uint32_t n_threads, kvtc_task_fn fn, void *user,
+                             kvtc_progress_fn progress, void *progress_user, const char *stage,
+                             uint64_t done_before, uint64_t total, kvtc_error *err)
+{
+    n_threads = n_threads ? n_threads : 1;
+    uint32_t per_batch = progress ? (n_threads < 64 ? n_threads : 64) * 4 : n;
+    for (uint32_t start = 0; start < n; start += per_batch) {
+        batch b = {fn, user, start};
+        uint32_t count = n - start < per_batch ? n - start : per_batch;
+        kvtc_status st = kvtc_parallel_for(count, n_threads, batch_item, &b, err);
+        if (st != KVTC_OK)
+            return st;
+        if (progress)
+            progress(progress_user, stage, done_before + start + count, total);
+    }
+    return KVTC_OK;
+}
+
+/* Copies tokens [t0, t0+n) of one layer and kind between a cache (its layer
+ * `cache_layer`) and a raw chunk laid out [layer][head][token][dim] holding n
+ * tokens (its layer `chunk_layer`). */
+static void raw_layer_copy(kvtc_cache *c, kvtc_kind kind, uint32_t cache_layer, uint32_t t0,
+                           uint32_t n, uint8_t *chunk, uint32_t chunk_layer, bool into_chunk)
+{
+    const kvtc_model_shape *s = &c->shape;
+    size_t row = (size_t)s->head_dim * kvtc_dtype_size(c->dtype);
+    uint8_t *layer = kvtc_cache_data(c, kind, cache_layer);
+    for (uint32_t h = 0; h < s->n_kv_head; h++) {
+        uint8_t *in_cache = layer + ((size_t)h * c->n_tokens + t0) * row;
+        uint8_t *in_chunk = chunk + ((size_t)chunk_layer * s->n_kv_head + h) * n * row;
+        if (into_chunk)
+            memcpy(in_chunk, in_cache, n * row);
+        else
+            memcpy(in_cache, in_chunk, n * row);
+    }
+}
+
+/* Raw layout every stream made with `cal` has for n tokens. */
+static void raw_layout(const kvtc_calibration *cal, uint32_t n, uint32_t *sinks,
+                       uint32_t *window)
+{
+    *sinks = n < cal->sinks ? n : cal->sinks;
+    *window = n - *sinks <= cal->window ? n - *sinks : cal->window;
+}
+
+/* A stream can only be decoded or extended with the calibration it was made with. */
+static kvtc_status check_calibration(const kvtc_calibration *cal, const kvtc_stream *s,
+                                     kvtc_error *err)
+{
+    if (memcmp(s->fingerprint, cal->fingerprint, sizeof s->fingerprint) != 0) {
+        char made[13], given[13];
+        kvtc_hex(s->fingerprint, 6, made);
+        kvtc_hex(cal->fingerprint, 6, given);
+        return kvtc_fail(err, KVTC_E_MISMATCH, "stream made with calibration %s, given %s", made,
+                         given);
+    }
+    if (!kvtc_shape_equal(&s->shape, &cal->shape))
+        return kvtc_fail(err, KVTC_E_MISMATCH,
+                         "stream shape %ux%ux%u differs from its calibration's %ux%ux%u",
+                         s->shape.n_layer, s->shape.n_kv_head, s->shape.head_dim,
+                         cal->shape.n_layer, cal->shape.n_kv_head, cal->shape.head_dim);
+    for (int k = 0; k < 2; k++)
+        if (s->plan[k]->n_coords > cal->kind[k].rank)
+            return kvtc_fail(err, KVTC_E_MISMATCH,
+                             "stream's %s plan uses %u coordinates, the calibration has %u",
+                             kind_name(k), s->plan[k]->n_coords, cal->kind[k].rank);
+    uint32_t sinks, window;
+    raw_layout(cal, s->n_tokens, &sinks, &window);
+    if (s->sinks != sinks || s->window != window)
+        return kvtc_fail(err, KVTC_E_FORMAT,
+                         "stream keeps %u sink and %u window tokens raw; its calibration, %u "
+                         "and %u",
+                         s->sinks, s->window, sinks, window);
+    return KVTC_OK;
+}
+
+static kvtc_status check_chunk_crc(const kvtc_block *b, uint32_t index, int kind,
+                                   kvtc_error *err)
+{
+    if (kvtc_crc32(b->data[kind], (size_t)b->length[kind]) != b->crc[kind])
+        return kvtc_fail(err, KVTC_E_CHECKSUM, "block %u %s: CRC mismatch (corrupt data)", index,
+                         kind_name(kind));
+    return KVTC_OK;
+}
+
+static uint32_t max_group_size(const kvtc_plan *plan)
+{
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < plan->n_groups; i++)
+        m = plan->groups[i].size > m ? plan->groups[i].size : m;
+    return m;
+}
+
+/* ---- encode ---------------------------------------------------------------- */
+
+typedef struct encoder {
+    const kvtc_calibration *cal;
+    kvtc_stream *s;
+    const kvtc_cache *src; /* holds the stream's tokens [src_first, n_tokens) */
+    uint32_t src_first;
+    uint32_t first_new;    /* blocks before it are kept as they are */
+    int level;
+    uint8_t **owned;       /* [2 * (n_blocks - first_new)] chunks made here */
+} encoder;
+
+/* Quantizes coefficients [n][nc] group by group into a chunk's bytes. */
+static void write_groups(const kvtc_plan *plan, const float *coef, uint32_t n, uint8_t *out,
+                         uint8_t *codes)
+{
+    uint32_t nc = plan->n_coords;
+    for (uint32_t i = 0; i < plan->n_groups; i++) {
+        const kvtc_group *g = &plan->groups[i];
+        uint32_t bits = kvtc_qtype_bits(g->type);
+        if (!bits)
+            continue;
+        uint8_t *shifts = out, *scales = out + 2 * (size_t)n;
+        for (uint32_t t = 0; t < n; t++) {
+            uint16_t shift, scale;
+            kvtc_quant_group(g->type, coef + (size_t)t * nc + g->start, g->size, &shift, &scale,
+                             codes + (size_t)t * g->size);
+            shifts[2 * t] = (uint8_t)shift;
+            shifts[2 * t + 1] = (uint8_t)(shift >> 8);
+            scales[2 * t] = (uint8_t)scale;
+            scales[2 * t + 1] = (uint8_t)(scale >> 8);
+        }
+        kvtc_pack_bits(codes, (size_t)n * g->size, bits, out + 4 * (size_t)n);
+        out += kvtc_group_chunk_bytes(g, n);
+    }
+}
+
+static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvtc_kind kind,
+                                      uint8_t **out, size_t *out_len, kvtc_error *err)
+{
+    const struct kvtc_calib_kind *ck = &e->cal->kind[kind];
+    const kvtc_plan *plan = e->s->plan[kind];
+    uint32_t n = b->n_tokens, nc = plan->n_coords;
+    size_t p = (size_t)kvtc_shape_features(&e->cal->shape);
+    size_t raw_len = (size_t)kvtc_coded_chunk_bytes(plan, n);
+    float *rows = kvtc_malloc_array((size_t)n * p, sizeof *rows);
+    float *coef = kvtc_malloc_array((size_t)n * nc, sizeof *coef);
+    uint8_t *raw = kvtc_malloc(raw_len);
+    uint8_t *codes = kvtc_malloc_array(n, max_group_size(plan));
+    kvtc_status st = KVTC_OK;
+    if (!rows || !coef || !raw || !codes) {
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory encoding a block of %u tokens", n);
+        goto done;
+    }
+    uint32_t t0 = b->first - e->src_first;
+    kvtc_cache_gather_rows(e->src, kind, t0, n, rows);
+    for (uint32_t t = 0; t < n; t++) {
+        float *row = rows + t * p;
+        for (size_t j = 0; j < p; j++) {
+            if (!isfinite(row[j])) {
+                st = kvtc_fail(err, KVTC_E_NUMERIC, "token %u of the %s is not finite",
+                               b->first + t, kind_name(kind));
+                goto done;
+            }
+            row[j] -= ck->mean[j];
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)nc, (int)p, 1.0f, rows,
+                (int)p, ck->basis, (int)ck->rank, 0.0f, coef, (int)nc);
+    write_groups(plan, coef, n, raw, codes);
+    st = kvtc_deflate(e->level, raw, raw_len, out, out_len, err);
+done:
+    kvtc_free(rows);
+    kvtc_free(coef);
+    kvtc_free(raw);
+    kvtc_free(codes);
+    return st;
+}
+
+static kvtc_status encode_raw_chunk(const encoder *e, const kvtc_block *b, kvtc_kind kind,
+                                    uint8_t **out, size_t *out_len, kvtc_error *err)
+{
+    size_t len = (size_t)kvtc_raw_chunk_bytes(&e->src->shape, e->src->dtype, b->n_tokens);
+    uint8_t *chunk = kvtc_malloc(len);
+    if (!chunk)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %zu raw bytes", len);
+    for (uint32_t l = 0; l < e->src->shape.n_layer; l++)
+        raw_layer_copy((kvtc_cache *)e->src, kind, l, b->first - e->src_first, b->n_tokens,
+                       chunk, l, true);
+    *out = chunk;
+    *out_len = len;
+    return KVTC_OK;
+}
+
+static kvtc_status encode_item(void *user, uint32_t item, kvtc_error *err)
+{
+    encoder *e = user;
+    kvtc_block *b = &e->s->blocks[e->first_new + item / 2];
+    kvtc_kind kind = (kvtc_kind)(item % 2);
+    uint8_t *chunk = NULL;
+    size_t len = 0;
+    kvtc_status st = b->encoding == KVTC_BLOCK_CODED
+                         ? encode_coded_chunk(e, b, kind, &chunk, &len, err)
+                         : encode_raw_chunk(e, b, kind, &chunk, &len, err);
+    if (st != KVTC_OK)
+        return st;
+    e->owned[item] = chunk;
+    b->data[kind] = chunk;
+    b->length[kind] = len;
+    b->crc[kind] = kvtc_crc32(chunk, len);
+    return KVTC_OK;
+}
+
+static uint32_t div_up(uint32_t a, uint32_t b) { return a / b + (a % b != 0); }
+
+/* Lays out the blocks after the `n_kept` kept ones (which end at token
+ * `kept_end`) for a stream of s->n_tokens tokens, encodes them from `src`
+ * (which holds tokens [kept_end, n_tokens)) and serializes the stream. */
+static kvtc_status encode_stream(const kvtc_calibration *cal, kvtc_stream *s,
+                                 const kvtc_block *kept, uint32_t n_kept, uint32_t kept_end,
+                                 const kvtc_cache *src, const kvtc_compress_options *opt,
+                                 void **out, size_t *out_len, kvtc_error *err)
+{
+    uint32_t n = s->n_tokens;
+    if (!kvtc_positions_valid(s->pos0, n))
+        return kvtc_fail(err, KVTC_E_INVALID, "token positions %lld..%lld exceed %lld",
+                         (long long)s->pos0, (long long)s->pos0 + n - 1,
+                         (long long)KVTC_MAX_POSITION);
+    raw_layout(cal, n, &s->sinks, &s->window);
+    uint32_t coded_first = kept_end > s->sinks ? kept_end : s->sinks;
+    uint32_t coded_end = n - s->window;
+    bool new_sinks = kept_end == 0 && s->sinks > 0;
+    uint32_t n_coded_blocks = div_up(coded_end - coded_first, s->block_tokens);
+    uint32_t n_new = new_sinks + n_coded_blocks + (s->window > 0);
+    s->n_blocks = n_kept + n_new;
+    s->blocks = kvtc_calloc(s->n_blocks ? s->n_blocks : 1, sizeof *s->blocks);
+    uint8_t **owned = kvtc_calloc(2 * (size_t)n_new + 1, sizeof *owned);
+    kvtc_status st = KVTC_OK;
+    if (!s->blocks || !owned) {
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u blocks", s->n_blocks);
+        goto done;
+    }
+    if (n_kept)
+        memcpy(s->blocks, kept, n_kept * sizeof *kept);
+    kvtc_block *b = s->blocks + n_kept;
+    if (new_sinks)
+        *b++ = (kvtc_block){.first = 0, .n_tokens = s->sinks, .encoding = KVTC_BLOCK_RAW};
+    for (uint32_t t = coded_first; t < coded_end; t += s->block_tokens) {
+        uint32_t m = coded_end - t < s->block_tokens ? coded_end - t : s->block_tokens;
+        *b++ = (kvtc_block){.first = t, .n_tokens = m, .encoding = KVTC_BLOCK_CODED};
+    }
+    if (s->window > 0)
+        *b++ = (kvtc_block){.first = coded_end, .n_tokens = s->window, .encoding = KVTC_BLOCK_RAW};
+
+    encoder e = {cal, s, src, kept_end, n_kept, opt->deflate_level, owned};
+    st = run_items(2 * n_new, opt->n_threads, encode_item, &e, opt->progress, opt->progress_user,
+                   "compress", 0, 2 * (uint64_t)n_new, err);
+    if (st == KVTC_OK)
+        st = kvtc_stream_serialize(s, out, out_len, err);
+done:
+    if (owned)
+        for (uint32_t i = 0; i < 2 * n_new; i++)
+            kvtc_free(owned[i]);
+    kvtc_free(owned);
+    return st;
+}
+
+static kvtc_status check_compress_options(const kvtc_compress_options *opt, kvtc_error *err)
+{
+    if (opt->block_tokens < 1 || opt->block_tokens > KVTC_MAX_BLOCK_TOKENS)
+        return kvtc_fail(err, KVTC_E_INVALID, "block_tokens %u out of range 1..%u",
+                         opt->block_tokens, KVTC_MAX_BLOCK_TOKENS);
+    if (opt->deflate_level < 1 || opt->deflate_level > 12)
+        return kvtc_fail(err, KVTC_E_INVALID, "deflate_level %d out of range 1..12",
+                         opt->deflate_level);
+    return KVTC_OK;
+}
+
+static kvtc_status check_cache(const kvtc_calibration *cal, const kvtc_cache *cache,
+                               kvtc_error *err)
+{
+    if (!kvtc_shape_equal(&cache->shape, &cal->shape))
+        return kvtc_fail(err, KVTC_E_MISMATCH,
+                         "cache shape %ux%ux%u differs from the calibration's %ux%ux%u",
+                         cache->shape.n_layer, cache->shape.n_kv_head, cache->shape.head_dim,
+                         cal->shape.n_layer, cal->shape.n_kv_head, cal->shape.head_dim);
+    return KVTC_OK;
+}
+
+kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
+                          const kvtc_compress_options *opt, void **out, size_t *out_len,
+                          kvtc_error *err)
+{
+    if (!out || !out_len)
+        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
+    *out = NULL;
+    *out_len = 0;
+    if (!cal || !cache)
+        return kvtc_fail(err, KVTC_E_INVALID, "no calibration or cache given");
+    kvtc_compress_options defaults;
+    kvtc_compress_options_default(&defaults);
+    opt = opt ? opt : &defaults;
+    kvtc_status st = check_compress_options(opt, err);
+    if (st == KVTC_OK)
+        st = check_cache(cal, cache, err);
+    if (st != KVTC_OK)
+        return st;
+
+    kvtc_stream s;
+    memset(&s, 0, sizeof s);
+    s.version = KVTC_STREAM_VERSION;
+    s.shape = cal->shape;
+    s.dtype = cache->dtype;
+    s.pos0 = cache->pos0;
+    s.n_tokens = cache->n_tokens;
+    s.block_tokens = opt->block_tokens;
+    memcpy(s.fingerprint, cal->fingerprint, sizeof s.fingerprint);
+    memcpy(s.model, cache->model, sizeof s.model);
+    double ratio[2] = {opt->k_ratio, opt->v_ratio};
+    for (int k = 0; k < 2 && st == KVTC_OK; k++) {
+        st = kvtc_plan_create(cal, (kvtc_kind)k, ratio[k], &s.plan[k], err);
+        if (st == KVTC_OK && s.plan[k]->n_coords == 0)
+            st = kvtc_fail(err, KVTC_E_INVALID,
+                           "ratio %g leaves the %s no coordinate (budget %u bits per token)",
+                           ratio[k], kind_name(k), s.plan[k]->budget_bits);
+    }
+    if (st == KVTC_OK)
+        st = encode_stream(cal, &s, NULL, 0, 0, cache, opt, out, out_len, err);
+    kvtc_stream_release(&s);
+    return st;
+}
+
+kvtc_status kvtc_append(const kvtc_calibration *cal, const void *prev, size_t prev_len,
+                        const kvtc_cache *more, const kvtc_compress_options *opt, void **out,
+                        size_t *out_len, kvtc_error *err)
+{
+    if (!out || !out_len)
+        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
+    *out = NULL;
+    *out_len = 0;
+    if (!cal || !more)
+        return kvtc_fail(err, KVTC_E_INVALID, "no calibration or cache given");
+    kvtc_compress_options defaults;
+    kvtc_compress_options_default(&defaults);
+    opt = opt ? opt : &defaults;
+    kvtc_status st = check_compress_options(opt, err);
+    if (st != KVTC_OK)
+        return st;
+    kvtc_stream s;
+    if ((st = kvtc_stream_parse(prev, prev_len, &s, err)) != KVTC_OK)
+        return st;
+    kvtc_cache *tail = NULL;
+    if ((st = check_calibration(cal, &s, err)) != KVTC_OK || (st = check_cache(cal, more, err)))
+        goto done;
+    if (more->dtype != s.dtype || more->pos0 != s.pos0 + (int64_t)s.n_tokens) {
+        st = kvtc_fail(err, KVTC_E_MISMATCH,
+                       "appended cache (%s, pos0 %lld) does not continue the stream (%s, next "
+                       "position %lld)",
+                       kvtc_dtype_name(more->dtype), (long long)more->pos0,
+                       kvtc_dtype_name(s.dtype), (long long)(s.pos0 + s.n_tokens));
+        goto done;
+    }
+    if (more->n_tokens > UINT32_MAX - s.n_tokens) {
+        st = kvtc_fail(err, KVTC_E_INVALID, "stream would exceed %u tokens", UINT32_MAX);
+        goto done;
+    }
+    /* Keep every block up to the last coded one; re-split the raw tokens after it. */
+    uint32_t n_kept = 0, kept_end = 0;
+    for (uint32_t i = 0; i < s.n_blocks; i++)
+        if (s.blocks[i].encoding == KVTC_BLOCK_CODED) {
+            n_kept = i + 1;
+            kept_end = s.blocks[i].first + s.blocks[i].n_tokens;
+        }
+    uint32_t old_tail = s.n_tokens - kept_end;
+    tail = kvtc_cache_create(&s.shape, s.dtype, old_tail + more->n_tokens, s.pos0 + kept_end, err);
+    if (!tail) {
+        st = err ? err->status : KVTC_E_NOMEM;
+        goto done;
+    }
+    for (uint32_t i = 0; i < s.n_blocks; i++) {
+        const kvtc_block *b = &s.blocks[i];
+        for (int k = 0; k < 2; k++) {
+            if ((st = check_chunk_crc(b, i, k, err)) != KVTC_OK)
+                goto done;
+            if (i < n_kept)
+                continue;
+            for (uint32_t l = 0; l < s.shape.n_layer; l++)
+                raw_layer_copy(tail, (kvtc_kind)k, l, b->first - kept_end, b->n_tokens,
+                               (uint8_t *)b->data[k], l, false);
+        }
+    }
+    kvtc_cache_copy_tokens(tail, old_tail, more, 0, more->n_tokens);
+
+    kvtc_block *kept = s.blocks;
+    s.blocks = NULL;
+    s.n_tokens += more->n_tokens;
+    st = encode_stream(cal, &s, kept, n_kept, kept_end, tail, opt, out, out_len, err);
+    kvtc_free(kept);
+done:
+    kvtc_cache_free(tail);
+    kvtc_stream_release(&s);
+    return st;
+}
+
+/* ---- decode ---------------------------------------------------------------- */
+
+typedef struct decoder {
+    const kvtc_calibration *cal;
+    kvtc_stream s;
+    uint32_t b0, b1;           /* blocks decoded */
+    uint32_t coded_b0, coded_b1; /* the coded ones among them (contiguous) */
+    uint32_t first, n_tokens;  /* tokens decoded */
+    uint32_t coded_first, n_coded;
+    float *coef[2];            /* [n_coded][n_coords of the kind] */
+    float *rows[2];            /* features of one layer: [n_coded][n_kv_head * head_dim] */
+    float *rope_cos, *rope_sin; /* RoPE angles of the coded tokens: [n_coded][rope_dims / 2] */
+    kvtc_cache *layer;         /* one layer of the decoded tokens, keys and values */
+    uint32_t cur_layer;
+    const kvtc_decompress_options *opt;
+} decoder;
+
+/* Dequantizes a coded chunk's bytes into coefficients [n][nc]. */
+static void read_groups(const kvtc_plan *plan, const uint8_t *in, uint32_t n, float *coef,
+                        uint8_t *codes)
+{
+    uint32_t nc = plan->n_coords;
+    for (uint32_t i = 0; i < plan->n_groups; i++) {
+        const kvtc_group *g = &plan->groups[i];
+        uint32_t bits = kvtc_qtype_bits(g->type);
+        const uint8_t *shifts = in, *scales = in + 2 * (size_t)n;
+        if (bits)
+            kvtc_unpack_bits(in + 4 * (size_t)n, (size_t)n * g->size, bits, codes);
+        for (uint32_t t = 0; t < n; t++) {
+            uint16_t shift = bits ? (uint16_t)(shifts[2 * t] | shifts[2 * t + 1] << 8) : 0;
+            uint16_t scale = bits ? (uint16_t)(scales[2 * t] | scales[2 * t + 1] << 8) : 0;
+            kvtc_dequant_group(g->type, shift, scale, codes + (size_t)t * g->size, g->size,
+                               coef + (size_t)t * nc + g->start);
+        }
+        in += kvtc_group_chunk_bytes(g, n);
+    }
+}
+
+/* Item: one chunk of the decoded blocks. Raw chunks are only checked here. */
+static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
+{
+    decoder *d = user;
+    uint32_t index = d->b0 + item / 2;
+    const kvtc_block *b = &d->s.blocks[index];
+    int kind = item % 2;
+    kvtc_status st = check_chunk_crc(b, index, kind, err);
+    if (st != KVTC_OK || b->encoding == KVTC_BLOCK_RAW)
+        return st;
+    const kvtc_plan *plan = d->s.plan[kind];
+    size_t raw_len = (size_t)kvtc_coded_chunk_bytes(plan, b->n_tokens);
+    uint8_t *raw = kvtc_malloc(raw_len);
+    uint8_t *codes = kvtc_malloc_array(b->n_tokens, max_group_size(plan));
+    if (!raw || !codes) {
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory decoding block %u", index);
+    } else if ((st = kvtc_inflate_exact(b->data[kind], (size_t)b->length[kind], raw, raw_len,
+                                        err)) != KVTC_OK) {
+        char where[48];
+        snprintf(where, sizeof where, "block %u %s", index, kind_name(kind));
+        kvtc_fail_prefix(err, where);
+    } else {
+        float *coef = d->coef[kind] + (size_t)(b->first - d->coded_first) * plan->n_coords;
+        read_groups(plan, raw, b->n_tokens, coef, codes);
+    }
+    kvtc_free(raw);
+    kvtc_free(codes);
+    return st;
+}
+
+/* Item: one coded block and kind of the current layer: its features from its
+ * coefficients (one sgemm), plus the mean, then RoPE (with the angles computed
+ * once per decode, not once per layer) and dtype into d->layer. Per-block
+ * products keep every block's result independent of which other blocks are
+ * decoded with it (BLAS rounding can depend on matrix sizes). */
+static kvtc_status rebuild_item(void *user, uint32_t item, kvtc_error *err)
+{
+    (void)err;
+    decoder *d = user;
+    const kvtc_block *b = &d->s.blocks[d->coded_b0 + item / 2];
+    int kind = item % 2;
+    const kvtc_model_shape *shape = &d->s.shape;
+    const struct kvtc_calib_kind *ck = &d->cal->kind[kind];
+    uint32_t nc = d->s.plan[kind]->n_coords;
+    size_t hd = (size_t)shape->n_kv_head * shape->head_dim;
+    size_t row0 = b->first - d->coded_first;
+    const float *mean = ck->mean + d->cur_layer * hd;
+    float *rows = d->rows[kind] + row0 * hd;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)b->n_tokens, (int)hd, (int)nc, 1.0f,
+                d->coef[kind] + row0 * nc, (int)nc, ck->basis + d->cur_layer * hd * ck->rank,
+                (int)ck->rank, 0.0f, rows, (int)hd);
+    bool rope = kind == KVTC_KEY && shape->rope_style != KVTC_ROPE_NONE;
+    size_t half = shape->rope_dims / 2, elem = kvtc_dtype_size(d->s.dtype);
+    uint8_t *out = kvtc_cache_data(d->layer, (kvtc_kind)kind, 0);
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        float *row = rows + t * hd;
+        size_t token = b->first - d->first + t;
+        for (size_t j = 0; j < hd; j++)
+            row[j] += mean[j];
+        for (uint32_t h = 0; h < shape->n_kv_head; h++) {
+            float *head = row + (size_t)h * shape->head_dim;
+            if (rope)
+                kvtc_rope_apply(shape, head, d->rope_cos + (row0 + t) * half,
+                                d->rope_sin + (row0 + t) * half, false);
+            kvtc_from_f32(d->s.dtype, head,
+                          out + ((size_t)h * d->n_tokens + token) * shape->head_dim * elem,
+                          shape->head_dim);
+        }
+    }
+    return KVTC_OK;
+}
+
+/* Receives each rebuilt layer (keys and values of d->layer). */
+typedef kvtc_status (*layer_sink_fn)(void *user, uint32_t layer, const decoder *d,
+                                     kvtc_error *err);
+
+static void decoder_release(decoder *d)
+{
+    for (int k = 0; k < 2; k++) {
+        kvtc_free(d->coef[k]);
+        kvtc_free(d->rows[k]);
+    }
+    kvtc_free(d->rope_cos);
+    kvtc_free(d->rope_sin);
+    kvtc_cache_free(d->layer);
+    kvtc_stream_release(&d->s);
+}
+
+static uint64_t progress_total(const decoder *d)
+{
+    return 2 * (uint64_t)(d->b1 - d->b0) + d->s.shape.n_layer;
+}
+
+/* Phase 1: checks every chunk of blocks [b0, b1) and decodes the coefficients
+ * of their coded tokens into d->coef. */
+static kvtc_status decode_coefficients(decoder *d, kvtc_error *err)
+{
+    const kvtc_stream *s = &d->s;
+    d->first = d->b0 < d->b1 ? s->blocks[d->b0].first : 0;
+    d->coded_b0 = d->coded_b1 = d->b0;
+    for (uint32_t i = d->b0; i < d->b1; i++) {
+        d->n_tokens += s->blocks[i].n_tokens;
+        if (s->blocks[i].encoding == KVTC_BLOCK_CODED) {
+            if (d->n_coded == 0)
+                d->coded_b0 = i;
+            d->coded_b1 = i + 1;
+            d->n_coded += s->blocks[i].n_tokens;
+        }
+    }
+    d->coded_first = d->n_coded ? s->blocks[d->coded_b0].first : 0;
+    for (int k = 0; k < 2; k++) {
+        d->coef[k] = kvtc_malloc_array((size_t)d->n_coded * s->plan[k]->n_coords, sizeof(float));
+        if (!d->coef[k])
+            return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u decoded tokens",
+                             d->n_coded);
+    }
+    const kvtc_decompress_options *opt = d->opt;
+    return run_items(2 * (d->b1 - d->b0), opt->n_threads, decode_item, d, opt->progress,
+                     opt->progress_user, "decompress", 0, progress_total(d), err);
+}
+
+/* Phase 2: rebuilds one layer at a time and hands it to sink. */
+static kvtc_status rebuild_layers(decoder *d, layer_sink_fn sink, void *sink_user,
+                                  kvtc_error *err)
+{
+    const kvtc_stream *s = &d->s;
+    const kvtc_decompress_options *opt = d->opt;
+    size_t hd = (size_t)s->shape.n_kv_head * s->shape.head_dim;
+    size_t half = s->shape.rope_dims / 2;
+    for (int k = 0; k < 2; k++)
+        d->rows[k] = kvtc_malloc_array((size_t)d->n_coded * hd, sizeof(float));
+    d->rope_cos = kvtc_malloc_array((size_t)d->n_coded * half, sizeof(float));
+    d->rope_sin = kvtc_malloc_array((size_t)d->n_coded * half, sizeof(float));
+    if (!d->rows[0] || !d->rows[1] || !d->rope_cos || !d->rope_sin)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u decoded tokens", d->n_coded);
+    if (s->shape.rope_style != KVTC_ROPE_NONE)
+        for (uint32_t t = 0; t < d->n_coded; t++)
+            kvtc_rope_angles(&s->shape, s->pos0 + d->coded_first + t, d->rope_cos + t * half,
+                             d->rope_sin + t * half);
+    kvtc_model_shape layer_shape = s->shape;
+    layer_shape.n_layer = 1;
+    d->layer = kvtc_cache_create(&layer_shape, s->dtype, d->n_tokens, s->pos0 + d->first, err);
+    if (!d->layer)
+        return err ? err->status : KVTC_E_NOMEM;
+    kvtc_status st = KVTC_OK;
+    for (uint32_t l = 0; l < s->shape.n_layer && st == KVTC_OK; l++) {
+        d->cur_layer = l;
+        st = kvtc_parallel_for(2 * (d->coded_b1 - d->coded_b0), opt->n_threads, rebuild_item, d,
+                               err);
+        for (uint32_t i = d->b0; i < d->b1 && st == KVTC_OK; i++) {
+            const kvtc_block *b = &s->blocks[i];
+            if (b->encoding == KVTC_BLOCK_RAW)
+                for (int k = 0; k < 2; k++)
+                    raw_layer_copy(d->layer, (kvtc_kind)k, 0, b->first - d->first, b->n_tokens,
+                                   (uint8_t *)b->data[k], l, false);
+        }
+        if (st == KVTC_OK)
+            st = sink(sink_user, l, d, err);
+        if (st == KVTC_OK && opt->progress)
+            opt->progress(opt->progress_user, "decompress",
+                          progress_total(d) - s->shape.n_layer + l + 1, progress_total(d));
+    }
+    return st;
+}
+
+/* Parses `data`, checks it against `cal`, selects all blocks or only `block`,
+ * and decodes their coefficients. d is released by the caller in any case. */
+static kvtc_status decoder_open(decoder *d, const kvtc_calibration *cal, const void *data,
+                                size_t len, const kvtc_decompress_options *opt, bool one_block,
+                                uint32_t block, kvtc_error *err)
+{
+    static const kvtc_decompress_options defaults = {1, NULL, NULL};
+    memset(d, 0, sizeof *d);
+    d->cal = cal;
+    d->opt = opt ? opt : &defaults;
+    if (!cal)
+        return kvtc_fail(err, KVTC_E_INVALID, "no calibration given");
+    kvtc_status st = kvtc_stream_parse(data, len, &d->s, err);
+    if (st != KVTC_OK || (st = check_calibration(cal, &d->s, err)) != KVTC_OK)
+        return st;
+    if (one_block && block >= d->s.n_blocks)
+        return kvtc_fail(err, KVTC_E_INVALID, "block %u out of range (stream has %u)", block,
+                         d->s.n_blocks);
+    d->b0 = one_block ? block : 0;
+    d->b1 = one_block ? block + 1 : d->s.n_blocks;
+    return decode_coefficients(d, err);
+}
+
+static kvtc_status decode(const kvtc_calibration *cal, const void *data, size_t len,
+                          const kvtc_decompress_options *opt, bool one_block, uint32_t block,
+                          layer_sink_fn sink, void *sink_user, kvtc_error *err)
+{
+    decoder d;
+    kvtc_status st = decoder_open(&d, cal, data, len, opt, one_block, block, err);
+    if (st == KVTC_OK)
+        st = rebuild_layers(&d, sink, sink_user, err);
+    decoder_release(&d);
+    return st;
+}
+
+kvtc_status kvtc_stream_coefficients(const kvtc_calibration *cal, const void *data, size_t len,
+                                     kvtc_kind kind, float **coef, uint32_t *n_coded,
+                                     uint32_t *n_coords, kvtc_error *err)
+{
+    if (!coef || !n_coded || !n_coords || (kind != KVTC_KEY && kind != KVTC_VALUE))
+        return kvtc_fail(err, KVTC_E_INVALID, "no output or valid kind given");
+    *coef = NULL;
+    decoder d;
+    kvtc_status st = decoder_open(&d, cal, data, len, NULL, false, 0, err);
+    if (st == KVTC_OK) {
+        *coef = d.coef[kind];
+        *n_coded = d.n_coded;
+        *n_coords = d.s.plan[kind]->n_coords;
+        d.coef[kind] = NULL;
+    }
+    decoder_release(&d);
+    return st;
+}
+
+/* Sink of kvtc_decompress and kvtc_decompress_block: copies each layer into a cache. */
+typedef struct cache_sink {
+    kvtc_cache *cache;
+} cache_sink;
+
+static kvtc_status copy_layer_into_cache(void *user, uint32_t layer, const decoder *d,
+                                         kvtc_error *err)
+{
+    cache_sink *cs = user;
+    if (!cs->cache) {
+        cs->cache = kvtc_cache_create(&d->s.shape, d->s.dtype, d->n_tokens, d->s.pos0 + d->first,
+                                      err);
+        if (!cs->cache)
+            return err ? err->status : KVTC_E_NOMEM;
+        memcpy(cs->cache->model, d->s.model, sizeof cs->cache->model);
+    }
+    size_t bytes = (size_t)kvtc_raw_chunk_bytes(&d->layer->shape, d->s.dtype, d->n_tokens);
+    for (int k = 0; k < 2; k++)
+        memcpy(kvtc_cache_data(cs->cache, (kvtc_kind)k, layer),
+               kvtc_cache_data_const(d->layer, (kvtc_kind)k, 0), bytes);
+    return KVTC_OK;
+}
+
+static kvtc_status decode_to_cache(const kvtc_calibration *cal, const void *data, size_t len,
+                                   const kvtc_decompress_options *opt, bool one_block,
+                                   uint32_t block, kvtc_cache **out, kvtc_error *err)
+{
+    if (!out)
+        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
+    *out = NULL;
+    cache_sink cs = {NULL};
+    kvtc_status st = decode(cal, data, len, opt, one_block, block, copy_layer_into_cache, &cs, err);
+    if (st != KVTC_OK) {
+        kvtc_cache_free(cs.cache);
+        return st;
+    }
+    *out = cs.cache;
+    return KVTC_OK;
+}
+
+kvtc_status kvtc_decompress(const kvtc_calibration *cal, const void *data, size_t len,
+                            const kvtc_decompress_options *opt, kvtc_cache **out, kvtc_error *err)
+{
+    return decode_to_cache(cal, data, len, opt, false, 0, out, err);
+}
+
+kvtc_status kvtc_decompress_block(const kvtc_calibration *cal, const void *data, size_t len,
+                                  uint32_t block, const kvtc_decompress_options *opt,
+                                  kvtc_cache **out, kvtc_error *err)
+{
+    return decode_to_cache(cal, data, len, opt, true, block, out, err);
+}
+
+typedef struct user_sink {
+    kvtc_layer_fn fn;
+    void *user;
+} user_sink;
+
+static kvtc_status call_user_layer(void *user, uint32_t layer, const decoder *d, kvtc_error *err)
+{
+    user_sink *us = user;
+    if (us->fn(us->user, layer, kvtc_cache_data_const(d->layer, KVTC_KEY, 0),
+               kvtc_cache_data_const(d->layer, KVTC_VALUE, 0)) != 0)
+        return kvtc_fail(err, KVTC_E_CANCELLED, "layer callback stopped decoding at layer %u",
+                         layer);
+    return KVTC_OK;
+}
+
+kvtc_status kvtc_decompress_layers(const kvtc_calibration *cal, const void *data, size_t len,
+                                   const kvtc_decompress_options *opt, kvtc_layer_fn fn,
+                                   void *user, kvtc_error *err)
+{
+    if (!fn)
+        return kvtc_fail(err, KVTC_E_INVALID, "no layer callback given");
+    user_sink us = {fn, user};
+    return decode(cal, data, len, opt, false, 0, call_user_layer, &us, err);
+}

@@ -1,0 +1,118 @@
+/* Helpers shared by the codec tests (test_codec_*.c, test_determinism.c,
+ * test_golden.c): a calibration fitted with the public calibrator on random
+ * low-rank caches, token comparison, and reconstruction error. */
+#ifndef KVTC_CODEC_COMMON_H
+#define KVTC_CODEC_COMMON_H
+
+#include "kvtc_internal.h"
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* 2 layers x 2 kv heads x 16 dims = 64 features, NeoX RoPE on 8 of 16 dims. */
+static inline kvtc_model_shape codec_test_shape(void)
+{
+    kvtc_model_shape s = {2, 2, 16, KVTC_ROPE_NEOX, 8, 10000.0, 1.0};
+    return s;
+}
+
+#define CODEC_TEST_LOW_RANK 12u
+
+/* Fits a calibration on `n_caches` random caches of `tokens` tokens (seeds
+ * seed, seed+1, ...). NULL on failure (printed). */
+static inline kvtc_calibration *codec_test_calibration(const kvtc_model_shape *shape,
+                                                       uint32_t sinks, uint32_t window,
+                                                       uint64_t seed, uint32_t n_caches,
+                                                       uint32_t tokens)
+{
+    kvtc_calib_options opt;
+    kvtc_calib_options_default(&opt);
+    opt.sinks = sinks;
+    opt.window = window;
+    kvtc_error err;
+    kvtc_calibration *out = NULL;
+    kvtc_calibrator *cal = kvtc_calibrator_create(shape, &opt, &err);
+    if (!cal) {
+        fprintf(stderr, "calibrator_create: %s\n", err.message);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < n_caches; i++) {
+        kvtc_cache *c = make_random_cache(shape, KVTC_F32, tokens, 0, CODEC_TEST_LOW_RANK,
+                                          seed + i);
+        kvtc_status st = c ? kvtc_calibrator_add(cal, c, &err) : KVTC_E_NOMEM;
+        kvtc_cache_free(c);
+        if (st != KVTC_OK) {
+            fprintf(stderr, "calibrator_add: %s\n", err.message);
+            kvtc_calibrator_free(cal);
+            return NULL;
+        }
+    }
+    if (kvtc_calibrator_finish(cal, &out, &err) != KVTC_OK)
+        fprintf(stderr, "calibrator_finish: %s\n", err.message);
+    kvtc_calibrator_free(cal);
+    return out;
+}
+
+/* True if tokens [ta, ta+n) of a and [tb, tb+n) of b have the same bytes
+ * (both kinds, every layer and head). */
+static inline bool codec_tokens_equal(const kvtc_cache *a, uint32_t ta, const kvtc_cache *b,
+                                      uint32_t tb, uint32_t n)
+{
+    if (a->dtype != b->dtype || !kvtc_shape_equal(&a->shape, &b->shape))
+        return false;
+    size_t row = (size_t)a->shape.head_dim * kvtc_dtype_size(a->dtype);
+    for (int k = 0; k < 2; k++)
+        for (uint32_t l = 0; l < a->shape.n_layer; l++) {
+            const uint8_t *la = kvtc_cache_data_const(a, (kvtc_kind)k, l);
+            const uint8_t *lb = kvtc_cache_data_const(b, (kvtc_kind)k, l);
+            for (uint32_t h = 0; h < a->shape.n_kv_head; h++)
+                if (n && memcmp(la + ((size_t)h * a->n_tokens + ta) * row,
+                                lb + ((size_t)h * b->n_tokens + tb) * row, n * row) != 0)
+                    return false;
+        }
+    return true;
+}
+
+static inline bool codec_caches_equal(const kvtc_cache *a, const kvtc_cache *b)
+{
+    return a->n_tokens == b->n_tokens && a->pos0 == b->pos0 &&
+           codec_tokens_equal(a, 0, b, 0, a->n_tokens);
+}
+
+/* Relative squared error of tokens [t0, t0+n) of `got` (a decoded cache whose
+ * token 0 is ref's token `offset`) against ref, over both kinds: sum of squared
+ * differences over the energy of ref's rows around their mean. */
+static inline double codec_rel_error(const kvtc_cache *ref, const kvtc_cache *got,
+                                     uint32_t offset, uint32_t t0, uint32_t n)
+{
+    size_t p = (size_t)kvtc_shape_features(&ref->shape);
+    float *x = malloc((size_t)n * p * sizeof *x), *y = malloc((size_t)n * p * sizeof *y);
+    double *mean = calloc(p, sizeof *mean);
+    double diff = 0, energy = 0;
+    if (!x || !y || !mean || n == 0) {
+        free(x);
+        free(y);
+        free(mean);
+        return n == 0 ? 0.0 : 1e30;
+    }
+    for (int k = 0; k < 2; k++) {
+        kvtc_cache_gather_rows(ref, (kvtc_kind)k, offset + t0, n, x);
+        kvtc_cache_gather_rows(got, (kvtc_kind)k, t0, n, y);
+        memset(mean, 0, p * sizeof *mean);
+        for (size_t i = 0; i < (size_t)n * p; i++)
+            mean[i % p] += x[i] / (double)n;
+        for (size_t i = 0; i < (size_t)n * p; i++) {
+            double d = (double)x[i] - y[i], c = (double)x[i] - mean[i % p];
+            diff += d * d;
+            energy += c * c;
+        }
+    }
+    free(x);
+    free(y);
+    free(mean);
+    return energy > 0 ? diff / energy : diff;
+}
+
+#endif /* KVTC_CODEC_COMMON_H */
