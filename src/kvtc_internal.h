@@ -204,6 +204,19 @@ float kvtc_get_f32(kvtc_reader *r);
 double kvtc_get_f64(kvtc_reader *r);
 static inline size_t kvtc_reader_left(const kvtc_reader *r) { return r->len - r->pos; }
 
+/* ---- files (fileio.c) ---------------------------------------------------- */
+
+/* One piece of a file written by kvtc_write_parts_atomic. */
+typedef struct kvtc_span {
+    const void *data;
+    size_t len;
+} kvtc_span;
+
+/* kvtc_write_file_atomic for a file made of n consecutive parts, written
+ * without first copying them into one buffer. */
+kvtc_status kvtc_write_parts_atomic(const char *path, const kvtc_span *parts, size_t n,
+                                    kvtc_error *err);
+
 /* ---- threads (threadpool.c) ----------------------------------------------- */
 
 /* Runs fn(user, i) for i in [0, n) on up to n_threads threads (the caller's

@@ -1,0 +1,95 @@
+/* kvtc decompress: a .kvtc stream and its calibration in, a cache
+ * (.safetensors) out, with the tensor names, shapes, dtype and metadata the
+ * compressed cache had. */
+#include "cli.h"
+#include "commands.h"
+
+#include <getopt.h>
+#include <stdio.h>
+
+static const char usage[] =
+    "usage: kvtc decompress -c CALIB.kvtcal -o OUT.safetensors IN.kvtc\n"
+    "\n"
+    "Restores the KV cache of a .kvtc stream. The calibration must be the one the\n"
+    "stream was compressed with (its fingerprint is checked).\n"
+    "\n"
+    "options:\n"
+    "  -c, --calibration FILE  the calibration the stream was made with (required)\n"
+    "  -o, --output FILE       the cache to write (required)\n"
+    "      --threads N         worker threads (default: all CPUs)\n"
+    "  -h, --help              this help\n";
+
+typedef struct decompress_args {
+    const char *calibration, *output;
+    kvtc_decompress_options opt;
+} decompress_args;
+
+static int handle_option(void *user, int opt, const char *arg)
+{
+    decompress_args *a = user;
+    switch (opt) {
+    case 'c': a->calibration = arg; return CLI_OK;
+    case 'o': a->output = arg; return CLI_OK;
+    case CLI_OPT_THREADS:
+        return cli_parse_threads(arg, &a->opt.n_threads) ? CLI_OK : CLI_USAGE;
+    }
+    return CLI_USAGE;
+}
+
+int cmd_decompress(int argc, char **argv)
+{
+    static const struct option longs[] = {
+        {"calibration", required_argument, NULL, 'c'},
+        {"output", required_argument, NULL, 'o'},
+        {"threads", required_argument, NULL, CLI_OPT_THREADS},
+        {0},
+    };
+    decompress_args a = {0};
+    a.opt.n_threads = cli_default_threads();
+    int first;
+    int rc = cli_parse_options(argc, argv, "c:o:", longs, usage, handle_option, &a, &first);
+    if (rc != CLI_OK)
+        return rc < 0 ? CLI_OK : rc;
+    if (!a.calibration)
+        return cli_usage_error("-c CALIB.kvtcal is required");
+    if (!a.output)
+        return cli_usage_error("-o OUT.safetensors is required");
+    if (argc - first != 1)
+        return cli_usage_error("give exactly one .kvtc stream (got %d)", argc - first);
+    const char *input = argv[first];
+
+    kvtc_calibration *cal = cli_read_calibration(a.calibration);
+    size_t len = 0;
+    void *data = cal ? cli_read_file(input, &len) : NULL;
+    kvtc_cache *cache = NULL;
+    rc = CLI_FAIL;
+    if (!data)
+        goto done;
+    cli_progress_state progress;
+    cli_progress_init(&progress);
+    a.opt.progress = cli_progress;
+    a.opt.progress_user = &progress;
+    kvtc_error err;
+    double start = cli_now();
+    kvtc_status st = kvtc_decompress(cal, data, len, &a.opt, &cache, &err);
+    cli_progress_end(&progress);
+    if (st != KVTC_OK) {
+        cli_fail_err(input, &err);
+        goto done;
+    }
+    double seconds = cli_now() - start;
+    if (kvtc_cache_write_safetensors(cache, a.output, &err) != KVTC_OK) {
+        cli_fail_err(a.output, &err);
+        goto done;
+    }
+    const kvtc_model_shape *s = kvtc_cache_shape(cache);
+    printf("wrote %s: %u tokens, %u layers x %u kv heads x %u dims, %s, in %.3f s\n",
+           a.output, kvtc_cache_tokens(cache), s->n_layer, s->n_kv_head, s->head_dim,
+           kvtc_dtype_name(kvtc_cache_dtype(cache)), seconds);
+    rc = CLI_OK;
+done:
+    kvtc_cache_free(cache);
+    kvtc_buffer_free(data);
+    kvtc_calibration_free(cal);
+    return rc;
+}

@@ -1,0 +1,201 @@
+/* kvtc stats: compresses and decompresses a cache in memory and reports the
+ * ratios, the reconstruction error and the time each way. */
+#include "cli.h"
+#include "commands.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: kvtc stats -c CALIB.kvtcal --ratio R [options] CACHE.safetensors\n"
+    "\n"
+    "Compresses and decompresses one cache in memory (nothing is written) and\n"
+    "reports:\n"
+    "  ratio        fp16 bytes of the compressed tokens / bytes of their blocks\n"
+    "  file_ratio   fp16 bytes of the whole cache / bytes of the whole stream\n"
+    "  k_rel_error, v_rel_error\n"
+    "               sum |X - X'|^2 / sum |X|^2 over the compressed tokens\n"
+    "  bits per token of the plans, sizes, and compress/decompress times.\n"
+    "\n"
+    "options:\n"
+    "  -c, --calibration FILE  the model's calibration (required)\n"
+    CLI_COMPRESS_HELP
+    "      --json              print one JSON object instead of text\n"
+    "  -h, --help              this help\n";
+
+enum { OPT_JSON = 256 };
+
+typedef struct stats_args {
+    const char *calibration;
+    bool json;
+    cli_compress_args compress;
+} stats_args;
+
+static int handle_option(void *user, int opt, const char *arg)
+{
+    stats_args *a = user;
+    switch (opt) {
+    case 'c': a->calibration = arg; return CLI_OK;
+    case OPT_JSON: a->json = true; return CLI_OK;
+    }
+    int rc = cli_compress_option(&a->compress, opt, arg);
+    return rc < 0 ? CLI_USAGE : rc;
+}
+
+typedef struct error_sums {
+    double diff[2], energy[2]; /* per kind, over the compressed tokens */
+    bool raw_exact;            /* the raw sink and window tokens came back bit-exact */
+} error_sums;
+
+/* Compares tokens [t0, t1) of every layer and head of both kinds: squared
+ * error sums, or bit-exactness (raw tokens). */
+static void compare_tokens(const kvtc_cache *a, const kvtc_cache *b, uint32_t t0, uint32_t t1,
+                           bool raw, float *x, float *y, error_sums *sums)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(a);
+    kvtc_dtype dtype = kvtc_cache_dtype(a);
+    size_t esize = kvtc_dtype_size(dtype), n = (size_t)(t1 - t0) * s->head_dim;
+    for (int k = 0; k < 2; k++)
+        for (uint32_t l = 0; l < s->n_layer; l++)
+            for (uint32_t h = 0; h < s->n_kv_head; h++) {
+                size_t off = ((size_t)h * kvtc_cache_tokens(a) + t0) * s->head_dim * esize;
+                const unsigned char *pa =
+                    (const unsigned char *)kvtc_cache_data_const(a, (kvtc_kind)k, l) + off;
+                const unsigned char *pb =
+                    (const unsigned char *)kvtc_cache_data_const(b, (kvtc_kind)k, l) + off;
+                if (raw) {
+                    sums->raw_exact &= memcmp(pa, pb, n * esize) == 0;
+                    continue;
+                }
+                kvtc_to_f32(dtype, pa, x, n);
+                kvtc_to_f32(dtype, pb, y, n);
+                for (size_t i = 0; i < n; i++) {
+                    double d = (double)x[i] - y[i];
+                    sums->diff[k] += d * d;
+                    sums->energy[k] += (double)x[i] * x[i];
+                }
+            }
+}
+
+int cmd_stats(int argc, char **argv)
+{
+    static const struct option longs[] = {
+        {"calibration", required_argument, NULL, 'c'},
+        CLI_COMPRESS_LONG_OPTIONS,
+        {"json", no_argument, NULL, OPT_JSON},
+        {0},
+    };
+    stats_args a = {0};
+    cli_compress_args_init(&a.compress);
+    int first;
+    int rc = cli_parse_options(argc, argv, "c:r:", longs, usage, handle_option, &a, &first);
+    if (rc != CLI_OK)
+        return rc < 0 ? CLI_OK : rc;
+    if (!a.calibration)
+        return cli_usage_error("-c CALIB.kvtcal is required");
+    if (argc - first != 1)
+        return cli_usage_error("give exactly one cache (got %d)", argc - first);
+    kvtc_compress_options opt = cli_compress_options(&a.compress);
+    const char *input = argv[first];
+
+    kvtc_calibration *cal = cli_read_calibration(a.calibration);
+    kvtc_cache *cache = cal ? cli_read_cache(input) : NULL, *restored = NULL;
+    void *stream = NULL;
+    size_t stream_len = 0;
+    float *x = NULL, *y = NULL;
+    rc = CLI_FAIL;
+    if (!cache)
+        goto done;
+    kvtc_error err;
+    double t0 = cli_now();
+    if (kvtc_compress(cal, cache, &opt, &stream, &stream_len, &err) != KVTC_OK) {
+        cli_fail_err(input, &err);
+        goto done;
+    }
+    double t1 = cli_now();
+    kvtc_decompress_options dopt = {.n_threads = opt.n_threads};
+    if (kvtc_decompress(cal, stream, stream_len, &dopt, &restored, &err) != KVTC_OK) {
+        cli_fail_err(input, &err);
+        goto done;
+    }
+    double t2 = cli_now();
+    kvtc_stream_info info;
+    if (kvtc_stream_info_get(stream, stream_len, &info, &err) != KVTC_OK) {
+        cli_fail_err(input, &err);
+        goto done;
+    }
+
+    const kvtc_model_shape *s = kvtc_cache_shape(cache);
+    uint32_t n = kvtc_cache_tokens(cache), end = n - info.window;
+    if (end < info.sinks) /* all raw: nothing compressed between the two ends */
+        end = info.sinks;
+    x = kvtc_malloc_array((size_t)(n ? n : 1) * s->head_dim, sizeof *x);
+    y = kvtc_malloc_array((size_t)(n ? n : 1) * s->head_dim, sizeof *y);
+    if (!x || !y) {
+        cli_fail(input, "out of memory");
+        goto done;
+    }
+    error_sums sums = {.raw_exact = true};
+    compare_tokens(cache, restored, 0, info.sinks, true, x, y, &sums);
+    compare_tokens(cache, restored, info.sinks, end, false, x, y, &sums);
+    compare_tokens(cache, restored, end, n, true, x, y, &sums);
+    uint64_t p = kvtc_shape_features(s);
+    double ratio = info.compressed_tokens ? (double)(4 * p * info.compressed_tokens) /
+                                                (double)info.compressed_bytes
+                                          : NAN;
+    double file_ratio = (double)(4 * p * n) / (double)info.total_bytes;
+    double rel[2];
+    for (int k = 0; k < 2; k++)
+        rel[k] = sums.energy[k] > 0 ? sums.diff[k] / sums.energy[k] : info.compressed_tokens ? 0 : NAN;
+
+    if (a.json) {
+        cli_json j;
+        cli_json_begin(&j);
+        cli_json_str(&j, "file", input);
+        cli_json_f64(&j, "ratio", ratio);
+        cli_json_f64(&j, "file_ratio", file_ratio);
+        cli_json_f64(&j, "k_rel_error", rel[0]);
+        cli_json_f64(&j, "v_rel_error", rel[1]);
+        cli_json_u64(&j, "tokens", n);
+        cli_json_u64(&j, "compressed_tokens", info.compressed_tokens);
+        cli_json_u64(&j, "k_bits_per_token", info.k_bits_per_token);
+        cli_json_u64(&j, "v_bits_per_token", info.v_bits_per_token);
+        cli_json_f64(&j, "k_ratio_target", info.k_ratio);
+        cli_json_f64(&j, "v_ratio_target", info.v_ratio);
+        cli_json_u64(&j, "compressed_bytes", info.compressed_bytes);
+        cli_json_u64(&j, "raw_bytes", info.raw_bytes);
+        cli_json_u64(&j, "total_bytes", info.total_bytes);
+        kvtc_jw_key(&j.jw, "raw_exact");
+        kvtc_jw_bool(&j.jw, sums.raw_exact);
+        cli_json_f64(&j, "compress_ms", (t1 - t0) * 1e3);
+        cli_json_f64(&j, "decompress_ms", (t2 - t1) * 1e3);
+        rc = cli_json_print(&j);
+    } else {
+        printf("%s: %u tokens, %u compressed (%u sinks and %u window raw)\n", input, n,
+               info.compressed_tokens, info.sinks, info.window);
+        if (info.compressed_tokens)
+            printf("  ratio            %.2fx on compressed tokens (vs fp16)\n", ratio);
+        printf("  file ratio       %.2fx (%llu bytes for the whole stream)\n", file_ratio,
+               (unsigned long long)info.total_bytes);
+        printf("  plan bits/token  keys %u, values %u (targets %gx, %gx)\n",
+               info.k_bits_per_token, info.v_bits_per_token, info.k_ratio, info.v_ratio);
+        if (info.compressed_tokens)
+            printf("  relative error   keys %.4g, values %.4g\n", rel[0], rel[1]);
+        printf("  raw tokens       %s\n", sums.raw_exact ? "bit-exact" : "DIFFER");
+        printf("  time             compress %.1f ms, decompress %.1f ms\n", (t1 - t0) * 1e3,
+               (t2 - t1) * 1e3);
+        rc = CLI_OK;
+    }
+    if (rc == CLI_OK && !sums.raw_exact)
+        rc = cli_fail(input, "raw tokens did not come back bit-exact");
+done:
+    kvtc_free(x);
+    kvtc_free(y);
+    kvtc_buffer_free(stream);
+    kvtc_cache_free(restored);
+    kvtc_cache_free(cache);
+    kvtc_calibration_free(cal);
+    return rc;
+}

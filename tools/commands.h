@@ -1,0 +1,18 @@
+/* The kvtc subcommands. Each takes the arguments after "kvtc" (argv[0] is the
+ * subcommand's name) and returns the exit status: 0 success, 1 failure, 2
+ * usage error. Every one accepts --help. */
+#ifndef KVTC_COMMANDS_H
+#define KVTC_COMMANDS_H
+
+int cmd_calibrate(int argc, char **argv);  /* caches -> .kvtcal */
+int cmd_compress(int argc, char **argv);   /* cache -> .kvtc */
+int cmd_decompress(int argc, char **argv); /* .kvtc -> cache */
+int cmd_info(int argc, char **argv);       /* describe any kvtc file */
+int cmd_stats(int argc, char **argv);      /* ratio and error of a round trip */
+int cmd_capture(int argc, char **argv);    /* run a model, save its cache (tools/cmd_capture.c) */
+int cmd_generate(int argc, char **argv);   /* generate text, optionally from a cache */
+int cmd_bench(int argc, char **argv);      /* benchmarks (bench/cmd_bench.c) */
+int cmd_demo(int argc, char **argv);       /* the main demo (make demo) */
+int cmd_eval(int argc, char **argv);       /* the accuracy harness (eval/cmd_eval.c) */
+
+#endif /* KVTC_COMMANDS_H */

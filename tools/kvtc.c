@@ -1,0 +1,93 @@
+/* kvtc: the command-line tool. One subcommand per verb, each in its own file
+ * (tools/cmd_*.c), thin over the library. */
+#include "cli.h"
+#include "commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"calibrate", cmd_calibrate, "fit a calibration (.kvtcal) on KV caches"},
+    {"compress", cmd_compress, "compress a KV cache (.safetensors) into a .kvtc stream"},
+    {"decompress", cmd_decompress, "restore a KV cache from a .kvtc stream"},
+    {"info", cmd_info, "describe a .kvtc, .kvtcal or .safetensors file"},
+    {"stats", cmd_stats, "measure ratio and error of a compression round trip"},
+    {"capture", cmd_capture, "run a model on text and save its KV cache"},
+    {"generate", cmd_generate, "generate text with a model, optionally from a saved cache"},
+    {"bench", cmd_bench, "benchmarks: time to first token, codec, prefill, growth"},
+    {"demo", cmd_demo, "a chat whose KV cache is stored compressed between turns"},
+    {"eval", cmd_eval, "accuracy harness: KVTC against baselines on a real model"},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static void print_help(FILE *out)
+{
+    fprintf(out,
+            "usage: kvtc <command> [options] [files]\n"
+            "\n"
+            "KV-cache transform coding: compress transformer KV caches with a PCA basis\n"
+            "calibrated once per model, DP bit allocation, quantization and DEFLATE.\n"
+            "\n"
+            "commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out,
+            "\n"
+            "  kvtc help COMMAND     options of one command (also: kvtc COMMAND --help)\n"
+            "  kvtc --version        print the version\n"
+            "\n"
+            "Exit status: 0 success, 1 failure (message on stderr), 2 usage error.\n");
+}
+
+static const command *find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static int run_command(const command *c, int argc, char **argv)
+{
+    cli_set_command(c->name);
+    return c->run(argc, argv);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_help(stderr);
+        return CLI_USAGE;
+    }
+    const char *name = argv[1];
+    if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) {
+        print_help(stdout);
+        return CLI_OK;
+    }
+    if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
+        printf("kvtc %s (libkvtc %s)\n", KVTC_VERSION_STRING, kvtc_version());
+        return CLI_OK;
+    }
+    if (strcmp(name, "help") == 0) {
+        if (argc < 3) {
+            print_help(stdout);
+            return CLI_OK;
+        }
+        const command *c = find_command(argv[2]);
+        if (!c)
+            return cli_usage_error("no command '%s'", argv[2]);
+        static char help_flag[] = "--help";
+        char *help_argv[] = {argv[2], help_flag, NULL};
+        return run_command(c, 2, help_argv);
+    }
+    const command *c = find_command(name);
+    if (!c)
+        return cli_usage_error("no command '%s'", name);
+    return run_command(c, argc - 1, argv + 1);
+}
