@@ -1,0 +1,569 @@
+/* The bodies of the fuzz targets (see fuzz_common.h). */
+#include "fuzz_common.h"
+
+#include "container.h"
+#include "gguf.h"
+#include "kvtc_internal.h"
+#include "llama2c.h"
+#include "testutil.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BLOCKS_CHECKED 64u      /* single-block decodes compared per input */
+#define MAX_GGUF_TENSORS 256u       /* tensors walked per input */
+#define MAX_GGUF_DEQUANT (1u << 16) /* elements dequantized per tensor */
+#define MAX_GGUF_STRINGS 64u        /* array strings read per key */
+
+static const kvtc_model_shape FUZZ_SHAPE = {
+    .n_layer = 2, .n_kv_head = 1, .head_dim = 8, .rope_style = KVTC_ROPE_INTERLEAVED,
+    .rope_theta = 10000.0,
+};
+
+static int broken(const char *what)
+{
+    fprintf(stderr, "fuzz invariant broken: %s\n", what);
+    return 1;
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t le_at(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Reads every byte so AddressSanitizer sees any out-of-bounds pointer. */
+static uint8_t touch(const void *p, size_t n)
+{
+    const volatile uint8_t *b = p;
+    uint8_t x = 0;
+    for (size_t i = 0; i < n; i++)
+        x ^= b[i];
+    return x;
+}
+
+/* ---- the fixed calibration ------------------------------------------------------ */
+
+kvtc_cache *fuzz_make_cache(kvtc_dtype dtype, uint32_t n_tokens, int64_t pos0, uint64_t seed)
+{
+    return make_random_cache(&FUZZ_SHAPE, dtype, n_tokens, pos0, 3, seed);
+}
+
+kvtc_status fuzz_make_calibration(kvtc_calibration **out, kvtc_error *err)
+{
+    kvtc_calib_options opt;
+    kvtc_calib_options_default(&opt);
+    opt.sinks = 2;
+    opt.window = 4;
+    opt.heldout_every = 4;
+    kvtc_calibrator *cal = kvtc_calibrator_create(&FUZZ_SHAPE, &opt, err);
+    if (!cal)
+        return err ? err->status : KVTC_E_INVALID;
+    kvtc_status st = KVTC_OK;
+    for (uint64_t seed = 0; seed < 4 && st == KVTC_OK; seed++) {
+        kvtc_cache *c = fuzz_make_cache(KVTC_F32, 48, 0, seed);
+        st = c ? kvtc_calibrator_add(cal, c, err) : kvtc_fail(err, KVTC_E_NOMEM, "no cache");
+        kvtc_cache_free(c);
+    }
+    if (st == KVTC_OK)
+        st = kvtc_calibrator_finish(cal, out, err);
+    kvtc_calibrator_free(cal);
+    return st;
+}
+
+/* ---- checksum repair -------------------------------------------------------------- */
+
+void fuzz_fix_kvtc_checksums(uint8_t *buf, size_t len)
+{
+    if (len < 24)
+        return;
+    uint64_t header = le_at(buf + 16, 8);
+    if (header < 24 || header > len)
+        return;
+    put_le32(buf + header - 4, kvtc_crc32(buf, (size_t)header - 4));
+    kvtc_stream s;
+    if (kvtc_stream_parse(buf, len, &s, NULL) != KVTC_OK)
+        return;
+    /* The block table is the last part of the header, just before its CRC. */
+    uint8_t *table = buf + header - 4 - (size_t)s.n_blocks * KVTC_BLOCK_ENTRY_BYTES;
+    for (uint32_t i = 0; i < s.n_blocks; i++)
+        for (int k = 0; k < 2; k++)
+            put_le32(table + (size_t)i * KVTC_BLOCK_ENTRY_BYTES + 20 + 12 * k,
+                     kvtc_crc32(s.blocks[i].data[k], (size_t)s.blocks[i].length[k]));
+    kvtc_stream_release(&s);
+    put_le32(buf + header - 4, kvtc_crc32(buf, (size_t)header - 4));
+}
+
+/* Layout of docs/format/kvtcal.md: a 72-byte header (CRC last), two sections
+ * (CRC last), a 32-byte SHA-256 of everything before it. */
+void fuzz_fix_kvtcal_checksums(uint8_t *buf, size_t len)
+{
+    enum { HEADER = 72, FINGERPRINT = 32, SECTION_FIXED = 36 };
+    if (len < HEADER + FINGERPRINT)
+        return;
+    size_t body_end = len - FINGERPRINT;
+    put_le64(buf + 12, len);
+    put_le32(buf + HEADER - 4, kvtc_crc32(buf, HEADER - 4));
+    uint64_t p; /* features: n_layer * n_kv_head * head_dim */
+    if (__builtin_mul_overflow(le_at(buf + 20, 4), le_at(buf + 24, 4), &p) ||
+        __builtin_mul_overflow(p, le_at(buf + 28, 4), &p))
+        p = UINT64_MAX;
+    size_t off = HEADER;
+    for (int k = 0; k < 2 && p <= len; k++) {
+        if (body_end - off < SECTION_FIXED)
+            break;
+        uint64_t rank = le_at(buf + off + 4, 4);
+        if (rank < 1 || rank > p)
+            break;
+        uint64_t size = SECTION_FIXED + 4 * p + 4 * rank + 4 * p * rank +
+                        8 * (uint64_t)kvtc_err_table_len((uint32_t)rank) + 4;
+        if (size > body_end - off)
+            break;
+        put_le32(buf + off + size - 4, kvtc_crc32(buf + off, (size_t)size - 4));
+        off += (size_t)size;
+    }
+    kvtc_sha256(buf, body_end, buf + body_end);
+}
+
+/* ---- .kvtc --------------------------------------------------------------------------- */
+
+static bool same_tokens(const kvtc_cache *a, uint32_t a0, const kvtc_cache *b, uint32_t b0,
+                        uint32_t n)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(a);
+    size_t row = (size_t)s->head_dim * kvtc_dtype_size(kvtc_cache_dtype(a));
+    for (int kind = 0; kind < 2; kind++)
+        for (uint32_t l = 0; l < s->n_layer; l++) {
+            const uint8_t *la = kvtc_cache_data_const(a, (kvtc_kind)kind, l);
+            const uint8_t *lb = kvtc_cache_data_const(b, (kvtc_kind)kind, l);
+            for (uint32_t h = 0; h < s->n_kv_head; h++) {
+                const uint8_t *ra = la + ((size_t)h * kvtc_cache_tokens(a) + a0) * row;
+                const uint8_t *rb = lb + ((size_t)h * kvtc_cache_tokens(b) + b0) * row;
+                if (memcmp(ra, rb, n * row) != 0)
+                    return false;
+            }
+        }
+    return true;
+}
+
+static bool cache_matches_info(const kvtc_cache *c, const kvtc_stream_info *info)
+{
+    return kvtc_shape_equal(kvtc_cache_shape(c), &info->shape) &&
+           kvtc_cache_dtype(c) == info->dtype && kvtc_cache_tokens(c) == info->n_tokens &&
+           kvtc_cache_pos0(c) == info->pos0;
+}
+
+typedef struct layer_check {
+    const kvtc_stream_info *info; /* NULL when the header was refused */
+    const kvtc_cache *full;       /* the whole decode, or NULL */
+    uint32_t next_layer;
+    int bad;
+} layer_check;
+
+static int on_layer(void *user, uint32_t layer, const void *key, const void *value)
+{
+    layer_check *lc = user;
+    if (!lc->info || layer != lc->next_layer || layer >= lc->info->shape.n_layer) {
+        lc->bad |= broken("kvtc_decompress_layers: unexpected layer callback");
+        return 1;
+    }
+    lc->next_layer++;
+    const kvtc_model_shape *s = &lc->info->shape;
+    size_t bytes = (size_t)s->n_kv_head * lc->info->n_tokens * s->head_dim *
+                   kvtc_dtype_size(lc->info->dtype);
+    touch(key, bytes);
+    touch(value, bytes);
+    if (lc->full && (memcmp(key, kvtc_cache_data_const(lc->full, KVTC_KEY, layer), bytes) ||
+                     memcmp(value, kvtc_cache_data_const(lc->full, KVTC_VALUE, layer), bytes)))
+        lc->bad |= broken("kvtc_decompress_layers differs from kvtc_decompress");
+    return 0;
+}
+
+/* Every block alone decodes to the same tokens as the whole decode. */
+static int check_blocks(const kvtc_calibration *cal, const uint8_t *data, size_t len,
+                        const kvtc_stream_info *info, const kvtc_cache *full)
+{
+    kvtc_decompress_options dopt = {.n_threads = 1};
+    int bad = 0;
+    uint32_t first = 0;
+    uint32_t n_checked = info->n_blocks < MAX_BLOCKS_CHECKED ? info->n_blocks : MAX_BLOCKS_CHECKED;
+    for (uint32_t b = 0; b < n_checked; b++) {
+        kvtc_cache *blk = NULL;
+        kvtc_status st = kvtc_decompress_block(cal, data, len, b, &dopt, &blk, NULL);
+        if (st != KVTC_OK) {
+            if (full)
+                bad |= broken("a block of a stream that decodes whole does not decode alone");
+            first = UINT32_MAX;
+            continue;
+        }
+        uint32_t n = kvtc_cache_tokens(blk);
+        if (!kvtc_shape_equal(kvtc_cache_shape(blk), &info->shape) ||
+            kvtc_cache_dtype(blk) != info->dtype || n == 0 || n > info->n_tokens)
+            bad |= broken("kvtc_decompress_block: block shape, dtype or size is wrong");
+        else if (full && first != UINT32_MAX &&
+                 (first > info->n_tokens - n || kvtc_cache_pos0(blk) != info->pos0 + first ||
+                  !same_tokens(blk, 0, full, first, n)))
+            bad |= broken("kvtc_decompress_block differs from the whole decode");
+        if (first != UINT32_MAX)
+            first += n;
+        kvtc_cache_free(blk);
+    }
+    if (full && first != UINT32_MAX && n_checked == info->n_blocks && first != info->n_tokens)
+        bad |= broken("blocks do not add up to the stream's tokens");
+    kvtc_cache *none = NULL;
+    if (kvtc_decompress_block(cal, data, len, info->n_blocks, &dopt, &none, NULL) == KVTC_OK) {
+        kvtc_cache_free(none);
+        bad |= broken("kvtc_decompress_block accepted a block index past the end");
+    }
+    return bad;
+}
+
+/* Appending continues the stream: the new tokens come out, raw ones bit-exact. */
+static int check_append(const kvtc_calibration *cal, const uint8_t *data, size_t len,
+                        const kvtc_stream_info *info)
+{
+    enum { MORE = 5 };
+    if (!kvtc_positions_valid(info->pos0 + info->n_tokens, MORE))
+        return 0; /* no cache can continue it */
+    kvtc_cache *more = fuzz_make_cache(info->dtype, MORE, info->pos0 + info->n_tokens, 99);
+    if (!more)
+        return broken("cannot make a cache to append");
+    kvtc_compress_options copt;
+    kvtc_compress_options_default(&copt);
+    void *out = NULL;
+    size_t out_len = 0;
+    int bad = 0;
+    if (kvtc_append(cal, data, len, more, &copt, &out, &out_len, NULL) == KVTC_OK) {
+        kvtc_decompress_options dopt = {.n_threads = 1};
+        kvtc_cache *joined = NULL;
+        kvtc_stream_info after;
+        if (kvtc_stream_info_get(out, out_len, &after, NULL) != KVTC_OK ||
+            kvtc_decompress(cal, out, out_len, &dopt, &joined, NULL) != KVTC_OK)
+            bad |= broken("kvtc_append made a stream that does not decode");
+        else {
+            uint32_t raw = after.window < MORE ? after.window : MORE;
+            if (kvtc_cache_tokens(joined) != info->n_tokens + MORE ||
+                kvtc_cache_pos0(joined) != info->pos0 ||
+                !same_tokens(joined, info->n_tokens + MORE - raw, more, MORE - raw, raw))
+                bad |= broken("kvtc_append lost or changed tokens");
+        }
+        kvtc_cache_free(joined);
+        kvtc_buffer_free(out);
+    }
+    kvtc_cache_free(more);
+    return bad;
+}
+
+static int decode_all_ways(const kvtc_calibration *cal, const uint8_t *data, size_t len)
+{
+    kvtc_decompress_options dopt = {.n_threads = 1};
+    kvtc_stream_info info;
+    kvtc_error err;
+    bool have_info = kvtc_stream_info_get(data, len, &info, &err) == KVTC_OK;
+    int bad = 0;
+    if (have_info && (info.n_tokens != info.sinks + info.window + info.compressed_tokens ||
+                      info.total_bytes != len || info.n_blocks > info.n_tokens))
+        bad |= broken("kvtc_stream_info_get reports inconsistent counts");
+
+    kvtc_cache *full = NULL;
+    kvtc_status st = kvtc_decompress(cal, data, len, &dopt, &full, &err);
+    if (st == KVTC_OK && (!have_info || !cache_matches_info(full, &info))) {
+        bad |= broken("kvtc_decompress output does not match the stream header");
+        kvtc_cache_free(full);
+        full = NULL;
+    }
+    if (full) /* every byte of the result must be readable */
+        for (uint32_t l = 0; l < info.shape.n_layer; l++)
+            for (int k = 0; k < 2; k++)
+                touch(kvtc_cache_data_const(full, (kvtc_kind)k, l),
+                      (size_t)info.shape.n_kv_head * info.n_tokens * info.shape.head_dim *
+                          kvtc_dtype_size(info.dtype));
+
+    layer_check lc = {have_info ? &info : NULL, full, 0, 0};
+    kvtc_status st_layers = kvtc_decompress_layers(cal, data, len, &dopt, on_layer, &lc, NULL);
+    bad |= lc.bad;
+    if ((st_layers == KVTC_OK) != (st == KVTC_OK) ||
+        (st_layers == KVTC_OK && lc.next_layer != info.shape.n_layer))
+        bad |= broken("kvtc_decompress_layers and kvtc_decompress disagree");
+
+    if (have_info)
+        bad |= check_blocks(cal, data, len, &info, full);
+    if (full)
+        bad |= check_append(cal, data, len, &info);
+    kvtc_cache_free(full);
+    return bad;
+}
+
+int fuzz_one_kvtc(const kvtc_calibration *cal, const uint8_t *data, size_t len)
+{
+    int bad = decode_all_ways(cal, data, len);
+    uint8_t *fixed = malloc(len ? len : 1);
+    if (!fixed)
+        return bad;
+    memcpy(fixed, data, len);
+    fuzz_fix_kvtc_checksums(fixed, len);
+    if (memcmp(fixed, data, len) != 0)
+        bad |= decode_all_ways(cal, fixed, len);
+    free(fixed);
+    return bad;
+}
+
+/* ---- .kvtcal ----------------------------------------------------------------------- */
+
+static int check_plan(const kvtc_plan *plan)
+{
+    const kvtc_group *g = kvtc_plan_groups(plan);
+    uint32_t next = 0, bits = 0;
+    for (uint32_t i = 0; i < kvtc_plan_group_count(plan); i++) {
+        if (g[i].start != next || kvtc_group_size_index(g[i].size) < 0 ||
+            g[i].start % g[i].size || !kvtc_qtype_valid(g[i].type))
+            return broken("kvtc_plan_create made groups that do not tile from 0");
+        next += g[i].size;
+        if (g[i].type != KVTC_Q_NONE)
+            bits += g[i].size * kvtc_qtype_bits(g[i].type) + KVTC_GROUP_OVERHEAD_BITS;
+    }
+    if (bits != kvtc_plan_bits_per_token(plan) ||
+        kvtc_plan_bits_per_token(plan) > kvtc_plan_budget_bits(plan))
+        return broken("kvtc_plan_create: bits per token wrong or over budget");
+    return 0;
+}
+
+/* A calibration that loads can make plans and code a cache of its shape. */
+static int use_calibration(const kvtc_calibration *cal)
+{
+    static const double ratios[] = {1.5, 4.0, 16.0, 64.0};
+    int bad = 0;
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < sizeof ratios / sizeof ratios[0]; i++) {
+            kvtc_plan *plan = NULL;
+            if (kvtc_plan_create(cal, (kvtc_kind)k, ratios[i], &plan, NULL) == KVTC_OK)
+                bad |= check_plan(plan);
+            kvtc_plan_free(plan);
+        }
+    const kvtc_model_shape *shape = kvtc_calibration_shape(cal);
+    if (kvtc_shape_features(shape) > 4096)
+        return bad; /* keep each input fast */
+    uint32_t n = kvtc_calibration_sinks(cal) + kvtc_calibration_window(cal) + 9;
+    if (n > 64)
+        return bad;
+    kvtc_cache *c = make_random_cache(shape, KVTC_F16, n, 3, 2, 7);
+    if (!c)
+        return bad;
+    kvtc_compress_options copt;
+    kvtc_compress_options_default(&copt);
+    copt.k_ratio = copt.v_ratio = 4.0;
+    copt.block_tokens = 4;
+    void *out = NULL;
+    size_t out_len = 0;
+    if (kvtc_compress(cal, c, &copt, &out, &out_len, NULL) == KVTC_OK) {
+        kvtc_decompress_options dopt = {.n_threads = 1};
+        kvtc_cache *back = NULL;
+        uint32_t sinks = kvtc_calibration_sinks(cal);
+        if (kvtc_decompress(cal, out, out_len, &dopt, &back, NULL) != KVTC_OK)
+            bad |= broken("a stream just compressed with a loaded calibration does not decode");
+        else if (kvtc_cache_tokens(back) != n || !same_tokens(back, 0, c, 0, sinks))
+            bad |= broken("round trip through a loaded calibration lost the sinks");
+        kvtc_cache_free(back);
+        kvtc_buffer_free(out);
+    }
+    kvtc_cache_free(c);
+    return bad;
+}
+
+static int load_calibration(const uint8_t *data, size_t len)
+{
+    kvtc_calibration *cal = NULL;
+    if (kvtc_calibration_load(data, len, &cal, NULL) != KVTC_OK)
+        return 0;
+    int bad = 0;
+    void *saved = NULL;
+    size_t saved_len = 0;
+    if (kvtc_calibration_save(cal, &saved, &saved_len, NULL) != KVTC_OK)
+        bad |= broken("a loaded calibration cannot be saved");
+    else if (saved_len != len || memcmp(saved, data, len) != 0)
+        bad |= broken("a loaded calibration re-saves to different bytes");
+    else if (memcmp(kvtc_calibration_fingerprint(cal), data + len - 32, 32) != 0)
+        bad |= broken("calibration fingerprint is not the file's SHA-256");
+    kvtc_buffer_free(saved);
+    bad |= use_calibration(cal);
+    kvtc_calibration_free(cal);
+    return bad;
+}
+
+int fuzz_one_kvtcal(const uint8_t *data, size_t len)
+{
+    int bad = load_calibration(data, len);
+    uint8_t *fixed = malloc(len ? len : 1);
+    if (!fixed)
+        return bad;
+    memcpy(fixed, data, len);
+    fuzz_fix_kvtcal_checksums(fixed, len);
+    if (memcmp(fixed, data, len) != 0)
+        bad |= load_calibration(fixed, len);
+    free(fixed);
+    return bad;
+}
+
+/* ---- safetensors ----------------------------------------------------------------- */
+
+static bool same_cache(const kvtc_cache *a, const kvtc_cache *b)
+{
+    return kvtc_shape_equal(kvtc_cache_shape(a), kvtc_cache_shape(b)) &&
+           kvtc_cache_dtype(a) == kvtc_cache_dtype(b) &&
+           kvtc_cache_tokens(a) == kvtc_cache_tokens(b) &&
+           kvtc_cache_pos0(a) == kvtc_cache_pos0(b) &&
+           strcmp(kvtc_cache_model_name(a), kvtc_cache_model_name(b)) == 0 &&
+           same_tokens(a, 0, b, 0, kvtc_cache_tokens(a));
+}
+
+int fuzz_one_safetensors(const uint8_t *data, size_t len)
+{
+    kvtc_cache *c = NULL;
+    if (kvtc_cache_load_safetensors(data, len, &c, NULL) != KVTC_OK)
+        return 0;
+    int bad = 0;
+    void *saved = NULL, *again = NULL;
+    size_t saved_len = 0, again_len = 0;
+    kvtc_cache *back = NULL;
+    if (kvtc_cache_save_safetensors(c, &saved, &saved_len, NULL) != KVTC_OK)
+        bad |= broken("a loaded safetensors cache cannot be saved");
+    else if (kvtc_cache_load_safetensors(saved, saved_len, &back, NULL) != KVTC_OK)
+        bad |= broken("a saved safetensors cache does not load");
+    else if (!same_cache(c, back))
+        bad |= broken("safetensors save + load changed the cache");
+    else if (kvtc_cache_save_safetensors(back, &again, &again_len, NULL) != KVTC_OK ||
+             again_len != saved_len || memcmp(again, saved, saved_len) != 0)
+        bad |= broken("safetensors save is not deterministic");
+    kvtc_buffer_free(saved);
+    kvtc_buffer_free(again);
+    kvtc_cache_free(back);
+    kvtc_cache_free(c);
+    return bad;
+}
+
+/* ---- GGUF ------------------------------------------------------------------------ */
+
+static const char *const GGUF_KEYS[] = {
+    "general.architecture", "general.alignment", "general.name",
+    "llama.block_count", "llama.context_length", "llama.embedding_length",
+    "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv",
+    "llama.rope.freq_base", "llama.rope.dimension_count",
+    "llama.attention.layer_norm_rms_epsilon", "tokenizer.ggml.model", "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.add_bos_token",
+};
+
+static void read_gguf_key(const gguf_file *f, const char *key)
+{
+    uint32_t u;
+    float x;
+    bool b;
+    const char *s;
+    size_t n;
+    gguf_value_type et;
+    uint64_t count;
+    const void *arr;
+    gguf_get_u32(f, key, &u);
+    gguf_get_f32(f, key, &x);
+    gguf_get_bool(f, key, &b);
+    if (gguf_get_str(f, key, &s, &n))
+        touch(s, n);
+    if (gguf_get_arr_info(f, key, &et, &count)) {
+        for (uint64_t i = 0; i < count && i < MAX_GGUF_STRINGS; i++)
+            if (gguf_get_arr_str(f, key, i, &s, &n))
+                touch(s, n);
+        gguf_get_arr_str(f, key, count, &s, &n); /* one past the end: must say no */
+        gguf_get_arr_data(f, key, &arr);
+    }
+}
+
+int fuzz_one_gguf(const uint8_t *data, size_t len)
+{
+    gguf_file *f = NULL;
+    if (gguf_load(data, len, &f, NULL) != KVTC_OK)
+        return 0;
+    int bad = 0;
+    uint64_t a = gguf_alignment(f);
+    if (a == 0 || (a & (a - 1)))
+        bad |= broken("gguf alignment is not a power of two");
+    for (size_t i = 0; i < sizeof GGUF_KEYS / sizeof GGUF_KEYS[0]; i++)
+        read_gguf_key(f, GGUF_KEYS[i]);
+    uint64_t n = gguf_tensor_count(f);
+    for (uint64_t i = 0; i < n && i < MAX_GGUF_TENSORS; i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        const uint8_t *p = t->data;
+        if (p < data || p > data + len || t->n_bytes > (size_t)(data + len - p)) {
+            bad |= broken("gguf tensor data lies outside the buffer");
+            continue;
+        }
+        if (gguf_find_tensor(f, t->name) != t)
+            bad |= broken("gguf_find_tensor does not find a listed tensor");
+        touch(t->name, strlen(t->name));
+        if (t->n_elements <= MAX_GGUF_DEQUANT) {
+            float *out = malloc((size_t)t->n_elements * sizeof(float));
+            if (out)
+                gguf_tensor_to_f32(t, out, NULL);
+            free(out);
+        }
+    }
+    if (gguf_tensor_at(f, n) != NULL)
+        bad |= broken("gguf_tensor_at returned a tensor past the end");
+    gguf_close(f);
+    return bad;
+}
+
+/* ---- llama2.c ----------------------------------------------------------------------- */
+
+int fuzz_one_llama2c(const uint8_t *data, size_t len)
+{
+    /* The loader wants a 4-byte aligned buffer, as a mapping is. */
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return 0;
+    memcpy(buf, data, len);
+    llama2c_file *f = NULL;
+    int bad = 0;
+    if (llama2c_load(buf, len, &f, NULL) == KVTC_OK) {
+        const llama2c_config *c = &f->cfg;
+        uint64_t dim = c->dim, hid = c->hidden_dim, L = c->n_layers;
+        uint64_t kv_dim = dim / c->n_heads * c->n_kv_heads;
+        const struct {
+            const float *p;
+            uint64_t n;
+        } parts[] = {
+            {f->token_embedding, (uint64_t)c->vocab_size * dim},
+            {f->rms_att, L * dim}, {f->wq, L * dim * dim}, {f->wk, L * kv_dim * dim},
+            {f->wv, L * kv_dim * dim}, {f->wo, L * dim * dim}, {f->rms_ffn, L * dim},
+            {f->w1, L * hid * dim}, {f->w2, L * dim * hid}, {f->w3, L * hid * dim},
+            {f->rms_final, dim}, {f->wcls, (uint64_t)c->vocab_size * dim},
+        };
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+            const uint8_t *p = (const uint8_t *)parts[i].p;
+            if (p < buf + LLAMA2C_HEADER_BYTES || p > buf + len ||
+                parts[i].n * 4 > (uint64_t)(buf + len - p)) {
+                bad |= broken("llama2.c weights lie outside the buffer");
+                break;
+            }
+            touch(p, (size_t)parts[i].n * 4);
+        }
+        llama2c_close(f);
+    }
+    free(buf);
+    return bad;
+}
