@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test test-unit demo bench eval fuzz install clean
+.PHONY: all deps build model test test-sanitizers test-fuzz demo bench eval fuzz install clean
 
 all: build
 
@@ -16,21 +16,35 @@ $(BUILD)/CMakeCache.txt:
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
-# The whole test suite: unit and integration tests.
-test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+# The default model (SmolLM2-135M-Instruct), fetched once into ~/.cache/kvtc.
+model: deps
+	@bash scripts/fetch-model.sh >/dev/null
 
-demo: build
+# The whole test suite: unit and integration tests, then the suite again under
+# ASan+UBSan and the threaded tests under TSan, then each fuzz target briefly.
+test: build model
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	$(MAKE) --no-print-directory test-sanitizers test-fuzz
+
+test-sanitizers: deps
+	bash scripts/test-sanitizers.sh
+
+FUZZ_SECONDS ?= 60
+test-fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
+demo: build model
 	bash scripts/demo.sh
 
-bench: build
+bench: build model
 	bash bench/run.sh
 
-eval: build
+eval: build model
 	bash eval/run.sh
 
+# Longer fuzzing than the test suite's (FUZZ_SECONDS per target).
 fuzz: deps
-	bash fuzz/run.sh
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} bash fuzz/run.sh
 
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))

@@ -1,0 +1,81 @@
+/* The reference engine's model: hyperparameters and f32 weights of a
+ * Llama-family decoder (arch llama or qwen2), loaded from a GGUF file or a
+ * llama2.c checkpoint. Quantized GGUF weights are dequantized once at load. */
+#ifndef KVTC_ENGINE_MODEL_H
+#define KVTC_ENGINE_MODEL_H
+
+#include "gguf.h"
+#include "kvtc.h"
+#include "llama2c.h"
+#include "tokenizer.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum model_arch { MODEL_ARCH_LLAMA = 0, MODEL_ARCH_QWEN2 = 1 } model_arch;
+
+typedef struct model_config {
+    model_arch arch;
+    uint32_t dim;        /* embedding width */
+    uint32_t hidden_dim; /* FFN width */
+    uint32_t n_layer, n_head, n_kv_head, head_dim;
+    uint32_t vocab_size;
+    uint32_t context_length; /* the context the model was trained for */
+    float norm_eps;          /* RMSNorm epsilon */
+    kvtc_rope_style rope_style;
+    uint32_t rope_dims; /* rotated dims per head */
+    double rope_theta;
+    int32_t bos_id, eos_id; /* -1 when unknown */
+    char name[64];
+} model_config;
+
+/* Per-layer weights, row-major [out][in]. The Q, K and V projections lie next
+ * to each other so that one matrix product computes all three; so do the
+ * gate and up projections of the FFN. */
+typedef struct model_layer {
+    float *attn_norm; /* [dim] */
+    float *wqkv;      /* [(n_head + 2 n_kv_head) head_dim][dim]: wq, wk, wv */
+    float *bqkv;      /* the matching biases (qwen2), or NULL */
+    float *wo;        /* [dim][n_head head_dim] */
+    float *ffn_norm;  /* [dim] */
+    float *w_gate_up; /* [2 hidden][dim]: gate, then up */
+    float *w_down;    /* [dim][hidden] */
+} model_layer;
+
+typedef struct model {
+    model_config cfg;
+    float *token_embd;  /* [vocab][dim] */
+    float *output_norm; /* [dim] */
+    float *output;      /* [vocab][dim]; token_embd when tied */
+    model_layer *layers; /* [n_layer] */
+    float *arena;        /* every weight above, one allocation */
+} model;
+
+/* Builds a model from an open GGUF: hyperparameters from "<arch>.*" metadata,
+ * weights dequantized to f32. The gguf_file may be closed afterwards. */
+kvtc_status model_load_gguf(const gguf_file *f, model **out, kvtc_error *err);
+/* Builds a model from a llama2.c checkpoint (RoPE theta 10000, eps 1e-5, BOS 1). */
+kvtc_status model_load_llama2c(const llama2c_file *f, model **out, kvtc_error *err);
+/* Opens a model file of either kind: GGUF when it starts with the GGUF magic,
+ * else a llama2.c checkpoint. When tok is not NULL it receives the GGUF's
+ * tokenizer, or NULL for a llama2.c checkpoint, which carries none. */
+kvtc_status model_open(const char *path, model **out, tokenizer **tok, kvtc_error *err);
+void model_free(model *m);
+
+/* The shape of the model's KV cache as kvtc sees it. */
+kvtc_model_shape model_kv_shape(const model *m);
+
+/* default_model.c: the project's default model, SmolLM2-135M-Instruct (GGUF
+ * Q4_1), kept in $KVTC_CACHE_DIR or ~/.cache/kvtc. */
+#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+/* Writes the default model's path into buf. When the file is missing and
+ * fetch is true, runs scripts/fetch-model.sh to download it (its stderr goes
+ * to the caller's); fails with a one-line reason when it cannot be had. */
+kvtc_status default_model_path(char *buf, size_t cap, bool fetch, kvtc_error *err);
+/* model_open on `path`, or on the default model (fetched if needed) when path
+ * is NULL. */
+kvtc_status model_open_or_default(const char *path, model **out, tokenizer **tok,
+                                  kvtc_error *err);
+
+#endif /* KVTC_ENGINE_MODEL_H */
