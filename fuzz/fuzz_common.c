@@ -110,7 +110,7 @@ void fuzz_fix_kvtc_checksums(uint8_t *buf, size_t len)
     put_le32(buf + header - 4, kvtc_crc32(buf, (size_t)header - 4));
 }
 
-/* Layout of docs/format/kvtcal.md: a 72-byte header (CRC last), two sections
+/* Layout of docs/FORMAT.md, section 2: a 72-byte header (CRC last), two sections
  * (CRC last), a 32-byte SHA-256 of everything before it. */
 void fuzz_fix_kvtcal_checksums(uint8_t *buf, size_t len)
 {

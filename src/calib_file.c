@@ -1,4 +1,4 @@
-/* The .kvtcal calibration file (docs/format/kvtcal.md): a CRC-checked header,
+/* The .kvtcal calibration file (docs/FORMAT.md, section 2): a CRC-checked header,
  * one CRC-checked section per kind, and a SHA-256 fingerprint of everything
  * before it. Loading checks the fingerprint before interpreting any section,
  * then validates every field before allocating. */

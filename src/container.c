@@ -1,4 +1,4 @@
-/* The .kvtc container (docs/format/kvtc.md): a CRC-protected header that
+/* The .kvtc container (docs/FORMAT.md, section 1): a CRC-protected header that
  * describes everything (shape, positions, calibration fingerprint, the two
  * plans, the block table), then the chunk payloads in block order. The parser
  * checks every field before it allocates or indexes anything, and checks that

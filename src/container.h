@@ -1,5 +1,5 @@
 /* The .kvtc stream container: header, plans, block table, chunk payloads.
- * Byte-level specification: docs/format/kvtc.md. */
+ * Byte-level specification: docs/FORMAT.md, section 1. */
 #ifndef KVTC_CONTAINER_H
 #define KVTC_CONTAINER_H
 

@@ -1,4 +1,4 @@
-/* KV caches as safetensors files (docs/format/safetensors.md): an 8-byte
+/* KV caches as safetensors files (docs/FORMAT.md, section 3): an 8-byte
  * little-endian header length N, N bytes of JSON describing the tensors
  * "layers.{i}.key" / "layers.{i}.value" and the rope metadata, then the data.
  * Every field is checked before it sizes an allocation or an access. */
