@@ -1,8 +1,10 @@
 /* Calibration PCA: samples of a known covariance Q diag(lambda) Q^T give back
  * its eigenvalues and principal subspace; streaming in pieces equals one add;
  * the held-out selection is deterministic and counted across caches; bad
- * input is refused. */
+ * input is refused; the exact and randomized eigensolvers agree with a
+ * covariance built from known eigenpairs. */
 #include "kvtc_internal.h"
+#include "pca.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -18,25 +20,51 @@ typedef struct truth {
     double mean[P];
 } truth;
 
-static void make_truth(truth *t, test_rng *r)
+/* Rows of q ([n][n]) <- a random orthogonal matrix (Gram-Schmidt, twice, on
+ * Gaussian rows); its columns are then orthonormal too. */
+static void random_orthogonal(double *q, size_t n, test_rng *r)
 {
-    /* Gram-Schmidt on a Gaussian matrix gives a random orthonormal Q. */
-    for (int j = 0; j < P; j++) {
-        for (int i = 0; i < P; i++)
-            t->q[i][j] = rng_gaussian(r);
+    for (size_t j = 0; j < n; j++) {
+        double *row = q + j * n;
+        for (size_t i = 0; i < n; i++)
+            row[i] = rng_gaussian(r);
         for (int pass = 0; pass < 2; pass++)
-            for (int k = 0; k < j; k++) {
+            for (size_t k = 0; k < j; k++) {
+                const double *prev = q + k * n;
                 double dot = 0;
-                for (int i = 0; i < P; i++)
-                    dot += t->q[i][j] * t->q[i][k];
-                for (int i = 0; i < P; i++)
-                    t->q[i][j] -= dot * t->q[i][k];
+                for (size_t i = 0; i < n; i++)
+                    dot += row[i] * prev[i];
+                for (size_t i = 0; i < n; i++)
+                    row[i] -= dot * prev[i];
             }
         double norm = 0;
-        for (int i = 0; i < P; i++)
-            norm += t->q[i][j] * t->q[i][j];
-        for (int i = 0; i < P; i++)
-            t->q[i][j] /= sqrt(norm);
+        for (size_t i = 0; i < n; i++)
+            norm += row[i] * row[i];
+        for (size_t i = 0; i < n; i++)
+            row[i] /= sqrt(norm);
+    }
+}
+
+/* |V^T V - I| of vectors [p][rank] is rounding-small (float storage). */
+static void check_orthonormal(const char *what, const float *v, size_t p, size_t rank)
+{
+    double worst = 0;
+    for (size_t j = 0; j < rank; j++)
+        for (size_t j2 = 0; j2 <= j; j2++) {
+            double dot = 0;
+            for (size_t i = 0; i < p; i++)
+                dot += (double)v[i * rank + j] * v[i * rank + j2];
+            double off = fabs(dot - (j == j2));
+            if (off > worst)
+                worst = off;
+        }
+    CHECK_MSG(worst < 1e-5, "%s: columns off orthonormal by %g", what, worst);
+}
+
+static void make_truth(truth *t, test_rng *r)
+{
+    random_orthogonal(&t->q[0][0], P, r);
+    for (int j = 0; j < P; j++) {
         t->lambda[j] = 10.0 * pow(0.6, j);
         t->mean[j] = 3.0 * rng_gaussian(r);
     }
@@ -115,8 +143,8 @@ static void test_known_covariance(void)
                       t.lambda[j]);
             if (j > 0)
                 CHECK(k->eigenvalues[j] <= k->eigenvalues[j - 1]);
-            /* Orthonormal columns, the first few aligned with Q's, each with
-             * its largest component positive. */
+            /* The first few columns aligned with Q's, each with its largest
+             * component positive. */
             double dot_q = 0, biggest = 0;
             for (int i = 0; i < P; i++) {
                 float v = k->basis[i * k->rank + j];
@@ -128,13 +156,8 @@ static void test_known_covariance(void)
             if (j < 6)
                 CHECK_MSG(fabs(dot_q) > 0.98, "kind %d column %u: |<v, q>| = %g", kind, j,
                           fabs(dot_q));
-            for (uint32_t j2 = 0; j2 <= j; j2++) {
-                double dot = 0;
-                for (int i = 0; i < P; i++)
-                    dot += (double)k->basis[i * k->rank + j] * k->basis[i * k->rank + j2];
-                CHECK_MSG(fabs(dot - (j == j2)) < 1e-5, "columns %u, %u: dot %g", j, j2, dot);
-            }
         }
+        check_orthonormal("calibrated basis", k->basis, P, k->rank);
         /* The principal subspace of dimension 8 captures Q's first 8 columns. */
         double captured = 0;
         for (int j = 0; j < 8; j++)
@@ -356,12 +379,227 @@ static void test_rejections(void)
     kvtc_calibrator_free(cal);
 }
 
+/* ---- eigensolvers ------------------------------------------------------------ */
+
+#define EIG_P 600
+#define EIG_RANK 100
+#define EIG_OVERSAMPLE 50
+#define EIG_POWER_ITERATIONS 3
+
+/* eigvec ([p][p], row j the j-th eigenvector) and lambda [p] of a covariance
+ * eigvec^T diag(lambda) eigvec ([p][p], full, row-major) with lambda_j =
+ * (j+1)^-1.5 + 1e-4 for j < true_rank and 0 beyond: the decaying spectrum of
+ * real features, whose long flat tail is the hard case for both solvers. */
+static double *make_covariance(size_t p, size_t true_rank, double *eigvec, double *lambda,
+                               uint64_t seed)
+{
+    test_rng r;
+    rng_seed(&r, seed);
+    random_orthogonal(eigvec, p, &r);
+    double *cov = calloc(p * p, sizeof(double));
+    if (!cov)
+        return NULL;
+    for (size_t j = 0; j < p; j++) {
+        lambda[j] = j < true_rank ? pow((double)(j + 1), -1.5) + 1e-4 : 0.0;
+        const double *v = eigvec + j * p;
+        for (size_t a = 0; a < p && lambda[j] > 0; a++) {
+            double scaled = lambda[j] * v[a];
+            for (size_t b = 0; b < p; b++)
+                cov[a * p + b] += scaled * v[b];
+        }
+    }
+    return cov;
+}
+
+typedef struct eigen_result {
+    double values[EIG_RANK];
+    float vectors[EIG_P * EIG_RANK];
+} eigen_result;
+
+/* Runs one solver on a copy of cov (which the exact one destroys). */
+static bool solve(const double *cov, bool randomized, eigen_result *out)
+{
+    size_t bytes = (size_t)EIG_P * EIG_P * sizeof(double);
+    double *a = malloc(bytes);
+    if (!CHECK(a != NULL))
+        return false;
+    memcpy(a, cov, bytes);
+    kvtc_error err;
+    kvtc_status st =
+        randomized ? kvtc_eigen_top_randomized(a, EIG_P, EIG_RANK, EIG_OVERSAMPLE,
+                                               EIG_POWER_ITERATIONS, out->values, out->vectors,
+                                               &err)
+                   : kvtc_eigen_top_exact(a, EIG_P, EIG_RANK, out->values, out->vectors, &err);
+    CHECK_OK(st, &err);
+    if (randomized)
+        CHECK_MSG(memcmp(a, cov, bytes) == 0, "the randomized solver changed its input");
+    free(a);
+    return st == KVTC_OK;
+}
+
+/* Exact and randomized solvers against a covariance of known eigenpairs; the
+ * randomized one against the exact one: the precision calibration needs. */
+static void test_eigensolvers(void)
+{
+    double *eigvec = malloc((size_t)EIG_P * EIG_P * sizeof(double));
+    double lambda[EIG_P];
+    double *cov = eigvec ? make_covariance(EIG_P, EIG_P, eigvec, lambda, 4) : NULL;
+    eigen_result *exact = malloc(sizeof *exact), *fast = malloc(sizeof *fast);
+    eigen_result *again = malloc(sizeof *again);
+    if (!CHECK(cov && exact && fast && again) || !solve(cov, false, exact) ||
+        !solve(cov, true, fast) || !solve(cov, true, again))
+        goto done;
+
+    double captured_exact = 0, captured_fast = 0;
+    for (size_t j = 0; j < EIG_RANK; j++) {
+        CHECK_MSG(fabs(exact->values[j] / lambda[j] - 1) < 1e-10,
+                  "exact eigenvalue %zu = %.12g, want %.12g", j, exact->values[j], lambda[j]);
+        /* Ritz values never exceed the eigenvalues; the leading ones converge
+         * fast, the ones near the rank cut slowly. */
+        double rel = fast->values[j] / exact->values[j] - 1;
+        CHECK_MSG(rel < 1e-12 && rel > (j < EIG_RANK / 2 ? -1e-5 : -0.02),
+                  "randomized eigenvalue %zu off by %g", j, rel);
+        captured_exact += exact->values[j];
+        captured_fast += fast->values[j];
+    }
+    CHECK_MSG(captured_fast / captured_exact > 1 - 1e-4,
+              "randomized basis captures %.8f of the exact variance",
+              captured_fast / captured_exact);
+
+    /* Leading vectors: the true ones, with the same sign in both solvers. */
+    for (size_t j = 0; j < 16; j++) {
+        double dot_true = 0, dot_fast = 0;
+        for (size_t i = 0; i < EIG_P; i++) {
+            dot_true += exact->vectors[i * EIG_RANK + j] * eigvec[j * EIG_P + i];
+            dot_fast +=
+                (double)exact->vectors[i * EIG_RANK + j] * fast->vectors[i * EIG_RANK + j];
+        }
+        CHECK_MSG(fabs(dot_true) > 1 - 1e-6, "exact vector %zu: |<v, true>| = %.9f", j,
+                  fabs(dot_true));
+        CHECK_MSG(dot_fast > 1 - 1e-5, "vector %zu: <exact, randomized> = %.9f", j, dot_fast);
+    }
+    /* The whole subspace: |V_exact^T V_fast|_F^2 / rank. */
+    double aligned = 0;
+    for (size_t j = 0; j < EIG_RANK; j++)
+        for (size_t j2 = 0; j2 < EIG_RANK; j2++) {
+            double dot = 0;
+            for (size_t i = 0; i < EIG_P; i++)
+                dot += (double)exact->vectors[i * EIG_RANK + j] * fast->vectors[i * EIG_RANK + j2];
+            aligned += dot * dot;
+        }
+    CHECK_MSG(aligned / EIG_RANK > 0.995, "subspace alignment %.6f", aligned / EIG_RANK);
+    check_orthonormal("exact", exact->vectors, EIG_P, EIG_RANK);
+    check_orthonormal("randomized", fast->vectors, EIG_P, EIG_RANK);
+    CHECK_MSG(memcmp(fast, again, sizeof *fast) == 0, "randomized solver is not deterministic");
+
+    /* Below the size where it pays, kvtc_eigen_top is the exact solver. */
+    double *a = malloc((size_t)EIG_P * EIG_P * sizeof(double));
+    if (CHECK(a != NULL)) {
+        kvtc_error err;
+        memcpy(a, cov, (size_t)EIG_P * EIG_P * sizeof(double));
+        CHECK_OK(kvtc_eigen_top(a, EIG_P, EIG_RANK, again->values, again->vectors, &err), &err);
+        CHECK(memcmp(exact, again, sizeof *exact) == 0);
+        free(a);
+    }
+done:
+    free(cov);
+    free(eigvec);
+    free(exact);
+    free(fast);
+    free(again);
+}
+
+/* Fewer directions than the rank (fewer tokens than features), or none: the
+ * surplus columns are still orthonormal and their eigenvalues 0. */
+static void test_eigensolvers_rank_deficient(void)
+{
+    double *eigvec = malloc((size_t)EIG_P * EIG_P * sizeof(double));
+    double lambda[EIG_P];
+    eigen_result *got = malloc(sizeof *got);
+    for (size_t true_rank = 0; true_rank <= 60; true_rank += 60) {
+        double *cov = eigvec ? make_covariance(EIG_P, true_rank, eigvec, lambda, 5) : NULL;
+        for (int randomized = 0; randomized < 2 && CHECK(cov && got); randomized++) {
+            if (!solve(cov, randomized, got))
+                continue;
+            for (size_t j = 0; j < EIG_RANK; j++)
+                CHECK_MSG(fabs(got->values[j] - lambda[j]) < 1e-10 * lambda[0] + 1e-300,
+                          "rank %zu, %s: eigenvalue %zu = %g, want %g", true_rank,
+                          randomized ? "randomized" : "exact", j, got->values[j], lambda[j]);
+            check_orthonormal(randomized ? "randomized, rank deficient" : "exact, rank deficient",
+                              got->vectors, EIG_P, EIG_RANK);
+        }
+        free(cov);
+    }
+    free(eigvec);
+    free(got);
+}
+
+/* Every allocation of either solver may fail: each gives a clean
+ * KVTC_E_NOMEM and frees what it took. */
+static uint64_t g_allocations, g_fail_at;
+static int64_t g_live;
+
+static void *failing_malloc(size_t n, void *user)
+{
+    (void)user;
+    if (++g_allocations == g_fail_at)
+        return NULL;
+    void *p = malloc(n);
+    g_live += p != NULL;
+    return p;
+}
+
+static void counting_free(void *p, void *user)
+{
+    (void)user;
+    g_live -= p != NULL;
+    free(p);
+}
+
+/* Runs first: kvtc_set_allocator must come before other library calls. */
+static void test_eigensolver_alloc_failures(void)
+{
+    enum { p = 48, rank = 6 };
+    double *eigvec = malloc(p * p * sizeof(double)), lambda[p], values[rank];
+    double *cov = eigvec ? make_covariance(p, p, eigvec, lambda, 6) : NULL;
+    double *a = malloc(p * p * sizeof(double));
+    float vectors[p * rank];
+    const kvtc_allocator failing = {failing_malloc, counting_free, NULL};
+    kvtc_set_allocator(&failing);
+    for (int randomized = 0; randomized < 2 && CHECK(cov && a); randomized++)
+        for (g_fail_at = 1;; g_fail_at++) {
+            kvtc_error err;
+            memcpy(a, cov, p * p * sizeof(double));
+            g_allocations = 0;
+            g_live = 0;
+            kvtc_status st = randomized ? kvtc_eigen_top_randomized(a, p, rank, 4, 1, values,
+                                                                    vectors, &err)
+                                        : kvtc_eigen_top_exact(a, p, rank, values, vectors, &err);
+            CHECK_MSG(g_live == 0, "%s solver, allocation %llu failed: %lld not freed",
+                      randomized ? "randomized" : "exact", (unsigned long long)g_fail_at,
+                      (long long)g_live);
+            if (g_allocations < g_fail_at) { /* nothing failed */
+                CHECK_OK(st, &err);
+                CHECK_NEAR(values[0], lambda[0], 1e-6);
+                break;
+            }
+            CHECK_STATUS(st, KVTC_E_NOMEM, &err);
+        }
+    kvtc_set_allocator(NULL);
+    free(eigvec);
+    free(cov);
+    free(a);
+}
+
 int main(void)
 {
+    test_eigensolver_alloc_failures();
     test_known_covariance();
     test_threads_and_counts();
     test_split_equals_whole();
     test_heldout_selection();
     test_rejections();
+    test_eigensolvers();
+    test_eigensolvers_rank_deficient();
     return test_summary("test_pca");
 }
