@@ -20,7 +20,7 @@ static const command commands[] = {
     {"stats", cmd_stats, "measure ratio and error of a compression round trip"},
     {"capture", cmd_capture, "run a model on text and save its KV cache"},
     {"generate", cmd_generate, "generate text with a model, optionally from a saved cache"},
-    {"bench", cmd_bench, "benchmarks: time to first token, codec, prefill, growth"},
+    {"bench", cmd_bench, "benchmarks: time to first token, codec, prefill, calibration"},
     {"demo", cmd_demo, "a chat whose KV cache is stored compressed between turns"},
     {"eval", cmd_eval, "accuracy harness: KVTC against baselines on a real model"},
 };

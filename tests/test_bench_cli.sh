@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The 'kvtc bench' and 'kvtc demo' command lines: help, usage errors, and (when
+# the default model and a calibration of it are already on this machine) a
+# short time-to-first-token run whose JSON must carry the documented keys.
+set -uo pipefail
+KVTC="${KVTC_BIN:-./kvtc}"
+fail=0
+check() { # check WANT_STATUS DESCRIPTION CMD...
+  local want="$1" what="$2"
+  shift 2
+  "$@" >/tmp/kvtc_bench_cli.$$ 2>&1
+  local got=$?
+  if [ "$got" -ne "$want" ]; then
+    echo "FAIL: $what: exit $got, want $want"
+    sed 's/^/  | /' /tmp/kvtc_bench_cli.$$
+    fail=1
+  fi
+}
+trap 'rm -f /tmp/kvtc_bench_cli.$$' EXIT
+
+check 0 "bench --help" "$KVTC" bench --help
+grep -q ttft /tmp/kvtc_bench_cli.$$ || { echo "FAIL: bench --help lists no ttft"; fail=1; }
+for b in ttft codec prefill calibration; do
+  check 0 "bench $b --help" "$KVTC" bench "$b" --help
+done
+check 0 "demo --help" "$KVTC" demo --help
+check 2 "bench without a benchmark" "$KVTC" bench
+check 2 "unknown benchmark" "$KVTC" bench nosuch
+check 2 "context below the minimum" "$KVTC" bench ttft --context 10
+check 2 "ratio not above 1" "$KVTC" bench ttft --ratio 1
+check 2 "repeat 0" "$KVTC" bench ttft --repeat 0
+check 2 "unknown option" "$KVTC" bench codec --frobnicate
+check 2 "operand to ttft" "$KVTC" bench ttft extra
+check 2 "operand to demo" "$KVTC" demo extra
+
+# The real thing, only when it needs no download and no calibration build.
+model="${KVTC_CACHE_DIR:-$HOME/.cache/kvtc}/SmolLM2-135M-Instruct.Q4_1.gguf"
+calib="$(ls -t "$model".*.kvtcal 2>/dev/null | head -n1)"
+if [ -f "$model" ] && [ -n "$calib" ]; then
+  if ! "$KVTC" bench ttft --model "$model" -c "$calib" --context 512 --repeat 1 --threads 2 \
+       --json >/tmp/kvtc_bench_cli.$$ 2>&1; then
+    echo "FAIL: bench ttft on the default model"
+    sed 's/^/  | /' /tmp/kvtc_bench_cli.$$
+    fail=1
+  else
+    for key in context ratio recompute_ms restore_ms ttft_ratio restore_whole_ms stages_ms \
+               next_token_agrees; do
+      grep -q "\"$key\"" /tmp/kvtc_bench_cli.$$ || { echo "FAIL: ttft JSON lacks $key"; fail=1; }
+    done
+    grep -q '"context": *512' /tmp/kvtc_bench_cli.$$ || { echo "FAIL: context is not 512"; fail=1; }
+  fi
+else
+  echo "test_bench_cli: default model or its calibration not cached; skipped the ttft run"
+fi
+exit $fail

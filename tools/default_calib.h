@@ -1,0 +1,54 @@
+/* The default calibration of a model: built on first use by running the model
+ * over the calibration corpus (corpus.h), then cached next to the model file
+ * (or in $KVTC_CACHE_DIR / ~/.cache/kvtc when that folder is not writable).
+ *
+ * The cached file is named "<model file>.<key>.kvtcal", where key is a hash of
+ * the model file's identity (its size and its first and last 4 MiB) and of the
+ * recipe below, so another model, or a changed recipe or library version,
+ * never picks up a stale calibration. */
+#ifndef KVTC_TOOLS_DEFAULT_CALIB_H
+#define KVTC_TOOLS_DEFAULT_CALIB_H
+
+#include "kvtc.h"
+#include "model.h"
+#include "tokenizer.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The recipe: chunks of calibration text (prose and code alternating), each
+ * run through the model from position 0, and the basis rank kept per kind. */
+typedef struct calib_recipe {
+    uint32_t chunk_tokens; /* tokens per chunk, BOS included */
+    uint32_t n_chunks;
+    uint32_t rank;      /* basis columns kept per kind (kvtc_calib_options.rank) */
+    uint32_t n_threads; /* 0 = 1 */
+    kvtc_progress_fn progress; /* stages "prefill", then the calibrator's */
+    void *progress_user;
+} calib_recipe;
+
+/* What a default build uses (the first build takes ~3 min on 2 cores). */
+void calib_recipe_default(calib_recipe *r);
+
+/* Where the time of a calibration went. */
+typedef struct calib_stats {
+    uint64_t tokens;            /* tokens run through the model */
+    uint64_t rows[2];           /* rows the calibrator fitted per kind (K, V) */
+    double prefill_s;           /* running the model and exporting caches */
+    double add_s;               /* kvtc_calibrator_add (covariance accumulation) */
+    double finish_s;            /* kvtc_calibrator_finish (eigen, error table) */
+} calib_stats;
+
+/* Calibrates `m` on the recipe's chunks of the calibration corpus. stats may
+ * be NULL. */
+kvtc_status calibrate_on_corpus(const model *m, const tokenizer *tok, const calib_recipe *r,
+                                kvtc_calibration **out, calib_stats *stats, kvtc_error *err);
+
+/* Writes the path of the model's default calibration into path_out, building
+ * and caching it first when it does not exist yet (under a lock, so two
+ * processes never build it at once; written atomically). Says on stderr when
+ * it builds, with a progress bar when stderr is a terminal. n_threads 0 = 1. */
+kvtc_status default_calibration(const char *model_path, uint32_t n_threads, char *path_out,
+                                size_t cap, kvtc_error *err);
+
+#endif /* KVTC_TOOLS_DEFAULT_CALIB_H */
