@@ -9,14 +9,7 @@ cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
 KVTC="$BUILD/kvtc"
 OUT="${BENCH_OUT:-docs/BENCHMARKS.md}"
-# Debian 12's OpenBLAS (0.3.21) does not recognise recent Xeons and falls back
-# to its slowest (Prescott, SSE3) kernels, 4-5x below what the CPU can do;
-# name a kernel set the CPU supports unless the caller chose one.
-if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  if grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
-  fi
-fi
+source "scripts/blas-env.sh"
 if [ ! -x "$KVTC" ]; then
   echo "bench: $KVTC is missing; run 'make' first" >&2
   exit 1

@@ -6,14 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
-# Debian 12's OpenBLAS (0.3.21) does not recognise recent Xeons and falls back
-# to its slowest (Prescott, SSE3) kernels, 4-5x below what the CPU can do;
-# name a kernel set the CPU supports unless the caller chose one.
-if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  if grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
-  fi
-fi
+source "scripts/blas-env.sh"
 if [ ! -x "$BUILD/kvtc" ]; then
   echo "demo: $BUILD/kvtc is missing; run 'make' first" >&2
   exit 1
