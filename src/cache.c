@@ -156,10 +156,13 @@ void kvtc_cache_gather_rows(const kvtc_cache *c, kvtc_kind kind, uint32_t t0, ui
     size_t p = (size_t)kvtc_shape_features(s);
     bool rope = kind == KVTC_KEY && s->rope_style != KVTC_ROPE_NONE;
     float cs[MAX_ROPE_DIMS / 2], sn[MAX_ROPE_DIMS / 2];
+    double freq[MAX_ROPE_DIMS / 2];
+    if (rope)
+        kvtc_rope_freqs(s, freq);
     for (uint32_t t = 0; t < n; t++) {
         float *row = rows + (size_t)t * p;
         if (rope)
-            kvtc_rope_angles(s, c->pos0 + t0 + t, cs, sn);
+            kvtc_rope_angles_at(s, freq, c->pos0 + t0 + t, cs, sn);
         for (uint32_t l = 0; l < s->n_layer; l++)
             for (uint32_t h = 0; h < s->n_kv_head; h++) {
                 float *dst = row + ((size_t)l * s->n_kv_head + h) * s->head_dim;
@@ -178,11 +181,14 @@ void kvtc_cache_scatter_rows(kvtc_cache *c, kvtc_kind kind, uint32_t t0, uint32_
     size_t p = (size_t)kvtc_shape_features(s);
     bool rope = kind == KVTC_KEY && s->rope_style != KVTC_ROPE_NONE;
     float cs[MAX_ROPE_DIMS / 2], sn[MAX_ROPE_DIMS / 2];
+    double freq[MAX_ROPE_DIMS / 2];
+    if (rope)
+        kvtc_rope_freqs(s, freq);
     float head[MAX_HEAD_DIM];
     for (uint32_t t = 0; t < n; t++) {
         const float *row = rows + (size_t)t * p;
         if (rope)
-            kvtc_rope_angles(s, c->pos0 + t0 + t, cs, sn);
+            kvtc_rope_angles_at(s, freq, c->pos0 + t0 + t, cs, sn);
         for (uint32_t l = 0; l < s->n_layer; l++)
             for (uint32_t h = 0; h < s->n_kv_head; h++) {
                 memcpy(head, row + ((size_t)l * s->n_kv_head + h) * s->head_dim,

@@ -619,10 +619,13 @@ static kvtc_status rebuild_layers(decoder *d, layer_sink_fn sink, void *sink_use
     d->rope_sin = kvtc_malloc_array((size_t)d->n_coded * half, sizeof(float));
     if (!d->rows[0] || !d->rows[1] || !d->rope_cos || !d->rope_sin)
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u decoded tokens", d->n_coded);
-    if (s->shape.rope_style != KVTC_ROPE_NONE)
+    if (s->shape.rope_style != KVTC_ROPE_NONE) {
+        double freq[512];
+        kvtc_rope_freqs(&s->shape, freq);
         for (uint32_t t = 0; t < d->n_coded; t++)
-            kvtc_rope_angles(&s->shape, s->pos0 + d->coded_first + t, d->rope_cos + t * half,
-                             d->rope_sin + t * half);
+            kvtc_rope_angles_at(&s->shape, freq, s->pos0 + d->coded_first + t,
+                                d->rope_cos + t * half, d->rope_sin + t * half);
+    }
     kvtc_model_shape layer_shape = s->shape;
     layer_shape.n_layer = 1;
     d->layer = kvtc_cache_create(&layer_shape, s->dtype, d->n_tokens, s->pos0 + d->first, err);

@@ -127,13 +127,68 @@ const char *kvtc_dtype_name(kvtc_dtype dtype)
     return "?";
 }
 
+/* Array conversions: branch-free per-element forms of the scalar functions
+ * above (bit-identical to them, tests/test_quant.c checks every f16 code and
+ * many f32 values), run in fixed-size chunks so that -O2's cheap vectorizer
+ * turns each chunk into SIMD code. */
+enum { CONVERT_CHUNK = 16 };
+
+/* a where cond holds, else b: a mask, not a branch, keeps the loops vectorizable. */
+static inline uint32_t select_u32(bool cond, uint32_t a, uint32_t b)
+{
+    uint32_t mask = 0u - (uint32_t)cond;
+    return (a & mask) | (b & ~mask);
+}
+
+static inline float f16_to_f32_lane(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = h & 0x7c00u, m = h & 0x3ffu;
+    uint32_t normal = ((uint32_t)(h & 0x7fffu) << 13) + (112u << 23);
+    uint32_t special = 0x7f800000u | (m << 13);
+    uint32_t subnormal = f32_bits((float)(int32_t)m * (1.0f / 16777216.0f));
+    uint32_t r = select_u32(e == 0, subnormal, select_u32(e == 0x7c00u, special, normal));
+    return bits_f32(sign | r);
+}
+
+static inline uint16_t f32_to_f16_lane(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    int32_t ax = (int32_t)(x & 0x7fffffffu);
+    /* Rebias, then round half to even on the 13 dropped bits. */
+    uint32_t normal = ((uint32_t)ax - (112u << 23) + 0xfffu + (((uint32_t)ax >> 13) & 1u)) >> 13;
+    /* Adding 0.5 rounds to a multiple of 2^-24 (half to even), like rintf(f * 2^24). */
+    uint32_t subnormal = f32_bits(bits_f32((uint32_t)ax) + 0.5f) - 0x3f000000u;
+    uint32_t special = 0x7c00u | ((uint32_t)(ax > 0x7f800000) << 9); /* nan, or inf and overflow */
+    uint32_t r = select_u32(ax < 0x38800000, subnormal, select_u32(ax >= 0x477ff000, special, normal));
+    return (uint16_t)(sign | r);
+}
+
+static inline uint16_t f32_to_bf16_lane(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    uint32_t quiet_nan = (x >> 16) | 0x40u;
+    return (uint16_t)select_u32((int32_t)(x & 0x7fffffffu) > 0x7f800000, quiet_nan, rounded);
+}
+
+#define CONVERT_ARRAY(dst, src, n, lane)                                                     \
+    do {                                                                                     \
+        size_t i_ = 0;                                                                       \
+        for (; i_ + CONVERT_CHUNK <= (n); i_ += CONVERT_CHUNK)                               \
+            for (size_t j_ = 0; j_ < CONVERT_CHUNK; j_++)                                    \
+                (dst)[i_ + j_] = lane((src)[i_ + j_]);                                       \
+        for (; i_ < (n); i_++)                                                               \
+            (dst)[i_] = lane((src)[i_]);                                                     \
+    } while (0)
+
 void kvtc_to_f32(kvtc_dtype dtype, const void *src, float *dst, size_t n)
 {
     const uint16_t *h = src;
     switch (dtype) {
     case KVTC_F32: memcpy(dst, src, n * 4); break;
-    case KVTC_F16: for (size_t i = 0; i < n; i++) dst[i] = kvtc_f16_to_f32(h[i]); break;
-    case KVTC_BF16: for (size_t i = 0; i < n; i++) dst[i] = kvtc_bf16_to_f32(h[i]); break;
+    case KVTC_F16: CONVERT_ARRAY(dst, h, n, f16_to_f32_lane); break;
+    case KVTC_BF16: CONVERT_ARRAY(dst, h, n, kvtc_bf16_to_f32); break;
     }
 }
 
@@ -142,7 +197,7 @@ void kvtc_from_f32(kvtc_dtype dtype, const float *src, void *dst, size_t n)
     uint16_t *h = dst;
     switch (dtype) {
     case KVTC_F32: memcpy(dst, src, n * 4); break;
-    case KVTC_F16: for (size_t i = 0; i < n; i++) h[i] = kvtc_f32_to_f16(src[i]); break;
-    case KVTC_BF16: for (size_t i = 0; i < n; i++) h[i] = kvtc_f32_to_bf16(src[i]); break;
+    case KVTC_F16: CONVERT_ARRAY(h, src, n, f32_to_f16_lane); break;
+    case KVTC_BF16: CONVERT_ARRAY(h, src, n, f32_to_bf16_lane); break;
     }
 }

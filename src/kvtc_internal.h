@@ -81,6 +81,11 @@ void kvtc_cache_copy_tokens(kvtc_cache *dst, uint32_t dst_t0, const kvtc_cache *
 
 /* Angles of position pos: rope_dims/2 cosines and sines (computed in double). */
 void kvtc_rope_angles(const kvtc_model_shape *shape, int64_t pos, float *cos_out, float *sin_out);
+/* The same split in two, for many positions: the rope_dims/2 frequencies once
+ * (freq needs room for 512), then each position's angles, bit-identical. */
+void kvtc_rope_freqs(const kvtc_model_shape *shape, double *freq);
+void kvtc_rope_angles_at(const kvtc_model_shape *shape, const double *freq, int64_t pos,
+                         float *cos_out, float *sin_out);
 /* Rotates one head vector (head_dim floats) by precomputed angles; inverse
  * undoes it (exact up to float rounding). No-op for KVTC_ROPE_NONE. */
 void kvtc_rope_apply(const kvtc_model_shape *shape, float *head, const float *cos_t,

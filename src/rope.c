@@ -9,16 +9,30 @@ static uint32_t rope_dims_of(const kvtc_model_shape *s)
     return s->rope_dims ? s->rope_dims : s->head_dim;
 }
 
-void kvtc_rope_angles(const kvtc_model_shape *shape, int64_t pos, float *cos_out, float *sin_out)
+void kvtc_rope_freqs(const kvtc_model_shape *shape, double *freq)
+{
+    uint32_t dims = rope_dims_of(shape);
+    for (uint32_t i = 0; i < dims / 2; i++)
+        freq[i] = pow(shape->rope_theta, -2.0 * (double)i / (double)dims);
+}
+
+void kvtc_rope_angles_at(const kvtc_model_shape *shape, const double *freq, int64_t pos,
+                         float *cos_out, float *sin_out)
 {
     uint32_t dims = rope_dims_of(shape);
     double scale = shape->rope_freq_scale > 0 ? shape->rope_freq_scale : 1.0;
     for (uint32_t i = 0; i < dims / 2; i++) {
-        double freq = pow(shape->rope_theta, -2.0 * (double)i / (double)dims);
-        double angle = (double)pos * scale * freq;
+        double angle = (double)pos * scale * freq[i];
         cos_out[i] = (float)cos(angle);
         sin_out[i] = (float)sin(angle);
     }
+}
+
+void kvtc_rope_angles(const kvtc_model_shape *shape, int64_t pos, float *cos_out, float *sin_out)
+{
+    double freq[512]; /* rope_dims <= 1024 is enforced by kvtc_shape_check */
+    kvtc_rope_freqs(shape, freq);
+    kvtc_rope_angles_at(shape, freq, pos, cos_out, sin_out);
 }
 
 void kvtc_rope_apply(const kvtc_model_shape *shape, float *head, const float *cos_t,

@@ -6,6 +6,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static uint32_t bits_of(float f)
@@ -228,6 +229,64 @@ static void test_bf16(void)
     CHECK_EQ(kvtc_f32_to_bf16(FLT_MAX), 0x7f80); /* rounds up to infinity */
 }
 
+/* ---- whole-array conversions ---------------------------------------------------- */
+
+/* kvtc_to_f32 / kvtc_from_f32 take a separate, vectorized route: every f16 and
+ * bf16 code, and many f32 values (random bits, ties, subnormals, the overflow
+ * edge, nans with payloads), must give the scalar functions' exact bits. An odd
+ * length covers the loops' tails. */
+static void test_array_conversions(void)
+{
+    enum { N_CODES = 65536, N_VALUES = 1000003 };
+    uint16_t *codes = malloc(N_CODES * sizeof *codes), *h = malloc(N_VALUES * sizeof *h);
+    float *f = malloc(N_VALUES * sizeof *f);
+    CHECK(codes && h && f);
+    if (!codes || !h || !f)
+        goto done;
+    for (uint32_t c = 0; c < N_CODES; c++)
+        codes[c] = (uint16_t)c;
+    kvtc_to_f32(KVTC_F16, codes, f, N_CODES);
+    for (uint32_t c = 0; c < N_CODES; c++)
+        CHECK_MSG(bits_of(f[c]) == bits_of(kvtc_f16_to_f32((uint16_t)c)),
+                  "f16 array decode of 0x%04x differs from the scalar one", c);
+    kvtc_to_f32(KVTC_BF16, codes, f, N_CODES);
+    for (uint32_t c = 0; c < N_CODES; c++)
+        CHECK_MSG(bits_of(f[c]) == bits_of(kvtc_bf16_to_f32((uint16_t)c)),
+                  "bf16 array decode of 0x%04x differs from the scalar one", c);
+
+    const uint32_t edges[] = {0x00000000u, 0x00000001u, 0x007fffffu, 0x33000000u, 0x33000001u,
+                              0x387fe000u, 0x387ff000u, 0x387fffffu, 0x38800000u, 0x477fefffu,
+                              0x477ff000u, 0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7fc00000u,
+                              0x7fffffffu, 0x7f7f8000u, 0x3f808000u, 0x3f818000u};
+    const size_t n_edges = sizeof edges / sizeof edges[0];
+    test_rng r;
+    rng_seed(&r, 64);
+    for (size_t i = 0; i < N_VALUES; i++) {
+        uint32_t u = (uint32_t)rng_u64(&r);
+        switch (i % 5) {
+        case 0: u = (u & 0x80000000u) | edges[(i / 5) % n_edges]; break;
+        case 1: u = (u & 0x8fffe000u) | 0x38000000u | 0x1000u; break; /* f16 ties near 1 */
+        case 2: u = (u & 0x807fffffu) | ((0x67u + (u >> 23) % 0x20u) << 23); break; /* f16 range */
+        default: break;
+        }
+        f[i] = float_of(u);
+    }
+    kvtc_from_f32(KVTC_F16, f, h, N_VALUES);
+    for (size_t i = 0; i < N_VALUES; i++)
+        CHECK_MSG(h[i] == kvtc_f32_to_f16(f[i]),
+                  "f16 array encode of bits 0x%08x = 0x%04x, scalar 0x%04x", bits_of(f[i]),
+                  h[i], kvtc_f32_to_f16(f[i]));
+    kvtc_from_f32(KVTC_BF16, f, h, N_VALUES);
+    for (size_t i = 0; i < N_VALUES; i++)
+        CHECK_MSG(h[i] == kvtc_f32_to_bf16(f[i]),
+                  "bf16 array encode of bits 0x%08x = 0x%04x, scalar 0x%04x", bits_of(f[i]),
+                  h[i], kvtc_f32_to_bf16(f[i]));
+done:
+    free(codes);
+    free(h);
+    free(f);
+}
+
 /* ---- bit packing ------------------------------------------------------------- */
 
 static void test_pack(void)
@@ -350,6 +409,7 @@ int main(void)
     test_e4m3();
     test_f16();
     test_bf16();
+    test_array_conversions();
     test_pack();
     test_group_quant();
     return test_summary("test_quant");
