@@ -1,0 +1,295 @@
+/* kvtc eval: the accuracy harness. Runs a model over evaluation text, puts each
+ * context's cache through the chosen methods and measures what the model does
+ * on top of the restored caches (see eval/tasks.h). */
+#include "cli.h"
+#include "commands.h"
+#include "default_calib.h"
+#include "methods.h"
+#include "model.h"
+#include "report.h"
+#include "tasks.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: kvtc eval --method M[,M...] [options]\n"
+    "\n"
+    "The model reads contexts of evaluation text; each context's cache (except its\n"
+    "sinks and window) goes through the method; the model then continues on top of\n"
+    "the restored cache. Tasks: 'nll' (NLL of the next tokens after prose and code\n"
+    "contexts, and greedy top-1 agreement with the exact run) and 'passkey' (secret\n"
+    "numbers hidden in prose, asked with the chat template). Realized ratio = fp16\n"
+    "bytes of the treated tokens / bytes the method stored for them.\n"
+    "\n"
+    "methods: exact, kvtc[:R], fp8, int8, int4, kivi2, h2o[:R], zstd\n"
+    "\n"
+    "options:\n"
+    "      --model PATH           the model (GGUF with a tokenizer); default: the\n"
+    "                             default model, fetched on first use\n"
+    "  -c, --calibration FILE     default: the model's default calibration, built on\n"
+    "                             first use and cached next to the model\n"
+    "  -m, --method LIST          methods, comma-separated (required)\n"
+    "  -r, --ratio R              target ratio of kvtc and h2o without ':R' (default 16)\n"
+    "      --tasks LIST           nll, passkey or both (default nll,passkey)\n"
+    "      --contexts N           continuation contexts (default 4)\n"
+    "      --context-tokens N     tokens per context (default 1024)\n"
+    "      --continuation-tokens N  tokens scored after each context (default 256)\n"
+    "      --haystacks N          retrieval haystacks (default 10)\n"
+    "      --facts N              facts per haystack, 1..10; 1 = a single pass key\n"
+    "                             (default 5)\n"
+    "      --haystack-tokens N    prose tokens per haystack (default 1024)\n"
+    "      --threads N            worker threads (default: all CPUs)\n"
+    "      --json                 JSON: one object, or an array for several methods\n"
+    "      --plot OUT.svg         chart: quality vs realized ratio, explained variance,\n"
+    "                             bit allocations\n"
+    "      --report OUT.md        markdown tables and verdicts\n"
+    "  -h, --help                 this help\n";
+
+enum {
+    OPT_MODEL = 256, OPT_TASKS, OPT_CONTEXTS, OPT_CONTEXT_TOKENS, OPT_CONTINUATION, OPT_HAYSTACKS,
+    OPT_FACTS, OPT_HAYSTACK_TOKENS, OPT_THREADS, OPT_JSON, OPT_PLOT, OPT_REPORT
+};
+
+#define MAX_METHODS 32
+
+typedef struct eval_args {
+    const char *model, *calibration, *methods, *plot, *report;
+    double ratio;
+    bool json;
+    eval_options opt;
+} eval_args;
+
+static bool parse_tasks(const char *text, eval_options *o)
+{
+    o->nll = o->passkey = false;
+    char buf[64];
+    if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf)
+        return false;
+    for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(t, "nll"))
+            o->nll = true;
+        else if (!strcmp(t, "passkey"))
+            o->passkey = true;
+        else
+            return false;
+    }
+    return o->nll || o->passkey;
+}
+
+static int handle_option(void *user, int opt, const char *arg)
+{
+    eval_args *a = user;
+    eval_options *o = &a->opt;
+    bool ok = true;
+    switch (opt) {
+    case OPT_MODEL: a->model = arg; break;
+    case 'c': a->calibration = arg; break;
+    case 'm': a->methods = arg; break;
+    case 'r': ok = cli_parse_ratio("--ratio", arg, &a->ratio); break;
+    case OPT_TASKS:
+        if (!parse_tasks(arg, o))
+            return cli_usage_error("--tasks takes nll, passkey or nll,passkey (got '%s')", arg);
+        break;
+    case OPT_CONTEXTS: ok = cli_parse_u32("--contexts", arg, 1, 1024, &o->n_contexts); break;
+    case OPT_CONTEXT_TOKENS:
+        ok = cli_parse_u32("--context-tokens", arg, 2, 1u << 16, &o->context_tokens);
+        break;
+    case OPT_CONTINUATION:
+        ok = cli_parse_u32("--continuation-tokens", arg, 1, 4096, &o->continuation_tokens);
+        break;
+    case OPT_HAYSTACKS: ok = cli_parse_u32("--haystacks", arg, 1, 1024, &o->n_haystacks); break;
+    case OPT_FACTS: ok = cli_parse_u32("--facts", arg, 1, 10, &o->facts_per_haystack); break;
+    case OPT_HAYSTACK_TOKENS:
+        ok = cli_parse_u32("--haystack-tokens", arg, 2, 1u << 16, &o->haystack_tokens);
+        break;
+    case OPT_THREADS: ok = cli_parse_threads(arg, &o->n_threads); break;
+    case OPT_JSON: a->json = true; break;
+    case OPT_PLOT: a->plot = arg; break;
+    case OPT_REPORT: a->report = arg; break;
+    default: return CLI_USAGE;
+    }
+    return ok ? CLI_OK : CLI_USAGE;
+}
+
+/* Splits the comma-separated method list. */
+static int parse_methods(const eval_args *a, eval_method *out, uint32_t *n)
+{
+    char buf[1024];
+    if (snprintf(buf, sizeof buf, "%s", a->methods) >= (int)sizeof buf)
+        return cli_usage_error("--method list too long");
+    *n = 0;
+    for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        kvtc_error err;
+        if (*n == MAX_METHODS)
+            return cli_usage_error("at most %d methods", MAX_METHODS);
+        if (eval_method_parse(t, a->ratio, &out[*n], &err) != KVTC_OK)
+            return cli_usage_error("%s", err.message);
+        (*n)++;
+    }
+    return *n ? CLI_OK : cli_usage_error("--method needs at least one method");
+}
+
+static void print_text(const eval_results *r)
+{
+    printf("exact: NLL %.4f over %llu tokens, retrieval %u/%u\n", eval_tally_nll(&r->exact),
+           (unsigned long long)r->exact.tokens, r->exact.correct, r->exact.cases);
+    printf("%-10s %8s %9s %9s %8s %10s\n", "method", "ratio", "NLL", "ΔNLL", "top-1", "retrieval");
+    for (uint32_t i = 0; i < r->n_methods; i++) {
+        const eval_method_result *m = &r->methods[i];
+        char label[64];
+        eval_method_label(&m->method, label, sizeof label);
+        printf("%-10s %7.2fx %9.4f %+9.4f %8.4f %5u/%-4u\n", label, eval_method_ratio(m),
+               eval_tally_nll(&m->all), eval_tally_nll(&m->all) - eval_tally_nll(&r->exact),
+               eval_tally_top1(&m->all), m->all.correct, m->all.cases);
+    }
+    for (uint32_t i = 0; i < r->n_methods; i++)
+        if (r->methods[i].method.id == EVAL_EXACT && r->exact.tokens)
+            printf("exact run reproduced bit for bit: %s\n", r->exact_bit_identical ? "yes" : "NO");
+}
+
+/* One object, or an array of them for several methods. */
+static int print_json(const eval_results *r)
+{
+    if (r->n_methods == 1) {
+        cli_json j;
+        cli_json_begin(&j);
+        eval_json_method(&j, r, 0);
+        return cli_json_print(&j);
+    }
+    cli_json j;
+    kvtc_writer_init(&j.buf);
+    kvtc_jw_init(&j.jw, &j.buf, true);
+    kvtc_jw_begin_array(&j.jw);
+    for (uint32_t i = 0; i < r->n_methods; i++) {
+        kvtc_jw_begin_object(&j.jw);
+        eval_json_method(&j, r, i);
+        kvtc_jw_end_object(&j.jw);
+    }
+    kvtc_jw_end_array(&j.jw);
+    kvtc_put_u8(&j.buf, '\n');
+    int rc = CLI_OK;
+    if (j.buf.failed)
+        rc = cli_fail(NULL, "out of memory writing JSON");
+    else if (fwrite(j.buf.buf, 1, j.buf.len, stdout) != j.buf.len || fflush(stdout) != 0)
+        rc = cli_fail("<stdout>", "write failed");
+    kvtc_writer_free(&j.buf);
+    return rc;
+}
+
+/* The command line, for the report. */
+static void join_args(int argc, char **argv, char *buf, size_t cap)
+{
+    size_t used = (size_t)snprintf(buf, cap, "kvtc");
+    for (int i = 0; i < argc && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, " %s", argv[i]);
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    static const struct option longs[] = {
+        {"model", required_argument, NULL, OPT_MODEL},
+        {"calibration", required_argument, NULL, 'c'},
+        {"method", required_argument, NULL, 'm'},
+        {"ratio", required_argument, NULL, 'r'},
+        {"tasks", required_argument, NULL, OPT_TASKS},
+        {"contexts", required_argument, NULL, OPT_CONTEXTS},
+        {"context-tokens", required_argument, NULL, OPT_CONTEXT_TOKENS},
+        {"continuation-tokens", required_argument, NULL, OPT_CONTINUATION},
+        {"haystacks", required_argument, NULL, OPT_HAYSTACKS},
+        {"facts", required_argument, NULL, OPT_FACTS},
+        {"haystack-tokens", required_argument, NULL, OPT_HAYSTACK_TOKENS},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"plot", required_argument, NULL, OPT_PLOT},
+        {"report", required_argument, NULL, OPT_REPORT},
+        {0},
+    };
+    eval_args a = {0};
+    a.ratio = 16;
+    eval_options_default(&a.opt);
+    a.opt.n_threads = cli_default_threads();
+    int first;
+    int rc = cli_parse_options(argc, argv, "c:m:r:", longs, usage, handle_option, &a, &first);
+    if (rc != CLI_OK)
+        return rc < 0 ? CLI_OK : rc;
+    if (first < argc)
+        return cli_usage_error("unexpected argument '%s'", argv[first]);
+    if (!a.methods)
+        return cli_usage_error("--method is required");
+    eval_method methods[MAX_METHODS];
+    uint32_t n_methods = 0;
+    if ((rc = parse_methods(&a, methods, &n_methods)) != CLI_OK)
+        return rc;
+
+    kvtc_error err;
+    char model_path[4096], calib_path[4096];
+    if (!a.model) {
+        if (default_model_path(model_path, sizeof model_path, true, &err) != KVTC_OK)
+            return cli_fail_err(NULL, &err);
+        a.model = model_path;
+    }
+    if (!a.calibration) {
+        if (default_calibration(a.model, a.opt.n_threads, calib_path, sizeof calib_path, &err) !=
+            KVTC_OK)
+            return cli_fail_err(a.model, &err);
+        a.calibration = calib_path;
+    }
+    model *m = NULL;
+    tokenizer *tok = NULL;
+    kvtc_calibration *cal = NULL;
+    eval_results res = {0};
+    rc = CLI_FAIL;
+    if (model_open(a.model, &m, &tok, &err) != KVTC_OK) {
+        cli_fail_err(a.model, &err);
+        goto done;
+    }
+    if (!tok) {
+        cli_fail(a.model, "no tokenizer in the model file: eval needs text (use a GGUF model)");
+        goto done;
+    }
+    if (!(cal = cli_read_calibration(a.calibration)))
+        goto done;
+    kvtc_model_shape shape = model_kv_shape(m);
+    if (!kvtc_shape_equal(&shape, kvtc_calibration_shape(cal))) {
+        cli_fail(a.calibration, "calibration is for another model shape than %s", a.model);
+        goto done;
+    }
+    a.opt.sinks = kvtc_calibration_sinks(cal);
+    a.opt.window = kvtc_calibration_window(cal);
+    cli_progress_state bar;
+    cli_progress_init(&bar);
+    a.opt.progress = cli_progress;
+    a.opt.progress_user = &bar;
+    kvtc_status st = eval_run(m, tok, cal, methods, n_methods, &a.opt, &res, &err);
+    cli_progress_end(&bar);
+    if (st != KVTC_OK) {
+        cli_fail_err(NULL, &err);
+        goto done;
+    }
+    char command[2048];
+    join_args(argc, argv, command, sizeof command);
+    eval_setup setup = {a.model, a.calibration, command, &a.opt, cal};
+    if (a.report && eval_write_report(a.report, &setup, &res, &err) != KVTC_OK) {
+        cli_fail_err(a.report, &err);
+        goto done;
+    }
+    if (a.plot && eval_write_chart(a.plot, &setup, &res, &err) != KVTC_OK) {
+        cli_fail_err(a.plot, &err);
+        goto done;
+    }
+    if (a.json)
+        rc = print_json(&res);
+    else {
+        print_text(&res);
+        rc = CLI_OK;
+    }
+done:
+    eval_results_free(&res);
+    kvtc_calibration_free(cal);
+    tokenizer_free(tok);
+    model_free(m);
+    return rc;
+}

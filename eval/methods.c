@@ -1,0 +1,473 @@
+/* The compared methods. Quantizers are small functions over one group of
+ * values (in place, returning the bytes the group takes when stored); the
+ * methods differ only in which groups they form and which quantizer they use. */
+#include "methods.h"
+
+#include "kvtc_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#define E4M3_MAX 448.0f
+#define F16_MAX 65504.0f
+#define H2O_INDEX_BYTES 4u /* each kept token's position, per layer and KV head */
+
+static const char *const method_names[EVAL_METHOD_COUNT] = {
+    "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd"};
+
+const char *eval_method_name(eval_method_id id)
+{
+    return (unsigned)id < EVAL_METHOD_COUNT ? method_names[id] : "?";
+}
+
+bool eval_method_has_ratio(eval_method_id id) { return id == EVAL_KVTC || id == EVAL_H2O; }
+
+kvtc_status eval_method_parse(const char *text, double default_ratio, eval_method *out,
+                              kvtc_error *err)
+{
+    const char *colon = strchr(text, ':');
+    size_t name_len = colon ? (size_t)(colon - text) : strlen(text);
+    for (int id = 0; id < EVAL_METHOD_COUNT; id++) {
+        if (strlen(method_names[id]) != name_len || strncmp(text, method_names[id], name_len))
+            continue;
+        out->id = (eval_method_id)id;
+        out->target_ratio = 0;
+        if (!eval_method_has_ratio(out->id)) {
+            if (colon)
+                return kvtc_fail(err, KVTC_E_INVALID, "method %s takes no ratio: '%s'",
+                                 method_names[id], text);
+            return KVTC_OK;
+        }
+        double r = default_ratio;
+        if (colon) {
+            char *end;
+            r = strtod(colon + 1, &end);
+            if (end == colon + 1 || *end)
+                return kvtc_fail(err, KVTC_E_INVALID, "bad ratio in method '%s'", text);
+        }
+        if (!(r > 1.0) || !isfinite(r))
+            return kvtc_fail(err, KVTC_E_INVALID, "method %s needs a ratio > 1 (got %g)",
+                             method_names[id], r);
+        out->target_ratio = r;
+        return KVTC_OK;
+    }
+    return kvtc_fail(err, KVTC_E_INVALID,
+                     "unknown method '%s' (exact, kvtc, fp8, int8, int4, kivi2, h2o, zstd)",
+                     text);
+}
+
+void eval_method_label(const eval_method *m, char *buf, size_t cap)
+{
+    if (eval_method_has_ratio(m->id))
+        snprintf(buf, cap, "%s:%g", eval_method_name(m->id), m->target_ratio);
+    else
+        snprintf(buf, cap, "%s", eval_method_name(m->id));
+}
+
+/* ---- quantizers of one group: in place, return the bytes stored ------------ */
+
+typedef uint64_t (*group_quant_fn)(float *x, uint32_t n);
+
+static uint64_t packed_bytes(uint32_t n, uint32_t bits) { return ((uint64_t)n * bits + 7) / 8; }
+
+static float group_absmax(const float *x, uint32_t n)
+{
+    float m = 0.0f;
+    for (uint32_t i = 0; i < n; i++)
+        m = fmaxf(m, fabsf(x[i]));
+    return m;
+}
+
+/* An fp16 scale >= want (so no value saturates), as it is stored. */
+static float stored_scale_up(float want)
+{
+    if (!(want > 0.0f))
+        return 0.0f;
+    uint16_t h = kvtc_f32_to_f16(fminf(want, F16_MAX));
+    if (kvtc_f16_to_f32(h) < want && h < 0x7bffu)
+        h++;
+    return kvtc_f16_to_f32(h);
+}
+
+static uint64_t quant_fp16(float *x, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        x[i] = kvtc_f16_to_f32(kvtc_f32_to_f16(x[i]));
+    return 2ull * n;
+}
+
+/* e4m3 codes of x / scale, with one fp16 scale putting the largest magnitude at 448. */
+static uint64_t quant_fp8(float *x, uint32_t n)
+{
+    float scale = stored_scale_up(group_absmax(x, n) / E4M3_MAX);
+    float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (uint32_t i = 0; i < n; i++)
+        x[i] = scale * kvtc_e4m3_to_f32(kvtc_f32_to_e4m3(x[i] * inv));
+    return n + 2ull;
+}
+
+/* Symmetric integers in [-(2^(bits-1)-1), 2^(bits-1)-1] with one fp16 scale. */
+static uint64_t quant_symmetric(float *x, uint32_t n, uint32_t bits)
+{
+    float qmax = (float)((1u << (bits - 1)) - 1u);
+    float scale = stored_scale_up(group_absmax(x, n) / qmax);
+    float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (uint32_t i = 0; i < n; i++) {
+        float q = rintf(x[i] * inv);
+        x[i] = scale * fminf(fmaxf(q, -qmax), qmax);
+    }
+    return packed_bytes(n, bits) + 2;
+}
+
+static uint64_t quant_int8(float *x, uint32_t n) { return quant_symmetric(x, n, 8); }
+static uint64_t quant_int4(float *x, uint32_t n) { return quant_symmetric(x, n, 4); }
+
+/* Asymmetric 2-bit with an fp16 minimum and scale: the codec's own group
+ * quantizer, which is exactly KIVI's min/max scheme. */
+static uint64_t quant_int2_minmax(float *x, uint32_t n)
+{
+    uint8_t codes[EVAL_KIVI_GROUP];
+    uint16_t shift, scale;
+    kvtc_quant_group(KVTC_Q_INT2, x, n, &shift, &scale, codes);
+    kvtc_dequant_group(KVTC_Q_INT2, shift, scale, codes, n, x);
+    return packed_bytes(n, 2) + 4;
+}
+
+/* ---- groups over a slab: rows = tokens, cols = head_dim ------------------- */
+
+/* Quantizes x[rows][cols] in groups of `group` values (0 = a whole row):
+ * along each row (per token) or down each column (per channel, gathered
+ * through buf, which holds `group` floats). Returns the bytes stored. */
+static uint64_t quantize_slab(float *x, uint32_t rows, uint32_t cols, uint32_t group,
+                              bool per_channel, group_quant_fn fn, float *buf)
+{
+    uint64_t bytes = 0;
+    if (!per_channel) {
+        uint32_t g = group ? group : cols;
+        for (uint32_t r = 0; r < rows; r++)
+            for (uint32_t c0 = 0; c0 < cols; c0 += g)
+                bytes += fn(x + (size_t)r * cols + c0, cols - c0 < g ? cols - c0 : g);
+        return bytes;
+    }
+    uint32_t g = group ? group : rows;
+    for (uint32_t c = 0; c < cols; c++)
+        for (uint32_t r0 = 0; r0 < rows; r0 += g) {
+            uint32_t n = rows - r0 < g ? rows - r0 : g;
+            for (uint32_t i = 0; i < n; i++)
+                buf[i] = x[(size_t)(r0 + i) * cols + c];
+            bytes += fn(buf, n);
+            for (uint32_t i = 0; i < n; i++)
+                x[(size_t)(r0 + i) * cols + c] = buf[i];
+        }
+    return bytes;
+}
+
+/* How a fixed-rate quantization method forms its groups. */
+typedef struct quant_scheme {
+    group_quant_fn fn;
+    uint32_t group;        /* values per group; 0 = one token's head vector */
+    bool keys_per_channel; /* keys grouped down the token axis (KIVI) */
+    uint32_t residual;     /* last treated tokens kept in fp16 (KIVI's window) */
+} quant_scheme;
+
+static const quant_scheme *scheme_of(eval_method_id id)
+{
+    static const quant_scheme fp8 = {quant_fp8, 0, false, 0};
+    static const quant_scheme int8 = {quant_int8, 0, false, 0};
+    static const quant_scheme int4 = {quant_int4, EVAL_INT4_GROUP, false, 0};
+    static const quant_scheme kivi2 = {quant_int2_minmax, EVAL_KIVI_GROUP, true,
+                                       EVAL_KIVI_RESIDUAL};
+    switch (id) {
+    case EVAL_FP8: return &fp8;
+    case EVAL_INT8: return &int8;
+    case EVAL_INT4: return &int4;
+    case EVAL_KIVI2: return &kivi2;
+    default: return NULL;
+    }
+}
+
+/* Treats one slab with a scheme: the first q_rows tokens quantized (a whole
+ * number of groups when keys go per channel), the rest kept in fp16. */
+static uint64_t quantize_scheme_slab(const quant_scheme *s, kvtc_kind kind, float *x,
+                                     uint32_t rows, uint32_t cols, float *buf)
+{
+    uint32_t q_rows = rows;
+    if (s->residual)
+        q_rows = rows > s->residual ? (rows - s->residual) / s->group * s->group : 0;
+    bool per_channel = s->keys_per_channel && kind == KVTC_KEY;
+    uint64_t bytes = quantize_slab(x, q_rows, cols, s->group, per_channel, s->fn, buf);
+    return bytes + quant_fp16(x + (size_t)q_rows * cols, (rows - q_rows) * cols);
+}
+
+/* ---- walking the treated tokens of a cache ----------------------------------- */
+
+/* Called with tokens [t0, t1) of one (kind, layer, head) as f32 rows of head_dim. */
+typedef kvtc_status (*slab_fn)(void *user, kvtc_kind kind, float *x, uint32_t rows,
+                               uint32_t cols, kvtc_error *err);
+
+/* Runs fn over every (kind, layer, head) slab of tokens [t0, t1) and writes
+ * the slabs back in the cache's dtype. */
+static kvtc_status for_each_slab(kvtc_cache *c, uint32_t t0, uint32_t t1, slab_fn fn, void *user,
+                                 kvtc_error *err)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    uint32_t rows = t1 - t0, hd = s->head_dim;
+    size_t esz = kvtc_dtype_size(kvtc_cache_dtype(c));
+    float *x = kvtc_malloc_array((size_t)rows * hd, sizeof(float));
+    if (!x)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u tokens", rows);
+    kvtc_status st = KVTC_OK;
+    for (int k = 0; k < 2 && st == KVTC_OK; k++)
+        for (uint32_t l = 0; l < s->n_layer && st == KVTC_OK; l++)
+            for (uint32_t h = 0; h < s->n_kv_head && st == KVTC_OK; h++) {
+                unsigned char *base = kvtc_cache_data(c, (kvtc_kind)k, l);
+                unsigned char *slab = base + (((size_t)h * kvtc_cache_tokens(c) + t0) * hd) * esz;
+                kvtc_to_f32(kvtc_cache_dtype(c), slab, x, (size_t)rows * hd);
+                st = fn(user, (kvtc_kind)k, x, rows, hd, err);
+                kvtc_from_f32(kvtc_cache_dtype(c), x, slab, (size_t)rows * hd);
+            }
+    kvtc_free(x);
+    return st;
+}
+
+typedef struct scheme_job {
+    const quant_scheme *scheme;
+    float *buf;
+    uint64_t bytes;
+} scheme_job;
+
+static kvtc_status scheme_slab(void *user, kvtc_kind kind, float *x, uint32_t rows,
+                               uint32_t cols, kvtc_error *err)
+{
+    (void)err;
+    scheme_job *j = user;
+    j->bytes += quantize_scheme_slab(j->scheme, kind, x, rows, cols, j->buf);
+    return KVTC_OK;
+}
+
+static kvtc_status apply_scheme(const quant_scheme *s, kvtc_cache *c, uint32_t t0, uint32_t t1,
+                                uint64_t *bytes, kvtc_error *err)
+{
+    uint32_t buf_len = s->group ? s->group : t1 - t0;
+    scheme_job job = {s, kvtc_malloc_array(buf_len ? buf_len : 1, sizeof(float)), 0};
+    if (!job.buf)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    kvtc_status st = for_each_slab(c, t0, t1, scheme_slab, &job, err);
+    kvtc_free(job.buf);
+    *bytes = job.bytes;
+    return st;
+}
+
+/* ---- zstd: the fp16 bytes of every slab, one frame -------------------------- */
+
+typedef struct fp16_job {
+    uint16_t *out;
+    size_t used;
+} fp16_job;
+
+/* Appends the slab's fp16 codes; the slab becomes what decoding them gives. */
+static kvtc_status fp16_slab(void *user, kvtc_kind kind, float *x, uint32_t rows, uint32_t cols,
+                             kvtc_error *err)
+{
+    (void)kind, (void)err;
+    fp16_job *j = user;
+    for (size_t i = 0; i < (size_t)rows * cols; i++) {
+        j->out[j->used + i] = kvtc_f32_to_f16(x[i]);
+        x[i] = kvtc_f16_to_f32(j->out[j->used + i]);
+    }
+    j->used += (size_t)rows * cols;
+    return KVTC_OK;
+}
+
+static kvtc_status apply_zstd(kvtc_cache *c, uint32_t t0, uint32_t t1, uint64_t *bytes,
+                              kvtc_error *err)
+{
+    size_t n = 2 * (size_t)kvtc_shape_features(kvtc_cache_shape(c)) * (t1 - t0);
+    size_t raw_len = n * sizeof(uint16_t), bound = ZSTD_compressBound(raw_len);
+    fp16_job job = {kvtc_malloc_array(n, sizeof(uint16_t)), 0};
+    void *packed = kvtc_malloc(bound), *back = kvtc_malloc(raw_len);
+    kvtc_status st = KVTC_OK;
+    if (!job.out || !packed || !back) {
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for zstd buffers");
+        goto done;
+    }
+    if ((st = for_each_slab(c, t0, t1, fp16_slab, &job, err)) != KVTC_OK)
+        goto done;
+    size_t packed_len = ZSTD_compress(packed, bound, job.out, raw_len, EVAL_ZSTD_LEVEL);
+    if (ZSTD_isError(packed_len)) {
+        st = kvtc_fail(err, KVTC_E_IO, "zstd: %s", ZSTD_getErrorName(packed_len));
+        goto done;
+    }
+    /* Lossless by construction; decoding proves the count is of a real stream. */
+    size_t back_len = ZSTD_decompress(back, raw_len, packed, packed_len);
+    if (ZSTD_isError(back_len) || back_len != raw_len || memcmp(back, job.out, raw_len)) {
+        st = kvtc_fail(err, KVTC_E_NUMERIC, "zstd round trip changed the data");
+        goto done;
+    }
+    *bytes = packed_len;
+done:
+    kvtc_free(job.out);
+    kvtc_free(packed);
+    kvtc_free(back);
+    return st;
+}
+
+/* ---- kvtc ----------------------------------------------------------------------- */
+
+static kvtc_status apply_kvtc(double ratio, const eval_treat_args *a, kvtc_cache **cache,
+                              uint64_t *bytes, kvtc_error *err)
+{
+    if (!a->cal)
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc needs a calibration");
+    if (kvtc_calibration_sinks(a->cal) != a->sinks ||
+        kvtc_calibration_window(a->cal) != a->window)
+        return kvtc_fail(err, KVTC_E_MISMATCH,
+                         "calibration has sinks %u / window %u, the harness uses %u / %u",
+                         kvtc_calibration_sinks(a->cal), kvtc_calibration_window(a->cal),
+                         a->sinks, a->window);
+    kvtc_compress_options copt;
+    kvtc_compress_options_default(&copt);
+    copt.k_ratio = copt.v_ratio = ratio;
+    copt.n_threads = a->n_threads;
+    void *stream = NULL;
+    size_t len = 0;
+    kvtc_status st = kvtc_compress(a->cal, *cache, &copt, &stream, &len, err);
+    if (st != KVTC_OK)
+        return st;
+    kvtc_stream_info info;
+    kvtc_decompress_options dopt = {a->n_threads, NULL, NULL};
+    kvtc_cache *back = NULL;
+    if ((st = kvtc_stream_info_get(stream, len, &info, err)) == KVTC_OK &&
+        (st = kvtc_decompress(a->cal, stream, len, &dopt, &back, err)) == KVTC_OK) {
+        /* Everything but the raw sink and window blocks: the header, plans,
+         * block table and coded blocks are all paid for by the treated tokens. */
+        *bytes = info.total_bytes - info.raw_bytes;
+        kvtc_cache_free(*cache);
+        *cache = back;
+    }
+    kvtc_buffer_free(stream);
+    return st;
+}
+
+/* ---- h2o ------------------------------------------------------------------------- */
+
+uint32_t eval_h2o_keep_count(uint32_t treated, uint32_t head_dim, double target)
+{
+    if (treated == 0)
+        return 0;
+    double per_token_fp16 = 4.0 * head_dim; /* key and value, 2 bytes each */
+    double m = floor(treated * per_token_fp16 / (target * (per_token_fp16 + H2O_INDEX_BYTES)));
+    return m < 1 ? 1 : m > treated ? treated : (uint32_t)m;
+}
+
+typedef struct scored_token {
+    float score;
+    uint32_t index;
+} scored_token;
+
+/* Highest score first; ties keep the earlier token. */
+static int by_score_desc(const void *pa, const void *pb)
+{
+    const scored_token *a = pa, *b = pb;
+    if (a->score != b->score)
+        return a->score > b->score ? -1 : 1;
+    return a->index < b->index ? -1 : a->index > b->index;
+}
+
+static int by_index(const void *pa, const void *pb)
+{
+    const scored_token *a = pa, *b = pb;
+    return a->index < b->index ? -1 : a->index > b->index;
+}
+
+static kvtc_status apply_h2o(double ratio, const eval_treat_args *a, kvtc_cache **cache,
+                             uint64_t *bytes, uint32_t *kept, kvtc_error *err)
+{
+    if (!a->attention)
+        return kvtc_fail(err, KVTC_E_INVALID, "h2o needs the accumulated attention");
+    kvtc_cache *c = *cache;
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    uint32_t n = kvtc_cache_tokens(c), treated = n - a->sinks - a->window;
+    uint32_t m = eval_h2o_keep_count(treated, s->head_dim, ratio);
+    uint32_t n_new = a->sinks + m + a->window;
+    scored_token *tok = kvtc_malloc_array(treated, sizeof *tok);
+    float *row = kvtc_malloc_array(s->head_dim, sizeof(float));
+    kvtc_error cerr;
+    kvtc_cache *out = kvtc_cache_create(s, kvtc_cache_dtype(c), n_new,
+                                        kvtc_cache_pos0(c) + (n - n_new), &cerr);
+    if (!out || !tok || !row) {
+        kvtc_cache_free(out);
+        kvtc_free(tok);
+        kvtc_free(row);
+        return out ? kvtc_fail(err, KVTC_E_NOMEM, "out of memory for h2o")
+                   : kvtc_fail(err, cerr.status, "h2o: %s", cerr.message);
+    }
+    kvtc_cache_copy_tokens(out, 0, c, 0, a->sinks);
+    kvtc_cache_copy_tokens(out, a->sinks + m, c, n - a->window, a->window);
+    kvtc_dtype dt = kvtc_cache_dtype(c);
+    size_t esz = kvtc_dtype_size(dt), hd = s->head_dim;
+    for (uint32_t l = 0; l < s->n_layer; l++)
+        for (uint32_t h = 0; h < s->n_kv_head; h++) {
+            const float *score = a->attention + ((size_t)l * s->n_kv_head + h) * n;
+            for (uint32_t i = 0; i < treated; i++)
+                tok[i] = (scored_token){score[a->sinks + i], a->sinks + i};
+            qsort(tok, treated, sizeof *tok, by_score_desc);
+            qsort(tok, m, sizeof *tok, by_index); /* kept tokens in their order */
+            for (int k = 0; k < 2; k++) {
+                const unsigned char *src = kvtc_cache_data_const(c, (kvtc_kind)k, l);
+                unsigned char *dst = kvtc_cache_data(out, (kvtc_kind)k, l);
+                for (uint32_t i = 0; i < m; i++) {
+                    kvtc_to_f32(dt, src + ((size_t)h * n + tok[i].index) * hd * esz, row, hd);
+                    quant_fp16(row, (uint32_t)hd);
+                    kvtc_from_f32(dt, row, dst + ((size_t)h * n_new + a->sinks + i) * hd * esz,
+                                  hd);
+                }
+            }
+        }
+    kvtc_free(tok);
+    kvtc_free(row);
+    *bytes = (uint64_t)s->n_layer * s->n_kv_head * m * (4 * hd + H2O_INDEX_BYTES);
+    *kept = m;
+    kvtc_cache_free(c);
+    *cache = out;
+    return KVTC_OK;
+}
+
+/* ---- dispatch ----------------------------------------------------------------------- */
+
+kvtc_status eval_method_apply(const eval_method *m, const eval_treat_args *a, kvtc_cache **cache,
+                              eval_treat_result *res, kvtc_error *err)
+{
+    kvtc_cache *c = *cache;
+    uint32_t n = kvtc_cache_tokens(c);
+    memset(res, 0, sizeof *res);
+    res->ratio = 1.0;
+    if ((uint64_t)a->sinks + a->window >= n)
+        return KVTC_OK; /* nothing to treat: every method keeps the cache as it is */
+    uint32_t t0 = a->sinks, t1 = n - a->window;
+    res->treated_tokens = res->kept_tokens = t1 - t0;
+    res->fp16_bytes = 4 * kvtc_shape_features(kvtc_cache_shape(c)) * res->treated_tokens;
+    kvtc_status st;
+    switch (m->id) {
+    case EVAL_EXACT:
+        res->stored_bytes = res->fp16_bytes;
+        st = KVTC_OK;
+        break;
+    case EVAL_KVTC: st = apply_kvtc(m->target_ratio, a, cache, &res->stored_bytes, err); break;
+    case EVAL_H2O:
+        st = apply_h2o(m->target_ratio, a, cache, &res->stored_bytes, &res->kept_tokens, err);
+        break;
+    case EVAL_ZSTD: st = apply_zstd(c, t0, t1, &res->stored_bytes, err); break;
+    default: {
+        const quant_scheme *s = scheme_of(m->id);
+        st = s ? apply_scheme(s, c, t0, t1, &res->stored_bytes, err)
+               : kvtc_fail(err, KVTC_E_INVALID, "unknown method %d", (int)m->id);
+    }
+    }
+    if (st == KVTC_OK && res->stored_bytes)
+        res->ratio = (double)res->fp16_bytes / (double)res->stored_bytes;
+    return st;
+}

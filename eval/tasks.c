@@ -1,0 +1,635 @@
+/* The continuation and retrieval tasks (see tasks.h). Every context is
+ * prefilled once; the exact scores and, for h2o, the accumulated attention are
+ * computed once; then each method treats its own copy of the exact cache and
+ * the model continues on it. */
+#include "tasks.h"
+
+#include "attention.h"
+#include "corpus.h"
+#include "kvtc_internal.h"
+#include "session.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+void eval_options_default(eval_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->nll = o->passkey = true;
+    o->n_contexts = 4;
+    o->context_tokens = 1024;
+    o->continuation_tokens = 256;
+    o->n_haystacks = 10;
+    o->facts_per_haystack = 5;
+    o->haystack_tokens = 1024;
+    o->sinks = 4;
+    o->window = 128;
+    o->n_threads = 1;
+}
+
+double eval_tally_nll(const eval_tally *t) { return t->tokens ? t->nll_sum / t->tokens : NAN; }
+double eval_tally_top1(const eval_tally *t)
+{
+    return t->tokens ? (double)t->top1_agree / t->tokens : NAN;
+}
+double eval_tally_accuracy(const eval_tally *t)
+{
+    return t->cases ? (double)t->correct / t->cases : NAN;
+}
+double eval_method_ratio(const eval_method_result *r)
+{
+    return r->stored_bytes ? (double)r->fp16_bytes / (double)r->stored_bytes : NAN;
+}
+
+double eval_method_rel_error(const eval_results *res, const eval_method_result *r, kvtc_kind k)
+{
+    return r->method.id != EVAL_H2O && res->energy[k] > 0 ? r->sq_error[k] / res->energy[k] : NAN;
+}
+
+void eval_results_free(eval_results *r)
+{
+    kvtc_free(r->methods);
+    r->methods = NULL;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ---- shared state of a run ------------------------------------------------------ */
+
+typedef struct run_state {
+    const model *m;
+    const tokenizer *tok;
+    const kvtc_calibration *cal;
+    const eval_method *methods;
+    uint32_t n_methods;
+    const eval_options *o;
+    eval_results *res;
+    session *s;
+    attention_probe *probe; /* only when a method evicts */
+    float *attention;       /* [n_layer][n_kv_head][capacity] */
+    float *logits;          /* [rows][vocab] */
+    uint64_t done, total;   /* progress */
+} run_state;
+
+static void progress_step(run_state *r)
+{
+    r->done++;
+    if (r->o->progress)
+        r->o->progress(r->o->progress_user, "eval", r->done, r->total);
+}
+
+/* -log p(target) and the greedy choice of one row of logits. */
+static double token_nll(const float *logits, uint32_t vocab, int32_t target, int32_t *argmax)
+{
+    uint32_t best = 0;
+    for (uint32_t v = 1; v < vocab; v++)
+        best = logits[v] > logits[best] ? v : best;
+    double max = logits[best], sum = 0.0;
+    for (uint32_t v = 0; v < vocab; v++)
+        sum += exp((double)logits[v] - max);
+    *argmax = (int32_t)best;
+    return log(sum) + max - (double)logits[target];
+}
+
+static kvtc_cache *cache_clone(const kvtc_cache *c, kvtc_error *err)
+{
+    kvtc_cache *d = kvtc_cache_create(kvtc_cache_shape(c), kvtc_cache_dtype(c),
+                                      kvtc_cache_tokens(c), kvtc_cache_pos0(c), err);
+    if (d)
+        kvtc_cache_copy_tokens(d, 0, c, 0, kvtc_cache_tokens(c));
+    return d;
+}
+
+/* ---- reconstruction error ----------------------------------------------------------- */
+
+#define ROW_CHUNK 64u
+
+/* Per kind over tokens [t0, t1) of exact, rows as the codec sees them (keys
+ * with RoPE undone): the energy around the calibration mean and the part of
+ * it outside the basis (energy minus the squared coefficients: the basis is
+ * orthonormal). */
+static kvtc_status add_energy(const kvtc_calibration *cal, const kvtc_cache *exact, uint32_t t0,
+                              uint32_t t1, double energy[2], double outside[2], kvtc_error *err)
+{
+    size_t p = (size_t)kvtc_shape_features(kvtc_cache_shape(exact));
+    uint32_t rank = cal->kind[0].rank > cal->kind[1].rank ? cal->kind[0].rank : cal->kind[1].rank;
+    float *x = kvtc_malloc_array(ROW_CHUNK * p, sizeof(float));
+    float *coef = kvtc_malloc_array(ROW_CHUNK, (size_t)(rank ? rank : 1) * sizeof(float));
+    if (!x || !coef) {
+        kvtc_free(x);
+        kvtc_free(coef);
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    }
+    for (int k = 0; k < 2; k++) {
+        const struct kvtc_calib_kind *ck = &cal->kind[k];
+        for (uint32_t c0 = t0; c0 < t1; c0 += ROW_CHUNK) {
+            uint32_t n = t1 - c0 < ROW_CHUNK ? t1 - c0 : ROW_CHUNK;
+            double e = 0, inside = 0;
+            kvtc_cache_gather_rows(exact, (kvtc_kind)k, c0, n, x);
+            for (uint32_t t = 0; t < n; t++)
+                for (size_t i = 0; i < p; i++) {
+                    float c = x[t * p + i] -= ck->mean[i];
+                    e += (double)c * c;
+                }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)ck->rank, (int)p,
+                        1.0f, x, (int)p, ck->basis, (int)ck->rank, 0.0f, coef, (int)ck->rank);
+            for (size_t i = 0; i < (size_t)n * ck->rank; i++)
+                inside += (double)coef[i] * coef[i];
+            energy[k] += e;
+            outside[k] += e - inside;
+        }
+    }
+    kvtc_free(x);
+    kvtc_free(coef);
+    return KVTC_OK;
+}
+
+/* Per kind, the squared difference of tokens [t0, t1) of two caches as rows. */
+static kvtc_status add_sq_error(const kvtc_cache *a, const kvtc_cache *b, uint32_t t0, uint32_t t1,
+                                double sq_error[2], kvtc_error *err)
+{
+    size_t p = (size_t)kvtc_shape_features(kvtc_cache_shape(a));
+    float *x = kvtc_malloc_array(ROW_CHUNK * p, 2 * sizeof(float)), *y = x + ROW_CHUNK * p;
+    if (!x)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    for (int k = 0; k < 2; k++)
+        for (uint32_t c0 = t0; c0 < t1; c0 += ROW_CHUNK) {
+            uint32_t n = t1 - c0 < ROW_CHUNK ? t1 - c0 : ROW_CHUNK;
+            kvtc_cache_gather_rows(a, (kvtc_kind)k, c0, n, x);
+            kvtc_cache_gather_rows(b, (kvtc_kind)k, c0, n, y);
+            for (size_t i = 0; i < n * p; i++)
+                sq_error[k] += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+        }
+    kvtc_free(x);
+    return KVTC_OK;
+}
+
+static bool needs_attention(const run_state *r)
+{
+    for (uint32_t i = 0; i < r->n_methods; i++)
+        if (r->methods[i].id == EVAL_H2O)
+            return true;
+    return false;
+}
+
+/* A copy of `exact` through method i, with its bytes and time counted. */
+static kvtc_status treat(run_state *r, uint32_t i, const kvtc_cache *exact, kvtc_cache **out,
+                         kvtc_error *err)
+{
+    kvtc_cache *c = cache_clone(exact, err);
+    if (!c)
+        return err ? err->status : KVTC_E_NOMEM;
+    eval_treat_args args = {r->o->sinks, r->o->window, r->cal, r->attention, r->o->n_threads};
+    eval_treat_result tr;
+    double t0 = now_s();
+    kvtc_status st = eval_method_apply(&r->methods[i], &args, &c, &tr, err);
+    eval_method_result *mr = &r->res->methods[i];
+    mr->treat_seconds += now_s() - t0;
+    if (st != KVTC_OK) {
+        kvtc_cache_free(c);
+        return st;
+    }
+    uint32_t n = kvtc_cache_tokens(exact);
+    if (tr.treated_tokens && mr->method.id != EVAL_H2O &&
+        (st = add_sq_error(exact, c, r->o->sinks, n - r->o->window, mr->sq_error, err)) != KVTC_OK) {
+        kvtc_cache_free(c);
+        return st;
+    }
+    mr->fp16_bytes += tr.fp16_bytes;
+    mr->stored_bytes += tr.stored_bytes;
+    if (tr.treated_tokens && (mr->min_kept == 0 || tr.kept_tokens < mr->min_kept))
+        mr->min_kept = tr.kept_tokens;
+    *out = c;
+    return KVTC_OK;
+}
+
+/* Prefills tokens[0..n) from position 0 and exports the exact cache; measures
+ * its treated tokens' energy and, when a method needs it, the accumulated
+ * attention over it. */
+static kvtc_status read_context(run_state *r, const int32_t *tokens, uint32_t n,
+                                kvtc_cache **exact, kvtc_error *err)
+{
+    session_reset(r->s);
+    kvtc_status st = session_forward(r->s, tokens, n, NULL, false, err);
+    if (st == KVTC_OK)
+        st = session_export_cache(r->s, KVTC_F32, exact, err);
+    if (st == KVTC_OK && r->probe)
+        st = attention_accumulate(r->probe, tokens, n, r->attention, err);
+    if (st == KVTC_OK && r->cal && n > r->o->sinks + r->o->window)
+        st = add_energy(r->cal, *exact, r->o->sinks, n - r->o->window, r->res->energy,
+                        r->res->outside_basis, err);
+    return st;
+}
+
+/* ---- continuation ------------------------------------------------------------------ */
+
+/* Scores tokens[1..T] fed tokens[0..T) on the session's current cache. */
+static kvtc_status score_continuation(run_state *r, const int32_t *tokens, uint32_t T,
+                                      double *nll, int32_t *argmax, uint32_t *crc,
+                                      kvtc_error *err)
+{
+    uint32_t vocab = r->m->cfg.vocab_size;
+    kvtc_status st = session_forward(r->s, tokens, T, r->logits, true, err);
+    if (st != KVTC_OK)
+        return st;
+    for (uint32_t i = 0; i < T; i++)
+        nll[i] = token_nll(r->logits + (size_t)i * vocab, vocab, tokens[i + 1], &argmax[i]);
+    *crc = kvtc_crc32(r->logits, (size_t)T * vocab * sizeof(float));
+    return KVTC_OK;
+}
+
+static void tally_tokens(eval_tally *t, const double *nll, const int32_t *argmax,
+                         const int32_t *exact_argmax, uint32_t T)
+{
+    for (uint32_t i = 0; i < T; i++) {
+        t->nll_sum += nll[i];
+        t->top1_agree += argmax[i] == exact_argmax[i];
+    }
+    t->tokens += T;
+}
+
+static kvtc_status run_continuation(run_state *r, const corpus_chunks *chunks, kvtc_error *err)
+{
+    uint32_t C = r->o->context_tokens, T = r->o->continuation_tokens;
+    double *nll = kvtc_malloc_array(T, sizeof *nll);
+    int32_t *argmax = kvtc_malloc_array(2 * (size_t)T, sizeof *argmax), *exact_argmax = argmax + T;
+    if (!nll || !argmax) {
+        kvtc_free(nll);
+        kvtc_free(argmax);
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    }
+    kvtc_status st = KVTC_OK;
+    for (size_t c = 0; c < chunks->n_chunks && st == KVTC_OK; c++) {
+        const int32_t *ids = chunks->chunk[c].ids;
+        int genre = chunks->chunk[c].doc.genre == CORPUS_CODE ? EVAL_CODE : EVAL_PROSE;
+        kvtc_cache *exact = NULL;
+        uint32_t exact_crc, crc;
+        /* the uninterrupted run: context, then continuation on the same session */
+        st = read_context(r, ids, C, &exact, err);
+        if (st == KVTC_OK)
+            st = score_continuation(r, ids + C, T, nll, exact_argmax, &exact_crc, err);
+        if (st == KVTC_OK) {
+            tally_tokens(&r->res->exact, nll, exact_argmax, exact_argmax, T);
+            tally_tokens(&r->res->exact_genre[genre], nll, exact_argmax, exact_argmax, T);
+            r->res->contexts++;
+            progress_step(r);
+        }
+        for (uint32_t i = 0; i < r->n_methods && st == KVTC_OK; i++) {
+            kvtc_cache *treated = NULL;
+            st = treat(r, i, exact, &treated, err);
+            if (st == KVTC_OK)
+                st = session_import_cache(r->s, treated, err);
+            if (st == KVTC_OK)
+                st = score_continuation(r, ids + C, T, nll, argmax, &crc, err);
+            if (st == KVTC_OK) {
+                eval_method_result *mr = &r->res->methods[i];
+                tally_tokens(&mr->all, nll, argmax, exact_argmax, T);
+                tally_tokens(&mr->genre[genre], nll, argmax, exact_argmax, T);
+                if (mr->method.id == EVAL_EXACT && crc != exact_crc)
+                    r->res->exact_bit_identical = false;
+                progress_step(r);
+            }
+            kvtc_cache_free(treated);
+        }
+        kvtc_cache_free(exact);
+    }
+    kvtc_free(nll);
+    kvtc_free(argmax);
+    return st;
+}
+
+/* ---- retrieval ----------------------------------------------------------------------- */
+
+static const char *const fact_names[] = {"Alice", "Bruno", "Chloe", "Dmitri", "Elena",
+                                         "Farid", "Greta", "Hiro",  "Ingrid", "Jonas"};
+#define N_FACT_NAMES (sizeof fact_names / sizeof fact_names[0])
+
+typedef struct question {
+    int32_t *ids;     /* suffix (question, end of turn, answer prefix) then answer */
+    uint32_t n, n_answer;
+} question;
+
+typedef struct haystack {
+    int32_t *ids; /* the context: template head, prose with the facts */
+    uint32_t n;
+    question q[N_FACT_NAMES];
+    uint32_t n_questions;
+} haystack;
+
+static void haystack_free(haystack *h)
+{
+    kvtc_free(h->ids);
+    for (uint32_t i = 0; i < h->n_questions; i++)
+        kvtc_free(h->q[i].ids);
+    memset(h, 0, sizeof *h);
+}
+
+/* Appends the tokens of text to *ids (capacity grown as needed). */
+static kvtc_status append_text(const tokenizer *tok, const char *text, int32_t **ids,
+                               uint32_t *n, kvtc_error *err)
+{
+    int32_t *more;
+    size_t k;
+    kvtc_status st = tokenizer_encode(tok, text, strlen(text), false, &more, &k, err);
+    if (st != KVTC_OK)
+        return st;
+    int32_t *grown = kvtc_malloc_array(*n + k + 1, sizeof *grown);
+    if (!grown) {
+        kvtc_free(more);
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    }
+    if (*n)
+        memcpy(grown, *ids, *n * sizeof *grown);
+    memcpy(grown + *n, more, k * sizeof *grown);
+    kvtc_free(*ids);
+    kvtc_free(more);
+    *ids = grown;
+    *n += (uint32_t)k;
+    return KVTC_OK;
+}
+
+/* The evaluation prose, tokenized, documents joined by a blank line. */
+static kvtc_status prose_tokens(const tokenizer *tok, int32_t **ids, uint32_t *n,
+                                kvtc_error *err)
+{
+    corpus_doc docs[CORPUS_MAX_DOCS];
+    size_t n_docs = corpus_documents(CORPUS_EVALUATION, docs, CORPUS_MAX_DOCS);
+    *ids = NULL;
+    *n = 0;
+    kvtc_status st = KVTC_OK;
+    for (size_t d = 0; d < n_docs && st == KVTC_OK; d++) {
+        if (docs[d].genre != CORPUS_PROSE)
+            continue;
+        char *text;
+        size_t len;
+        if ((st = corpus_read(docs[d].path, CORPUS_MAX_DOC_BYTES, &text, &len, err)) != KVTC_OK)
+            break;
+        st = append_text(tok, text, ids, n, err);
+        kvtc_free(text);
+        if (st == KVTC_OK)
+            st = append_text(tok, "\n\n", ids, n, err);
+    }
+    if (st == KVTC_OK && *n == 0)
+        st = kvtc_fail(err, KVTC_E_IO, "no evaluation prose on this machine (%s)",
+                       "/usr/share/common-licenses");
+    return st;
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static bool ends_line(const tokenizer *tok, int32_t id)
+{
+    char buf[64];
+    size_t k = tokenizer_token_bytes(tok, id, buf, sizeof buf);
+    return k > 0 && k <= sizeof buf && buf[k - 1] == '\n';
+}
+
+/* The text of a fact, of its question, and of the answer's forced start. */
+static void fact_text(uint32_t facts, const char *name, unsigned value, char *fact, char *ask,
+                      char *lead, size_t cap)
+{
+    if (facts == 1) {
+        snprintf(fact, cap, "The pass key is %u. Remember it. %u is the pass key.\n", value,
+                 value);
+        snprintf(ask, cap, "\n\nWhat is the pass key?");
+        snprintf(lead, cap, "The pass key is");
+    } else {
+        snprintf(fact, cap, "%s's secret number is %u. Remember it: %s's secret number is %u.\n",
+                 name, value, name, value);
+        snprintf(ask, cap, "\n\nWhat is %s's secret number?", name);
+        snprintf(lead, cap, "%s's secret number is", name);
+    }
+}
+
+/* Haystack h: prose from a spread offset with facts spliced in at line ends.
+ * Over all haystacks the facts' depths cover the treated range evenly:
+ * fact f of haystack h sits at (f + (h + 1/2) / H) / F of the prose that is
+ * outside the raw window. */
+static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n_prose,
+                                  uint32_t h, haystack *out, kvtc_error *err)
+{
+    const eval_options *o = r->o;
+    uint32_t F = o->facts_per_haystack, L = o->haystack_tokens;
+    memset(out, 0, sizeof *out);
+    char *chat = NULL;
+    chat_message msg = {"user", "\x01"};
+    kvtc_status st = tokenizer_chat_prompt(r->tok, &msg, 1, true, &chat, err);
+    if (st != KVTC_OK)
+        return st;
+    char *mark = strchr(chat, '\x01');
+    if (!mark) {
+        kvtc_free(chat);
+        return kvtc_fail(err, KVTC_E_FORMAT, "chat template lost the user message");
+    }
+    *mark = '\0';
+    const char *turn_end = mark + 1; /* "<|im_end|>\n<|im_start|>assistant\n" */
+    st = append_text(r->tok, chat, &out->ids, &out->n, err);
+
+    /* prose start: spread over the text, then just after a line end */
+    uint32_t span = n_prose > L ? n_prose - L : 0;
+    uint32_t start = o->n_haystacks > 1 ? (uint32_t)((uint64_t)span * h / (o->n_haystacks - 1)) : 0;
+    while (start > 0 && start < span && !ends_line(r->tok, prose[start - 1]))
+        start++;
+    uint64_t seed = 0x6b7663ull + h;
+    uint32_t usable = L > o->window ? L - o->window : L, taken = 0;
+    for (uint32_t f = 0; f < F && st == KVTC_OK; f++) {
+        double depth = (f + (h + 0.5) / o->n_haystacks) / F;
+        uint32_t at = (uint32_t)(depth * usable);
+        while (at > 0 && at < usable && !ends_line(r->tok, prose[(start + at - 1) % n_prose]))
+            at++;
+        if (at < taken)
+            at = taken;
+        /* prose up to the fact */
+        int32_t *grown = kvtc_malloc_array(out->n + (at - taken), sizeof *grown);
+        if (!grown) {
+            st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+            break;
+        }
+        memcpy(grown, out->ids, out->n * sizeof *grown);
+        for (uint32_t i = taken; i < at; i++)
+            grown[out->n++] = prose[(start + i) % n_prose];
+        kvtc_free(out->ids);
+        out->ids = grown;
+        taken = at;
+        /* the fact; names rotate so that depth and name are not tied */
+        const char *name = fact_names[(f + h) % N_FACT_NAMES];
+        unsigned value = 10000u + (unsigned)(splitmix(&seed) % 90000u);
+        char fact[256], ask[256], lead[256], suffix[1024], answer[32];
+        fact_text(F, name, value, fact, ask, lead, sizeof fact);
+        st = append_text(r->tok, fact, &out->ids, &out->n, err);
+        /* its question: suffix tokens, then the answer's */
+        question *q = &out->q[out->n_questions];
+        snprintf(suffix, sizeof suffix, "%s%s%s", ask, turn_end, lead);
+        snprintf(answer, sizeof answer, " %u", value);
+        if (st == KVTC_OK)
+            st = append_text(r->tok, suffix, &q->ids, &q->n, err);
+        uint32_t before = q->n;
+        if (st == KVTC_OK)
+            st = append_text(r->tok, answer, &q->ids, &q->n, err);
+        if (st == KVTC_OK) {
+            q->n_answer = q->n - before;
+            out->n_questions++;
+        }
+    }
+    /* the rest of the prose */
+    if (st == KVTC_OK) {
+        int32_t *grown = kvtc_malloc_array(out->n + (L - taken), sizeof *grown);
+        if (!grown)
+            st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+        else {
+            memcpy(grown, out->ids, out->n * sizeof *grown);
+            for (uint32_t i = taken; i < L; i++)
+                grown[out->n++] = prose[(start + i) % n_prose];
+            kvtc_free(out->ids);
+            out->ids = grown;
+        }
+    }
+    kvtc_free(chat);
+    if (st != KVTC_OK)
+        haystack_free(out);
+    return st;
+}
+
+/* Asks every question of h on the session's cache (re-imported each time). */
+static kvtc_status ask(run_state *r, const haystack *h, const kvtc_cache *cache, eval_tally *t,
+                       kvtc_error *err)
+{
+    uint32_t vocab = r->m->cfg.vocab_size;
+    for (uint32_t i = 0; i < h->n_questions; i++) {
+        const question *q = &h->q[i];
+        kvtc_status st = session_import_cache(r->s, cache, err);
+        if (st == KVTC_OK)
+            st = session_forward(r->s, q->ids, q->n - 1, r->logits, true, err);
+        if (st != KVTC_OK)
+            return st;
+        bool right = true;
+        for (uint32_t a = q->n - q->n_answer; a < q->n; a++) {
+            int32_t best;
+            token_nll(r->logits + (size_t)(a - 1) * vocab, vocab, q->ids[a], &best);
+            right = right && best == q->ids[a];
+        }
+        t->correct += right;
+        t->cases++;
+    }
+    return KVTC_OK;
+}
+
+static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_prose,
+                                 kvtc_error *err)
+{
+    kvtc_status st = KVTC_OK;
+    for (uint32_t h = 0; h < r->o->n_haystacks && st == KVTC_OK; h++) {
+        haystack hs;
+        kvtc_cache *exact = NULL;
+        if ((st = build_haystack(r, prose, n_prose, h, &hs, err)) != KVTC_OK)
+            break;
+        st = read_context(r, hs.ids, hs.n, &exact, err);
+        if (st == KVTC_OK)
+            st = ask(r, &hs, exact, &r->res->exact, err);
+        if (st == KVTC_OK) {
+            r->res->haystacks++;
+            progress_step(r);
+        }
+        for (uint32_t i = 0; i < r->n_methods && st == KVTC_OK; i++) {
+            kvtc_cache *treated = NULL;
+            st = treat(r, i, exact, &treated, err);
+            if (st == KVTC_OK)
+                st = ask(r, &hs, treated, &r->res->methods[i].all, err);
+            kvtc_cache_free(treated);
+            if (st == KVTC_OK)
+                progress_step(r);
+        }
+        kvtc_cache_free(exact);
+        haystack_free(&hs);
+    }
+    return st;
+}
+
+/* ---- the run ----------------------------------------------------------------------------- */
+
+/* Longest question suffix + answer any haystack asks (a generous bound). */
+#define QUESTION_TOKENS 128u
+
+kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibration *cal,
+                     const eval_method *methods, uint32_t n_methods, const eval_options *o,
+                     eval_results *out, kvtc_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (o->facts_per_haystack < 1 || o->facts_per_haystack > N_FACT_NAMES)
+        return kvtc_fail(err, KVTC_E_INVALID, "facts per haystack must be 1..%zu",
+                         N_FACT_NAMES);
+    if ((o->nll && (o->context_tokens <= o->sinks + o->window || !o->continuation_tokens)) ||
+        (o->passkey && o->haystack_tokens <= o->window))
+        return kvtc_fail(err, KVTC_E_INVALID,
+                         "contexts must be longer than sinks + window (%u + %u tokens)", o->sinks,
+                         o->window);
+    out->methods = kvtc_calloc(n_methods ? n_methods : 1, sizeof *out->methods);
+    if (!out->methods)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    out->n_methods = n_methods;
+    out->exact_bit_identical = true;
+    for (uint32_t i = 0; i < n_methods; i++)
+        out->methods[i].method = methods[i];
+    double t0 = now_s();
+
+    run_state r = {.m = m, .tok = tok, .cal = cal, .methods = methods, .n_methods = n_methods,
+                   .o = o, .res = out};
+    corpus_chunks chunks = {0};
+    int32_t *prose = NULL;
+    uint32_t n_prose = 0;
+    kvtc_status st = KVTC_OK;
+    if (o->nll)
+        st = corpus_make_chunks(tok, CORPUS_EVALUATION, o->context_tokens + o->continuation_tokens + 1,
+                                o->n_contexts, false, &chunks, err);
+    if (st == KVTC_OK && o->passkey)
+        st = prose_tokens(tok, &prose, &n_prose, err);
+    /* the template head and facts come on top of the haystack's prose */
+    uint32_t max_context = o->passkey ? o->haystack_tokens + 128 * (o->facts_per_haystack + 1) : 0;
+    if (o->nll && o->context_tokens > max_context)
+        max_context = o->context_tokens;
+    uint32_t capacity = max_context + (o->continuation_tokens > QUESTION_TOKENS
+                                           ? o->continuation_tokens
+                                           : QUESTION_TOKENS);
+    uint32_t rows = capacity - max_context;
+    if (st == KVTC_OK)
+        st = session_create(m, capacity, o->n_threads, &r.s, err);
+    if (st == KVTC_OK && needs_attention(&r)) {
+        st = attention_probe_create(m, max_context, o->n_threads, &r.probe, err);
+        if (st == KVTC_OK &&
+            !(r.attention = kvtc_malloc_array((size_t)m->cfg.n_layer * m->cfg.n_kv_head,
+                                              (size_t)max_context * sizeof(float))))
+            st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for attention scores");
+    }
+    if (st == KVTC_OK &&
+        !(r.logits = kvtc_malloc_array((size_t)rows * m->cfg.vocab_size, sizeof(float))))
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for logits");
+    r.total = (uint64_t)(chunks.n_chunks + (o->passkey ? o->n_haystacks : 0)) * (1 + n_methods);
+    if (st == KVTC_OK && o->nll)
+        st = run_continuation(&r, &chunks, err);
+    if (st == KVTC_OK && o->passkey)
+        st = run_retrieval(&r, prose, n_prose, err);
+    out->seconds = now_s() - t0;
+    kvtc_free(r.logits);
+    kvtc_free(r.attention);
+    attention_probe_free(r.probe);
+    session_free(r.s);
+    kvtc_free(prose);
+    corpus_chunks_free(&chunks);
+    if (st != KVTC_OK)
+        eval_results_free(out);
+    return st;
+}
