@@ -484,15 +484,6 @@ static kvtc_status time_kernels(const bench_env *e, const void *data, size_t len
     return st;
 }
 
-static int32_t argmax(const float *x, uint32_t n)
-{
-    uint32_t best = 0;
-    for (uint32_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return (int32_t)best;
-}
-
 #define MAX_REPEAT 64
 
 static int bench_ttft(int argc, char **argv)
@@ -580,7 +571,7 @@ static int bench_ttft(int argc, char **argv)
         if (st != KVTC_OK)
             goto fail;
         /* logits[1] holds a restored run's, logits[0] the recompute's. */
-        agree = agree && argmax(logits[0], vocab) == argmax(logits[1], vocab);
+        agree = agree && logits_argmax(logits[0], vocab) == logits_argmax(logits[1], vocab);
     }
 
     /* Where the restore time goes: instrumented runs, then the kernels alone. */

@@ -88,4 +88,11 @@ kvtc_status session_begin_import(session *s, kvtc_dtype dtype, uint32_t n_tokens
 int session_import_layer(void *session, uint32_t layer, const void *key, const void *value);
 kvtc_status session_finish_import(session *s, kvtc_error *err);
 
+/* ---- reading logits (logits.c) ------------------------------------------- */
+
+/* The index of the largest logit (the first of equals): the greedy choice. */
+int32_t logits_argmax(const float *logits, uint32_t vocab);
+/* -log softmax(logits)[token], computed in double. */
+double logits_nll(const float *logits, uint32_t vocab, int32_t token);
+
 #endif /* KVTC_ENGINE_SESSION_H */

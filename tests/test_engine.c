@@ -78,15 +78,6 @@ static size_t read_fixtures(const char *model_file, fixture *out, size_t cap)
     return n;
 }
 
-static int32_t argmax(const float *x, uint32_t n)
-{
-    uint32_t best = 0;
-    for (uint32_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return (int32_t)best;
-}
-
 /* Prompt logits and greedy continuation of each fixture. */
 static void check_fixtures(const model *m, const char *model_file, uint32_t threads)
 {
@@ -112,7 +103,7 @@ static void check_fixtures(const model *m, const char *model_file, uint32_t thre
         printf("%s prompt %zu (%u tokens): max logit error %.2e of %.1f\n", model_file, k,
                fx[k].n_prompt, worst, scale);
         for (uint32_t i = 0; i < fx[k].n_greedy; i++) {
-            int32_t next = argmax(logits, vocab);
+            int32_t next = logits_argmax(logits, vocab);
             if (!CHECK_MSG(next == fx[k].greedy[i],
                            "%s prompt %zu: greedy token %u is %d, reference %d", model_file, k,
                            i, next, fx[k].greedy[i]))
@@ -138,7 +129,7 @@ static double mean_nll(const model *m, const int32_t *ids, uint32_t n, uint32_t 
         double sum = 0;
         for (uint32_t t = 0; t + 1 < n; t++) {
             const float *row = logits + (size_t)t * vocab;
-            double max = row[argmax(row, vocab)], z = 0;
+            double max = row[logits_argmax(row, vocab)], z = 0;
             for (uint32_t i = 0; i < vocab; i++)
                 z += exp(row[i] - max);
             sum += max + log(z) - row[ids[t + 1]];

@@ -75,28 +75,6 @@ static int handle_option(void *user, int opt, const char *arg)
 
 /* ---- generation ------------------------------------------------------------------ */
 
-/* -log softmax(logits)[tok], in double. */
-static double token_nll(const float *logits, uint32_t vocab, int32_t tok)
-{
-    float max = logits[0];
-    for (uint32_t i = 1; i < vocab; i++)
-        if (logits[i] > max)
-            max = logits[i];
-    double sum = 0;
-    for (uint32_t i = 0; i < vocab; i++)
-        sum += exp((double)(logits[i] - max));
-    return log(sum) - (double)(logits[tok] - max);
-}
-
-static int32_t argmax(const float *x, uint32_t n)
-{
-    uint32_t best = 0;
-    for (uint32_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return (int32_t)best;
-}
-
 typedef struct reply {
     int32_t ids[MAX_REPLY];
     uint32_t n;    /* tokens, the end-of-turn token included when produced */
@@ -111,9 +89,9 @@ static kvtc_status generate(session *s, float *logits, int32_t eos, reply *out, 
     out->n = 0;
     out->nll = 0;
     while (out->n < MAX_REPLY) {
-        int32_t tok = argmax(logits, vocab);
+        int32_t tok = logits_argmax(logits, vocab);
         out->ids[out->n++] = tok;
-        out->nll += token_nll(logits, vocab, tok);
+        out->nll += logits_nll(logits, vocab, tok);
         if (tok == eos)
             break;
         kvtc_status st = session_forward(s, &tok, 1, logits, false, err);
@@ -129,8 +107,8 @@ static kvtc_status score(session *s, const float *logits, const reply *r, double
                          uint32_t *agree, kvtc_error *err)
 {
     uint32_t vocab = session_model(s)->cfg.vocab_size;
-    *nll = token_nll(logits, vocab, r->ids[0]);
-    *agree = argmax(logits, vocab) == r->ids[0];
+    *nll = logits_nll(logits, vocab, r->ids[0]);
+    *agree = logits_argmax(logits, vocab) == r->ids[0];
     if (r->n < 2)
         return KVTC_OK;
     float *all = kvtc_malloc_array((size_t)(r->n - 1) * vocab, sizeof(float));
@@ -139,8 +117,8 @@ static kvtc_status score(session *s, const float *logits, const reply *r, double
     kvtc_status st = session_forward(s, r->ids, r->n - 1, all, true, err);
     for (uint32_t i = 1; st == KVTC_OK && i < r->n; i++) {
         const float *row = all + (size_t)(i - 1) * vocab;
-        *nll += token_nll(row, vocab, r->ids[i]);
-        *agree += argmax(row, vocab) == r->ids[i];
+        *nll += logits_nll(row, vocab, r->ids[i]);
+        *agree += logits_argmax(row, vocab) == r->ids[i];
     }
     kvtc_free(all);
     return st;

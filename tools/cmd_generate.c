@@ -78,15 +78,6 @@ static void print_token(const tokenizer *tok, int32_t id)
     fflush(stdout);
 }
 
-static int32_t argmax(const float *x, uint32_t n)
-{
-    uint32_t best = 0;
-    for (uint32_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return (int32_t)best;
-}
-
 int cmd_generate(int argc, char **argv)
 {
     static const struct option longs[] = {
@@ -159,7 +150,7 @@ int cmd_generate(int argc, char **argv)
     uint32_t generated = 0;
     int32_t eos = tokenizer_eos(tok);
     while (st == KVTC_OK && generated < a.n_tokens) {
-        int32_t next = argmax(logits, m->cfg.vocab_size);
+        int32_t next = logits_argmax(logits, m->cfg.vocab_size);
         if (next == eos)
             break;
         print_token(tok, next);
