@@ -102,6 +102,12 @@ void kvtc_cov_result(const kvtc_cov *c, double *mean, double *cov)
  * covariance spectrum is one such cluster (quadratic in its size: 33 of the
  * 60-76 CPU seconds dsyevr takes at p = 5760, rank 2048); MRRR (dstemr)
  * computes the subset without reorthogonalizing. */
+/* OpenBLAS 0.3.21's dsymv kernel (called by dsytrd) reads past the end of the
+ * workspace dsytrd's own size query asks for: under ThreadSanitizer's
+ * allocator that read crossed into an unmapped page. The workspace gets this
+ * much zeroed slack (dsyevr's larger workspace hid it before). */
+#define SYMV_OVERREAD_SLACK 4096
+
 static kvtc_status eigen_range(double *a, lapack_int n, lapack_int il, double *w, double *z,
                                kvtc_error *err)
 {
@@ -135,7 +141,7 @@ static kvtc_status eigen_range(double *a, lapack_int n, lapack_int il, double *w
     }
     double most = query[0] > query[1] ? query[0] : query[1];
     lapack_int lwork = (lapack_int)(most > query[2] ? most : query[2]);
-    work = kvtc_malloc_array((size_t)lwork, sizeof(double));
+    work = kvtc_calloc((size_t)lwork + SYMV_OVERREAD_SLACK, sizeof(double));
     iwork = kvtc_malloc_array((size_t)liwork, sizeof(lapack_int));
     if (!work || !iwork) {
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for the eigensolver workspace");
