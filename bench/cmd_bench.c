@@ -48,6 +48,8 @@ typedef struct bench_args {
     bool json;
 } bench_args;
 
+#define MAX_REPEAT 64 /* the medians keep per-repeat timings on the stack */
+
 static int handle_option(void *user, int opt, const char *arg)
 {
     bench_args *a = user;
@@ -58,7 +60,7 @@ static int handle_option(void *user, int opt, const char *arg)
     case OPT_CONTEXT:
         return cli_parse_u32("--context", arg, 200, 1u << 20, &a->context) ? CLI_OK : CLI_USAGE;
     case OPT_REPEAT:
-        return cli_parse_u32("--repeat", arg, 1, 1000, &a->repeat) ? CLI_OK : CLI_USAGE;
+        return cli_parse_u32("--repeat", arg, 1, MAX_REPEAT, &a->repeat) ? CLI_OK : CLI_USAGE;
     case OPT_THREADS:
         return cli_parse_u32("--threads", arg, 1, 256, &a->threads) ? CLI_OK : CLI_USAGE;
     case OPT_JSON: a->json = true; return CLI_OK;
@@ -142,6 +144,21 @@ static int env_open(bench_env *e, const bench_args *a, bool need_cal)
         return CLI_FAIL;
     }
     return CLI_OK;
+}
+
+/* Every bench subcommand starts the same way: parse its options, then open the
+ * model (and the calibration when need_cal). False when the command ends here,
+ * with its exit status in *rc (0 after --help). */
+static bool bench_begin(int argc, char **argv, const char *shorts, const struct option *longs,
+                        const char *usage, bench_args *a, bench_env *e, bool need_cal, int *rc)
+{
+    *rc = parse_args(argc, argv, shorts, longs, usage, a);
+    if (*rc != CLI_OK) {
+        *rc = *rc < 0 ? CLI_OK : *rc;
+        return false;
+    }
+    *rc = env_open(e, a, need_cal);
+    return *rc == CLI_OK;
 }
 
 /* The first n tokens of the evaluation corpus. */
@@ -484,21 +501,15 @@ static kvtc_status time_kernels(const bench_env *e, const void *data, size_t len
     return st;
 }
 
-#define MAX_REPEAT 64
-
 static int bench_ttft(int argc, char **argv)
 {
     static const struct option longs[] = {OPTION_MODEL,  OPTION_CALIB,  OPTION_RATIO,
                                           OPTION_CONTEXT, OPTION_REPEAT, OPTION_THREADS,
                                           OPTION_JSON,   {0}};
     bench_args a = {.ratio = 16, .context = 4096, .repeat = 5, .threads = cli_default_threads()};
-    int rc = parse_args(argc, argv, "c:r:", longs, ttft_usage, &a);
-    if (rc != CLI_OK)
-        return rc < 0 ? CLI_OK : rc;
-    if (a.repeat > MAX_REPEAT)
-        return cli_usage_error("--repeat is at most %d", MAX_REPEAT);
     bench_env e;
-    if ((rc = env_open(&e, &a, true)) != CLI_OK)
+    int rc;
+    if (!bench_begin(argc, argv, "c:r:", longs, ttft_usage, &a, &e, true, &rc))
         return rc;
 
     const uint32_t n = a.context;
@@ -796,13 +807,9 @@ static int bench_codec(int argc, char **argv)
                                           OPTION_CONTEXT, OPTION_REPEAT, OPTION_THREADS,
                                           OPTION_JSON,   {0}};
     bench_args a = {.ratio = 16, .context = 4096, .repeat = 3, .threads = cli_default_threads()};
-    int rc = parse_args(argc, argv, "c:r:", longs, codec_usage, &a);
-    if (rc != CLI_OK)
-        return rc < 0 ? CLI_OK : rc;
-    if (a.repeat > MAX_REPEAT)
-        return cli_usage_error("--repeat is at most %d", MAX_REPEAT);
     bench_env e;
-    if ((rc = env_open(&e, &a, true)) != CLI_OK)
+    int rc;
+    if (!bench_begin(argc, argv, "c:r:", longs, codec_usage, &a, &e, true, &rc))
         return rc;
     int32_t *ids = context_ids(&e, a.context);
     kvtc_cache *cache = ids ? prefill_cache(&e, ids, a.context) : NULL;
@@ -979,13 +986,9 @@ static int bench_prefill(int argc, char **argv)
     static const struct option longs[] = {OPTION_MODEL, OPTION_REPEAT, OPTION_THREADS,
                                           OPTION_JSON, {0}};
     bench_args a = {.repeat = 1, .threads = cli_default_threads()};
-    int rc = parse_args(argc, argv, "", longs, prefill_usage, &a);
-    if (rc != CLI_OK)
-        return rc < 0 ? CLI_OK : rc;
-    if (a.repeat > MAX_REPEAT)
-        return cli_usage_error("--repeat is at most %d", MAX_REPEAT);
     bench_env e;
-    if ((rc = env_open(&e, &a, false)) != CLI_OK)
+    int rc;
+    if (!bench_begin(argc, argv, "", longs, prefill_usage, &a, &e, false, &rc))
         return rc;
     const uint32_t max_n = prefill_contexts[N_PREFILL_CONTEXTS - 1];
     int32_t *ids = context_ids(&e, max_n);
@@ -1154,11 +1157,9 @@ static int bench_calibration(int argc, char **argv)
         OPTION_MODEL, OPTION_THREADS, OPTION_JSON,
         {"calib-chunks", required_argument, NULL, OPT_CALIB_CHUNKS}, {0}};
     bench_args a = {.threads = cli_default_threads(), .calib_chunks = 8};
-    int rc = parse_args(argc, argv, "", longs, calibration_usage, &a);
-    if (rc != CLI_OK)
-        return rc < 0 ? CLI_OK : rc;
     bench_env e;
-    if ((rc = env_open(&e, &a, false)) != CLI_OK)
+    int rc;
+    if (!bench_begin(argc, argv, "", longs, calibration_usage, &a, &e, false, &rc))
         return rc;
     rc = CLI_FAIL;
     kvtc_error err;
