@@ -86,19 +86,6 @@ static void progress_step(run_state *r)
         r->o->progress(r->o->progress_user, "eval", r->done, r->total);
 }
 
-/* -log p(target) and the greedy choice of one row of logits. */
-static double token_nll(const float *logits, uint32_t vocab, int32_t target, int32_t *argmax)
-{
-    uint32_t best = 0;
-    for (uint32_t v = 1; v < vocab; v++)
-        best = logits[v] > logits[best] ? v : best;
-    double max = logits[best], sum = 0.0;
-    for (uint32_t v = 0; v < vocab; v++)
-        sum += exp((double)logits[v] - max);
-    *argmax = (int32_t)best;
-    return log(sum) + max - (double)logits[target];
-}
-
 static kvtc_cache *cache_clone(const kvtc_cache *c, kvtc_error *err)
 {
     kvtc_cache *d = kvtc_cache_create(kvtc_cache_shape(c), kvtc_cache_dtype(c),
@@ -240,8 +227,11 @@ static kvtc_status score_continuation(run_state *r, const int32_t *tokens, uint3
     kvtc_status st = session_forward(r->s, tokens, T, r->logits, true, err);
     if (st != KVTC_OK)
         return st;
-    for (uint32_t i = 0; i < T; i++)
-        nll[i] = token_nll(r->logits + (size_t)i * vocab, vocab, tokens[i + 1], &argmax[i]);
+    for (uint32_t i = 0; i < T; i++) {
+        const float *row = r->logits + (size_t)i * vocab;
+        nll[i] = logits_nll(row, vocab, tokens[i + 1]);
+        argmax[i] = logits_argmax(row, vocab);
+    }
     *crc = kvtc_crc32(r->logits, (size_t)T * vocab * sizeof(float));
     return KVTC_OK;
 }
@@ -517,11 +507,8 @@ static kvtc_status ask(run_state *r, const haystack *h, const kvtc_cache *cache,
         if (st != KVTC_OK)
             return st;
         bool right = true;
-        for (uint32_t a = q->n - q->n_answer; a < q->n; a++) {
-            int32_t best;
-            token_nll(r->logits + (size_t)(a - 1) * vocab, vocab, q->ids[a], &best);
-            right = right && best == q->ids[a];
-        }
+        for (uint32_t a = q->n - q->n_answer; a < q->n; a++)
+            right = right && logits_argmax(r->logits + (size_t)(a - 1) * vocab, vocab) == q->ids[a];
         t->correct += right;
         t->cases++;
     }
