@@ -34,24 +34,30 @@ kvtc_status eval_method_parse(const char *text, double default_ratio, eval_metho
         if (strlen(method_names[id]) != name_len || strncmp(text, method_names[id], name_len))
             continue;
         out->id = (eval_method_id)id;
-        out->target_ratio = 0;
+        out->target_ratio = out->k_ratio = out->v_ratio = 0;
         if (!eval_method_has_ratio(out->id)) {
             if (colon)
                 return kvtc_fail(err, KVTC_E_INVALID, "method %s takes no ratio: '%s'",
                                  method_names[id], text);
             return KVTC_OK;
         }
-        double r = default_ratio;
+        double k = default_ratio, v = default_ratio;
         if (colon) {
-            char *end;
-            r = strtod(colon + 1, &end);
+            char *end, *end_v;
+            k = v = strtod(colon + 1, &end);
+            if (*end == '/' && out->id == EVAL_KVTC) {
+                v = strtod(end + 1, &end_v);
+                end = end_v == end + 1 ? end : end_v;
+            }
             if (end == colon + 1 || *end)
                 return kvtc_fail(err, KVTC_E_INVALID, "bad ratio in method '%s'", text);
         }
-        if (!(r > 1.0) || !isfinite(r))
-            return kvtc_fail(err, KVTC_E_INVALID, "method %s needs a ratio > 1 (got %g)",
-                             method_names[id], r);
-        out->target_ratio = r;
+        if (!(k > 1.0) || !isfinite(k) || !(v > 1.0) || !isfinite(v))
+            return kvtc_fail(err, KVTC_E_INVALID, "method %s needs ratios > 1 ('%s')",
+                             method_names[id], text);
+        out->k_ratio = k;
+        out->v_ratio = v;
+        out->target_ratio = k == v ? k : 2.0 / (1.0 / k + 1.0 / v);
         return KVTC_OK;
     }
     return kvtc_fail(err, KVTC_E_INVALID,
@@ -61,7 +67,9 @@ kvtc_status eval_method_parse(const char *text, double default_ratio, eval_metho
 
 void eval_method_label(const eval_method *m, char *buf, size_t cap)
 {
-    if (eval_method_has_ratio(m->id))
+    if (m->id == EVAL_KVTC && m->k_ratio != m->v_ratio)
+        snprintf(buf, cap, "%s:%g/%g", eval_method_name(m->id), m->k_ratio, m->v_ratio);
+    else if (eval_method_has_ratio(m->id))
         snprintf(buf, cap, "%s:%g", eval_method_name(m->id), m->target_ratio);
     else
         snprintf(buf, cap, "%s", eval_method_name(m->id));
@@ -317,7 +325,7 @@ done:
 
 /* ---- kvtc ----------------------------------------------------------------------- */
 
-static kvtc_status apply_kvtc(double ratio, const eval_treat_args *a, kvtc_cache **cache,
+static kvtc_status apply_kvtc(const eval_method *m, const eval_treat_args *a, kvtc_cache **cache,
                               uint64_t *bytes, kvtc_error *err)
 {
     if (!a->cal)
@@ -330,7 +338,8 @@ static kvtc_status apply_kvtc(double ratio, const eval_treat_args *a, kvtc_cache
                          a->sinks, a->window);
     kvtc_compress_options copt;
     kvtc_compress_options_default(&copt);
-    copt.k_ratio = copt.v_ratio = ratio;
+    copt.k_ratio = m->k_ratio;
+    copt.v_ratio = m->v_ratio;
     copt.n_threads = a->n_threads;
     void *stream = NULL;
     size_t len = 0;
@@ -456,7 +465,7 @@ kvtc_status eval_method_apply(const eval_method *m, const eval_treat_args *a, kv
         res->stored_bytes = res->fp16_bytes;
         st = KVTC_OK;
         break;
-    case EVAL_KVTC: st = apply_kvtc(m->target_ratio, a, cache, &res->stored_bytes, err); break;
+    case EVAL_KVTC: st = apply_kvtc(m, a, cache, &res->stored_bytes, err); break;
     case EVAL_H2O:
         st = apply_h2o(m->target_ratio, a, cache, &res->stored_bytes, &res->kept_tokens, err);
         break;

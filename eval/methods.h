@@ -38,18 +38,22 @@ typedef enum eval_method_id {
 typedef struct eval_method {
     eval_method_id id;
     double target_ratio; /* kvtc and h2o: the requested ratio (> 1); 0 for the others */
+    /* kvtc: the targets of keys and values; both target_ratio unless split
+     * ("kvtc:K/V", whose target_ratio 2 / (1/K + 1/V) spends the same bytes) */
+    double k_ratio, v_ratio;
 } eval_method;
 
 /* "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd". */
 const char *eval_method_name(eval_method_id id);
 /* True for the methods that take a target ratio (kvtc, h2o). */
 bool eval_method_has_ratio(eval_method_id id);
-/* Parses "NAME" or "NAME:RATIO" (e.g. "kvtc:16", "h2o:8"); a ratio method
- * without one gets default_ratio. Fails on an unknown name, a ratio given to
- * a fixed-rate method, or a ratio <= 1. */
+/* Parses "NAME", "NAME:RATIO" (e.g. "kvtc:16", "h2o:8") or, for kvtc, a
+ * budget split between keys and values "kvtc:K/V" (e.g. "kvtc:32/16"); a
+ * ratio method without one gets default_ratio. Fails on an unknown name, a
+ * ratio given to a fixed-rate method, or a ratio <= 1. */
 kvtc_status eval_method_parse(const char *text, double default_ratio, eval_method *out,
                               kvtc_error *err);
-/* "kvtc:16", "fp8", ... into buf. */
+/* "kvtc:16", "kvtc:32/16", "fp8", ... into buf. */
 void eval_method_label(const eval_method *m, char *buf, size_t cap);
 
 typedef struct eval_treat_args {

@@ -22,8 +22,8 @@ void eval_options_default(eval_options *o)
     o->n_contexts = 4;
     o->context_tokens = 1024;
     o->continuation_tokens = 256;
-    o->n_haystacks = 10;
-    o->facts_per_haystack = 5;
+    o->n_haystacks = 17;
+    o->facts_per_haystack = 3;
     o->haystack_tokens = 1024;
     o->sinks = 4;
     o->window = 128;
@@ -305,6 +305,7 @@ static const char *const fact_names[] = {"Alice", "Bruno", "Chloe", "Dmitri", "E
 typedef struct question {
     int32_t *ids;     /* suffix (question, end of turn, answer prefix) then answer */
     uint32_t n, n_answer;
+    bool exact_right; /* the exact run's outcome, to pair each method's with */
 } question;
 
 typedef struct haystack {
@@ -494,13 +495,14 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
     return st;
 }
 
-/* Asks every question of h on the session's cache (re-imported each time). */
-static kvtc_status ask(run_state *r, const haystack *h, const kvtc_cache *cache, eval_tally *t,
-                       kvtc_error *err)
+/* Asks every question of h on the session's cache (re-imported each time).
+ * The exact run records its outcomes; a method's are paired with them. */
+static kvtc_status ask(run_state *r, haystack *h, const kvtc_cache *cache, bool exact,
+                       eval_tally *t, kvtc_error *err)
 {
     uint32_t vocab = r->m->cfg.vocab_size;
     for (uint32_t i = 0; i < h->n_questions; i++) {
-        const question *q = &h->q[i];
+        question *q = &h->q[i];
         kvtc_status st = session_import_cache(r->s, cache, err);
         if (st == KVTC_OK)
             st = session_forward(r->s, q->ids, q->n - 1, r->logits, true, err);
@@ -511,6 +513,10 @@ static kvtc_status ask(run_state *r, const haystack *h, const kvtc_cache *cache,
             right = right && logits_argmax(r->logits + (size_t)(a - 1) * vocab, vocab) == q->ids[a];
         t->correct += right;
         t->cases++;
+        if (exact)
+            q->exact_right = right;
+        t->lost += q->exact_right && !right;
+        t->gained += !q->exact_right && right;
     }
     return KVTC_OK;
 }
@@ -526,7 +532,7 @@ static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_
             break;
         st = read_context(r, hs.ids, hs.n, &exact, err);
         if (st == KVTC_OK)
-            st = ask(r, &hs, exact, &r->res->exact, err);
+            st = ask(r, &hs, exact, true, &r->res->exact, err);
         if (st == KVTC_OK) {
             r->res->haystacks++;
             progress_step(r);
@@ -535,7 +541,7 @@ static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_
             kvtc_cache *treated = NULL;
             st = treat(r, i, exact, &treated, err);
             if (st == KVTC_OK)
-                st = ask(r, &hs, treated, &r->res->methods[i].all, err);
+                st = ask(r, &hs, treated, false, &r->res->methods[i].all, err);
             kvtc_cache_free(treated);
             if (st == KVTC_OK)
                 progress_step(r);

@@ -46,6 +46,7 @@ typedef struct eval_tally {
     uint64_t top1_agree; /* tokens whose greedy choice equals the exact run's */
     uint64_t tokens;
     uint32_t correct, cases; /* retrieval */
+    uint32_t lost, gained;   /* cases the exact run got right and this one wrong, and the reverse */
 } eval_tally;
 
 enum { EVAL_PROSE = 0, EVAL_CODE = 1 };

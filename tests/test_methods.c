@@ -304,7 +304,7 @@ static void check_kvtc(kvtc_cache *orig)
     }
     /* a calibration with other sinks/window than the harness is refused */
     eval_treat_args wrong = {SINKS + 1, WINDOW, calib, NULL, 1};
-    eval_method m = {EVAL_KVTC, 8};
+    eval_method m = {EVAL_KVTC, 8, 8, 8};
     c = clone(orig);
     CHECK_STATUS(eval_method_apply(&m, &wrong, &c, &res, &err), KVTC_E_MISMATCH, &err);
     kvtc_cache_free(c);
@@ -317,8 +317,21 @@ static void check_parse_and_short(kvtc_cache *orig)
     kvtc_error err;
     CHECK_OK(eval_method_parse("kvtc:32", 16, &m, &err), &err);
     CHECK(m.id == EVAL_KVTC && m.target_ratio == 32);
+    CHECK(m.k_ratio == 32 && m.v_ratio == 32);
     CHECK_OK(eval_method_parse("h2o", 8, &m, &err), &err);
     CHECK(m.id == EVAL_H2O && m.target_ratio == 8);
+    CHECK_OK(eval_method_parse("int4", 8, &m, &err), &err);
+    CHECK(m.k_ratio == 0 && m.v_ratio == 0);
+    /* a key/value split spends what its harmonic-mean ratio spends */
+    CHECK_OK(eval_method_parse("kvtc:32/16", 16, &m, &err), &err);
+    CHECK(m.k_ratio == 32 && m.v_ratio == 16);
+    CHECK_NEAR(m.target_ratio, 2.0 / (1.0 / 32 + 1.0 / 16), 1e-12);
+    char label[32];
+    eval_method_label(&m, label, sizeof label);
+    CHECK(!strcmp(label, "kvtc:32/16"));
+    CHECK_STATUS(eval_method_parse("h2o:8/4", 16, &m, &err), KVTC_E_INVALID, &err);
+    CHECK_STATUS(eval_method_parse("kvtc:8/", 16, &m, &err), KVTC_E_INVALID, &err);
+    CHECK_STATUS(eval_method_parse("kvtc:8/1", 16, &m, &err), KVTC_E_INVALID, &err);
     CHECK_STATUS(eval_method_parse("fp8:2", 16, &m, &err), KVTC_E_INVALID, &err);
     CHECK_STATUS(eval_method_parse("kvtc:1", 16, &m, &err), KVTC_E_INVALID, &err);
     CHECK_STATUS(eval_method_parse("kvtc:x", 16, &m, &err), KVTC_E_INVALID, &err);
