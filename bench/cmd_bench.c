@@ -1187,14 +1187,14 @@ static int bench_calibration(int argc, char **argv)
     }
     for (int i = 0; i < N_CALIB_STEPS; i++)
         steps[i].chunks = (uint32_t)(chunks.n_chunks >> (N_CALIB_STEPS - 1 - i));
-    if ((st = time_calibrations(&e, recipe.rank, caches, prefill_s, steps, &err)) != KVTC_OK)
+    if ((st = time_calibrations(&e, recipe.opt.rank, caches, prefill_s, steps, &err)) != KVTC_OK)
         goto fail;
 
     if (a.json) {
         cli_json j;
         cli_json_begin(&j);
         cli_json_u64(&j, "threads", e.threads);
-        cli_json_u64(&j, "rank", recipe.rank);
+        cli_json_u64(&j, "rank", recipe.opt.rank);
         cli_json_u64(&j, "chunk_tokens", recipe.chunk_tokens);
         kvtc_jw_key(&j.jw, "steps");
         kvtc_jw_begin_array(&j.jw);
@@ -1213,7 +1213,7 @@ static int bench_calibration(int argc, char **argv)
     } else {
         printf("calibration time against calibration tokens (chunks of %u tokens, rank %u, %u "
                "threads)\n",
-               recipe.chunk_tokens, recipe.rank, e.threads);
+               recipe.chunk_tokens, recipe.opt.rank, e.threads);
         printf("  %7s %7s %10s %13s %8s %15s %8s\n", "tokens", "rows", "prefill s",
                "accumulate s", "eigen s", "error table s", "total s");
         for (int i = 0; i < N_CALIB_STEPS; i++) {

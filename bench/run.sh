@@ -2,7 +2,7 @@
 # make bench: runs every benchmark of 'kvtc bench' on the default model and
 # writes docs/BENCHMARKS.md with the machine it ran on and each benchmark's
 # output exactly as printed, under the command that printed it.
-# About 15 minutes on 2 cores (plus ~3 minutes the first time, to build the
+# About 15 minutes on 2 cores (plus 3-4 minutes the first time, to build the
 # default calibration). BUILD picks the build folder (default: build).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,6 +14,7 @@ if [ ! -x "$KVTC" ]; then
   exit 1
 fi
 KVTC=$(cd "$(dirname "$KVTC")" && pwd)/$(basename "$KVTC") # the test runs in its own folder
+DATA=$(cd "$(dirname "${BASH_SOURCE[0]}")/data" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/kvtc-cli-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 failures=0
@@ -348,6 +349,14 @@ expect_fail 2 "exactly one" - -- "$KVTC" info
 expect_fail 1 other.safetensors bad.kvtcal -- \
   "$KVTC" calibrate -o bad.kvtcal test.safetensors other.safetensors
 expect_fail 1 truncated.kvtc - -- "$KVTC" stats -c calib.kvtcal -r 8 truncated.kvtc
+# --corpus: its options without it, caches with it, a model without a tokenizer
+expect_fail 2 "need --corpus" bad.kvtcal -- \
+  "$KVTC" calibrate -o bad.kvtcal --chunks 4 calib_0.safetensors
+expect_fail 2 "takes no caches" bad.kvtcal -- \
+  "$KVTC" calibrate -o bad.kvtcal --corpus calib_0.safetensors
+expect_fail 2 "--chunks" bad.kvtcal -- "$KVTC" calibrate -o bad.kvtcal --corpus --chunks 0
+expect_fail 1 "tokenizer" bad.kvtcal -- \
+  "$KVTC" calibrate -o bad.kvtcal --corpus --model "$DATA/tiny-qwen2.gguf"
 
 leftovers=$(find . -name '*.tmp.*' | head -5)
 [ -z "$leftovers" ] || fail "temporary files left: $leftovers"

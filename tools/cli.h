@@ -41,6 +41,10 @@ typedef int (*cli_option_fn)(void *user, int opt, const char *arg);
 int cli_parse_options(int argc, char **argv, const char *shorts, const struct option *longs,
                       const char *usage, cli_option_fn handle, void *user, int *first_operand);
 
+/* A numeric macro as a string literal, for usage texts. */
+#define CLI_STR_(x) #x
+#define CLI_STR(x) CLI_STR_(x)
+
 /* Threads to use by default: the CPUs online. */
 uint32_t cli_default_threads(void);
 

@@ -17,25 +17,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* 16 chunks of 1024 tokens (12.5K fitted rows per kind) and rank 1024: about
- * 150 CPU-seconds on a 2-core Xeon with OpenBLAS's AVX-512 kernels (~2 min),
- * ~360 with its Prescott fallback (~3.5 min); the prefill and the two
- * 5760 x 5760 eigensolves take most of it. Rank 1024 keeps the decode fast
- * (the inverse projection is n_coords wide) and the file at ~47 MB. */
-#define RECIPE_CHUNK_TOKENS 1024
-#define RECIPE_CHUNKS 16
-#define RECIPE_RANK 1024
 /* Part of the cache key: bump when the corpus lists or the build change. */
-#define RECIPE_VERSION "corpus-1"
+#define RECIPE_VERSION "corpus-2"
 #define IDENTITY_SPAN ((size_t)4 << 20)
 
 void calib_recipe_default(calib_recipe *r)
 {
     memset(r, 0, sizeof *r);
-    r->chunk_tokens = RECIPE_CHUNK_TOKENS;
-    r->n_chunks = RECIPE_CHUNKS;
-    r->rank = RECIPE_RANK;
-    r->n_threads = 1;
+    r->chunk_tokens = CALIB_DEFAULT_CHUNK_TOKENS;
+    r->n_chunks = CALIB_DEFAULT_CHUNKS;
+    kvtc_calib_options_default(&r->opt);
+    r->opt.rank = CALIB_DEFAULT_RANK;
+    r->opt.n_threads = 1;
 }
 
 kvtc_status calibrate_on_corpus(const model *m, const tokenizer *tok, const calib_recipe *r,
@@ -54,21 +47,16 @@ kvtc_status calibrate_on_corpus(const model *m, const tokenizer *tok, const cali
         return st;
     session *s = NULL;
     kvtc_calibrator *cal = NULL;
-    st = session_create(m, r->chunk_tokens, r->n_threads, &s, err);
+    kvtc_progress_fn progress = r->opt.progress;
+    st = session_create(m, r->chunk_tokens, r->opt.n_threads, &s, err);
     if (st == KVTC_OK) {
         kvtc_model_shape shape = model_kv_shape(m);
-        kvtc_calib_options opt;
-        kvtc_calib_options_default(&opt);
-        opt.rank = r->rank;
-        opt.n_threads = r->n_threads;
-        opt.progress = r->progress;
-        opt.progress_user = r->progress_user;
-        if (!(cal = kvtc_calibrator_create(&shape, &opt, err)))
+        if (!(cal = kvtc_calibrator_create(&shape, &r->opt, err)))
             st = err ? err->status : KVTC_E_INVALID;
     }
     for (size_t i = 0; st == KVTC_OK && i < chunks.n_chunks; i++) {
-        if (r->progress)
-            r->progress(r->progress_user, "prefill", i, chunks.n_chunks);
+        if (progress)
+            progress(r->opt.progress_user, "prefill", i, chunks.n_chunks);
         double t0 = cli_now();
         kvtc_cache *cache = NULL;
         session_reset(s);
@@ -81,11 +69,12 @@ kvtc_status calibrate_on_corpus(const model *m, const tokenizer *tok, const cali
         stats->prefill_s += t1 - t0;
         stats->add_s += cli_now() - t1;
         stats->tokens += chunks.chunk[i].n;
+        stats->chunks++;
         kvtc_cache_free(cache);
     }
     if (st == KVTC_OK) {
-        if (r->progress)
-            r->progress(r->progress_user, "prefill", chunks.n_chunks, chunks.n_chunks);
+        if (progress)
+            progress(r->opt.progress_user, "prefill", chunks.n_chunks, chunks.n_chunks);
         stats->rows[KVTC_KEY] = kvtc_calibrator_rows(cal, KVTC_KEY);
         stats->rows[KVTC_VALUE] = kvtc_calibrator_rows(cal, KVTC_VALUE);
         double t0 = cli_now();
@@ -127,8 +116,8 @@ static kvtc_status cache_key(const char *model_path, int fd, char key[17], kvtc_
     size_t tail = size - head < IDENTITY_SPAN ? (size_t)(size - head) : IDENTITY_SPAN;
     char recipe[160];
     int rl = snprintf(recipe, sizeof recipe, "kvtc %s %s chunks=%ux%u rank=%u size=%llu",
-                      KVTC_VERSION_STRING, RECIPE_VERSION, RECIPE_CHUNKS, RECIPE_CHUNK_TOKENS,
-                      RECIPE_RANK, (unsigned long long)size);
+                      KVTC_VERSION_STRING, RECIPE_VERSION, CALIB_DEFAULT_CHUNKS, CALIB_DEFAULT_CHUNK_TOKENS,
+                      CALIB_DEFAULT_RANK, (unsigned long long)size);
     size_t n = (size_t)rl + head + tail;
     unsigned char *buf = kvtc_malloc(n);
     if (!buf)
@@ -209,7 +198,7 @@ static void remove_stale(const char *dir, const char *base, const char *keep)
 static kvtc_status build(const char *model_path, uint32_t n_threads, const char *path,
                          kvtc_error *err)
 {
-    fprintf(stderr, "kvtc: building the default calibration of %s (first use; 2-4 minutes on "
+    fprintf(stderr, "kvtc: building the default calibration of %s (first use; 3-7 minutes on "
                     "2 cores)\n", model_path);
     double t0 = cli_now();
     model *m = NULL;
@@ -227,9 +216,9 @@ static kvtc_status build(const char *model_path, uint32_t n_threads, const char 
         cli_progress_init(&bar);
         calib_recipe r;
         calib_recipe_default(&r);
-        r.n_threads = n_threads ? n_threads : 1;
-        r.progress = cli_progress;
-        r.progress_user = &bar;
+        r.opt.n_threads = n_threads ? n_threads : 1;
+        r.opt.progress = cli_progress;
+        r.opt.progress_user = &bar;
         st = calibrate_on_corpus(m, tok, &r, &cal, &stats, err);
         cli_progress_end(&bar);
     }
