@@ -361,7 +361,7 @@ static kvtc_status prose_tokens(const tokenizer *tok, int32_t **ids, uint32_t *n
             continue;
         char *text;
         size_t len;
-        if ((st = corpus_read(docs[d].path, CORPUS_MAX_DOC_BYTES, &text, &len, err)) != KVTC_OK)
+        if ((st = corpus_doc_text(&docs[d], &text, &len, err)) != KVTC_OK)
             break;
         st = append_text(tok, text, ids, n, err);
         kvtc_free(text);

@@ -18,6 +18,8 @@
 static const corpus_doc calibration_docs[] = {
     {LICENSES "Apache-2.0", "Apache-2.0", CORPUS_PROSE},
     {INCLUDE "stdio.h", "stdio.h", CORPUS_CODE},
+    {NULL, "numbers (generated)", CORPUS_PROSE},
+    {INCLUDE "elf.h", "elf.h", CORPUS_CODE},
     {LICENSES "GPL-2", "GPL-2", CORPUS_PROSE},
     {INCLUDE "stdlib.h", "stdlib.h", CORPUS_CODE},
     {LICENSES "MPL-1.1", "MPL-1.1", CORPUS_PROSE},
@@ -77,6 +79,12 @@ static bool readable_file(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, R_OK) == 0;
 }
 
+/* A generated document is always present; a file, when it can be read. */
+static bool doc_present(const corpus_doc *doc)
+{
+    return !doc->path || readable_file(doc->path);
+}
+
 size_t corpus_documents(corpus_split split, corpus_doc *docs, size_t cap)
 {
     const corpus_doc *list = split == CORPUS_CALIBRATION ? calibration_docs : evaluation_docs;
@@ -85,7 +93,7 @@ size_t corpus_documents(corpus_split split, corpus_doc *docs, size_t cap)
                         : sizeof evaluation_docs / sizeof evaluation_docs[0];
     size_t present = 0;
     for (size_t i = 0; i < n_list; i++) {
-        if (!readable_file(list[i].path))
+        if (!doc_present(&list[i]))
             continue;
         if (docs && present < cap)
             docs[present] = list[i];
@@ -144,19 +152,132 @@ kvtc_status corpus_read(const char *path, size_t max_bytes, char **text, size_t 
     return KVTC_OK;
 }
 
+/* ---- the generated document ------------------------------------------------------ */
+
+static uint64_t next_random(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* A number in [lo, hi]. */
+static unsigned pick(uint64_t *s, unsigned lo, unsigned hi)
+{
+    return lo + (unsigned)(next_random(s) % (hi - lo + 1u));
+}
+
+/* A number of exactly k digits (1..9). */
+static unsigned digits(uint64_t *s, unsigned k)
+{
+    unsigned lo = 1;
+    for (unsigned i = 1; i < k; i++)
+        lo *= 10;
+    return pick(s, k == 1 ? 0 : lo, lo * 10 - 1);
+}
+
+/* One sentence of everyday prose carrying numbers: dates, amounts, codes,
+ * times, versions, counts. */
+static int number_sentence(uint64_t *s, char *out, size_t cap)
+{
+    static const char *const people[] = {"Maria", "Tomas", "Priya", "Kenji", "Olga", "Samuel",
+                                         "Lucia", "Ahmed", "Nora", "Viktor", "Amara", "Pedro",
+                                         "Yuki", "Hassan", "Ingrid", "Leon"};
+    static const char *const things[] = {"invoice", "order",  "ticket", "account",
+                                         "parcel",  "claim",  "permit", "batch",
+                                         "room",    "flight", "case",   "policy"};
+    static const char *const places[] = {"Lisbon", "Oslo",  "Denver", "Nairobi", "Osaka",
+                                         "Krakow", "Lima",  "Quebec", "Perth",   "Tunis"};
+#define ONE_OF(list) list[next_random(s) % (sizeof list / sizeof list[0])]
+    switch (next_random(s) % 7) {
+    case 0:
+        return snprintf(out, cap, "%s paid %s %u on %u-%02u-%02u, a total of %u.%02u euros.",
+                        ONE_OF(people), ONE_OF(things), digits(s, 5), pick(s, 1990, 2024),
+                        pick(s, 1, 12), pick(s, 1, 28), digits(s, 3), pick(s, 0, 99));
+    case 1:
+        return snprintf(out, cap, "The %s number for %s is %u, and the backup code is %u.",
+                        ONE_OF(things), ONE_OF(people), digits(s, pick(s, 4, 6)), digits(s, 4));
+    case 2:
+        return snprintf(out, cap, "In %u, %s had %u inhabitants; by %u the count was %u.",
+                        pick(s, 1900, 2020), ONE_OF(places), digits(s, 6), pick(s, 2021, 2024),
+                        digits(s, 6));
+    case 3:
+        return snprintf(out, cap, "Call %s at %u-%u-%u before %u:%02u about %s %u.",
+                        ONE_OF(people), digits(s, 3), digits(s, 3), digits(s, 4), pick(s, 1, 12),
+                        pick(s, 0, 59), ONE_OF(things), digits(s, 5));
+    case 4:
+        return snprintf(out, cap, "Version %u.%u.%u fixed bug #%u and raised the limit from %u "
+                                  "to %u.",
+                        pick(s, 0, 9), pick(s, 0, 30), pick(s, 0, 99), digits(s, 5), digits(s, 3),
+                        digits(s, 4));
+    case 5:
+        return snprintf(out, cap, "Train %u leaves %s at %02u:%02u from platform %u; seat %u in "
+                                  "car %u.",
+                        digits(s, 4), ONE_OF(places), pick(s, 0, 23), pick(s, 0, 59),
+                        pick(s, 1, 20), digits(s, 2), pick(s, 1, 12));
+    default:
+        return snprintf(out, cap, "Table %u shows %u.%u%% growth over %u years, or %u new %ss.",
+                        pick(s, 1, 40), digits(s, 2), digits(s, 1), pick(s, 2, 15), digits(s, 4),
+                        ONE_OF(things));
+    }
+#undef ONE_OF
+}
+
+/* Paragraphs of 3-7 number sentences, the same on every machine. */
+static kvtc_status generate_numbers(size_t max_bytes, char **text, size_t *len, kvtc_error *err)
+{
+    char *buf = kvtc_malloc(max_bytes + 1);
+    if (!buf)
+        return kvtc_fail(err, KVTC_E_NOMEM, "corpus: out of memory");
+    uint64_t s = 0x6e756d62657273ull; /* fixed seed: the document never changes */
+    size_t n = 0;
+    char sentence[256];
+    for (;;) {
+        unsigned count = pick(&s, 3, 7);
+        size_t start = n;
+        for (unsigned i = 0; i < count; i++) {
+            int k = number_sentence(&s, sentence, sizeof sentence);
+            if (k < 0 || n + (size_t)k + 3 > max_bytes)
+                goto full;
+            if (i)
+                buf[n++] = ' ';
+            memcpy(buf + n, sentence, (size_t)k);
+            n += (size_t)k;
+        }
+        buf[n++] = '\n';
+        buf[n++] = '\n';
+        continue;
+    full:
+        n = start; /* whole paragraphs only */
+        break;
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return KVTC_OK;
+}
+
+kvtc_status corpus_doc_text(const corpus_doc *doc, char **text, size_t *len, kvtc_error *err)
+{
+    if (!doc->path)
+        return generate_numbers(CORPUS_MAX_DOC_BYTES, text, len, err);
+    return corpus_read(doc->path, CORPUS_MAX_DOC_BYTES, text, len, err);
+}
+
 /* Tokens of one whole document (its first CORPUS_MAX_DOC_BYTES). */
 static kvtc_status tokenize_doc(const tokenizer *tok, const corpus_doc *doc, int32_t **ids,
                                 size_t *n, kvtc_error *err)
 {
     char *text;
     size_t len;
-    kvtc_status st = corpus_read(doc->path, CORPUS_MAX_DOC_BYTES, &text, &len, err);
+    kvtc_status st = corpus_doc_text(doc, &text, &len, err);
     if (st != KVTC_OK)
         return st;
     st = tokenizer_encode(tok, text, len, false, ids, n, err);
     kvtc_free(text);
     if (st != KVTC_OK)
-        kvtc_fail_prefix(err, doc->path);
+        kvtc_fail_prefix(err, doc->path ? doc->path : doc->name);
     return st;
 }
 
