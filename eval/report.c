@@ -80,13 +80,10 @@ typedef struct md {
 static void mdf(md *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void mdf(md *d, const char *fmt, ...)
 {
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    kvtc_put_textv(&d->w, fmt, ap);
     va_end(ap);
-    if (n > 0)
-        kvtc_put_bytes(&d->w, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
 /* "%.4f" of v, or "n/a" when it was not measured. */

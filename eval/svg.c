@@ -9,13 +9,10 @@
 static void put(svg_doc *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void put(svg_doc *d, const char *fmt, ...)
 {
-    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    kvtc_put_textv(&d->w, fmt, ap);
     va_end(ap);
-    if (n > 0)
-        kvtc_put_bytes(&d->w, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
 static void put_escaped(svg_doc *d, const char *s)

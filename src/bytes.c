@@ -2,6 +2,7 @@
  * instead of reporting each write; readers remember an overrun. */
 #include "kvtc_internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 void kvtc_writer_init(kvtc_writer *w) { memset(w, 0, sizeof *w); }
@@ -37,6 +38,29 @@ void kvtc_put_bytes(kvtc_writer *w, const void *p, size_t n)
     }
     memcpy(w->buf + w->len, p, n);
     w->len += n;
+}
+
+void kvtc_put_textv(kvtc_writer *w, const char *fmt, va_list ap)
+{
+    char small[512];
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n < 0) {
+        w->failed = true;
+    } else if ((size_t)n < sizeof small) {
+        kvtc_put_bytes(w, small, (size_t)n);
+    } else {
+        char *big = kvtc_malloc((size_t)n + 1);
+        if (!big)
+            w->failed = true;
+        else {
+            vsnprintf(big, (size_t)n + 1, fmt, again);
+            kvtc_put_bytes(w, big, (size_t)n);
+            kvtc_free(big);
+        }
+    }
+    va_end(again);
 }
 
 void kvtc_put_u8(kvtc_writer *w, uint8_t v) { kvtc_put_bytes(w, &v, 1); }

@@ -192,6 +192,9 @@ void kvtc_put_u32(kvtc_writer *w, uint32_t v);
 void kvtc_put_u64(kvtc_writer *w, uint64_t v);
 void kvtc_put_f32(kvtc_writer *w, float v);
 void kvtc_put_f64(kvtc_writer *w, double v);
+/* printf-style text, any length (a formatting error marks the writer failed). */
+void kvtc_put_textv(kvtc_writer *w, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 typedef struct kvtc_reader {
     const unsigned char *p;

@@ -31,28 +31,7 @@ static inline kvtc_calibration *codec_test_calibration(const kvtc_model_shape *s
     kvtc_calib_options_default(&opt);
     opt.sinks = sinks;
     opt.window = window;
-    kvtc_error err;
-    kvtc_calibration *out = NULL;
-    kvtc_calibrator *cal = kvtc_calibrator_create(shape, &opt, &err);
-    if (!cal) {
-        fprintf(stderr, "calibrator_create: %s\n", err.message);
-        return NULL;
-    }
-    for (uint32_t i = 0; i < n_caches; i++) {
-        kvtc_cache *c = make_random_cache(shape, KVTC_F32, tokens, 0, CODEC_TEST_LOW_RANK,
-                                          seed + i);
-        kvtc_status st = c ? kvtc_calibrator_add(cal, c, &err) : KVTC_E_NOMEM;
-        kvtc_cache_free(c);
-        if (st != KVTC_OK) {
-            fprintf(stderr, "calibrator_add: %s\n", err.message);
-            kvtc_calibrator_free(cal);
-            return NULL;
-        }
-    }
-    if (kvtc_calibrator_finish(cal, &out, &err) != KVTC_OK)
-        fprintf(stderr, "calibrator_finish: %s\n", err.message);
-    kvtc_calibrator_free(cal);
-    return out;
+    return make_random_calibration(shape, &opt, n_caches, tokens, CODEC_TEST_LOW_RANK, seed);
 }
 
 /* True if tokens [ta, ta+n) of a and [tb, tb+n) of b have the same bytes

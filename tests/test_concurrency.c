@@ -129,19 +129,8 @@ static kvtc_calibration *make_calibration(void)
     opt.sinks = 2;
     opt.window = 6;
     opt.heldout_every = 4;
-    kvtc_error err;
-    kvtc_calibration *cal = NULL;
-    kvtc_calibrator *cb = kvtc_calibrator_create(&SHAPE, &opt, &err);
-    if (!CHECK_MSG(cb != NULL, "calibrator: %s", err.message))
-        return NULL;
-    for (uint64_t s = 0; s < 4; s++) {
-        kvtc_cache *c = make_random_cache(&SHAPE, KVTC_F32, 64, 0, 4, s);
-        if (CHECK(c != NULL))
-            CHECK_OK(kvtc_calibrator_add(cb, c, &err), &err);
-        kvtc_cache_free(c);
-    }
-    CHECK_OK(kvtc_calibrator_finish(cb, &cal, &err), &err);
-    kvtc_calibrator_free(cb);
+    kvtc_calibration *cal = make_random_calibration(&SHAPE, &opt, 4, 64, 4, 0);
+    CHECK(cal != NULL);
     return cal;
 }
 

@@ -28,20 +28,8 @@ static kvtc_calibration *make_calibration(uint64_t seed)
     opt.sinks = 2;
     opt.window = 4;
     opt.heldout_every = 4;
-    kvtc_error err;
-    kvtc_calibration *cal = NULL;
-    kvtc_calibrator *cb = kvtc_calibrator_create(&SHAPE, &opt, &err);
-    CHECK_MSG(cb != NULL, "calibrator: %s", err.message);
-    for (uint64_t s = 0; cb && s < 3; s++) {
-        kvtc_cache *c = make_random_cache(&SHAPE, KVTC_F32, 48, 0, 3, seed + s);
-        CHECK(c != NULL);
-        if (c)
-            CHECK_OK(kvtc_calibrator_add(cb, c, &err), &err);
-        kvtc_cache_free(c);
-    }
-    if (cb)
-        CHECK_OK(kvtc_calibrator_finish(cb, &cal, &err), &err);
-    kvtc_calibrator_free(cb);
+    kvtc_calibration *cal = make_random_calibration(&SHAPE, &opt, 3, 48, 3, seed);
+    CHECK(cal != NULL);
     return cal;
 }
 

@@ -204,6 +204,33 @@ kvtc_cache *make_random_cache(const kvtc_model_shape *shape, kvtc_dtype dtype,
     return c;
 }
 
+kvtc_calibration *make_random_calibration(const kvtc_model_shape *shape,
+                                          const kvtc_calib_options *opt, uint32_t n_caches,
+                                          uint32_t tokens, uint32_t low_rank, uint64_t seed)
+{
+    kvtc_error err;
+    kvtc_calibration *out = NULL;
+    kvtc_calibrator *cal = kvtc_calibrator_create(shape, opt, &err);
+    if (!cal) {
+        fprintf(stderr, "calibrator_create: %s\n", err.message);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < n_caches; i++) {
+        kvtc_cache *c = make_random_cache(shape, KVTC_F32, tokens, 0, low_rank, seed + i);
+        kvtc_status st = c ? kvtc_calibrator_add(cal, c, &err) : KVTC_E_NOMEM;
+        kvtc_cache_free(c);
+        if (st != KVTC_OK) {
+            fprintf(stderr, "calibrator_add: %s\n", err.message);
+            kvtc_calibrator_free(cal);
+            return NULL;
+        }
+    }
+    if (kvtc_calibrator_finish(cal, &out, &err) != KVTC_OK)
+        fprintf(stderr, "calibrator_finish: %s\n", err.message);
+    kvtc_calibrator_free(cal);
+    return out;
+}
+
 /* ---- temporary files --------------------------------------------------------- */
 
 static char g_temp_dir[4096];

@@ -68,6 +68,13 @@ double rng_gaussian(test_rng *r);            /* standard normal */
 kvtc_cache *make_random_cache(const kvtc_model_shape *shape, kvtc_dtype dtype,
                               uint32_t n_tokens, int64_t pos0, uint32_t low_rank, uint64_t seed);
 
+/* A calibration fitted with `opt` on n_caches make_random_cache caches of
+ * `tokens` tokens each (f32, positions from 0, seeds seed, seed+1, ...).
+ * NULL on failure (printed). */
+kvtc_calibration *make_random_calibration(const kvtc_model_shape *shape,
+                                          const kvtc_calib_options *opt, uint32_t n_caches,
+                                          uint32_t tokens, uint32_t low_rank, uint64_t seed);
+
 /* ---- temporary files --------------------------------------------------------- */
 
 /* A folder private to this process, created on first use and removed with its
