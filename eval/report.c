@@ -46,6 +46,8 @@ void eval_json_method(cli_json *j, const eval_results *r, uint32_t i)
     cli_json_u64(j, "haystacks", r->haystacks);
     cli_json_f64(j, "k_rel_error", eval_method_rel_error(r, m, KVTC_KEY));
     cli_json_f64(j, "v_rel_error", eval_method_rel_error(r, m, KVTC_VALUE));
+    cli_json_f64(j, "k_fact_rel_error", eval_method_fact_rel_error(r, m, KVTC_KEY));
+    cli_json_f64(j, "v_fact_rel_error", eval_method_fact_rel_error(r, m, KVTC_VALUE));
     cli_json_u64(j, "fp16_bytes", m->fp16_bytes);
     cli_json_u64(j, "stored_bytes", m->stored_bytes);
     if (m->method.id == EVAL_H2O)
@@ -296,6 +298,29 @@ static kvtc_status write_limits(md *d, const eval_setup *s, const eval_results *
             num(b[2], 32, "%.4f", floor_k), num(b[3], 32, "%.4f", pred[1]),
             num(b[4], 32, "%.4f", eval_method_rel_error(r, m, KVTC_VALUE)),
             num(b[5], 32, "%.4f", floor_v));
+    }
+    double ffloor_k = r->fact_energy[0] > 0 ? r->fact_outside_basis[0] / r->fact_energy[0] : NAN;
+    double ffloor_v = r->fact_energy[1] > 0 ? r->fact_outside_basis[1] / r->fact_energy[1] : NAN;
+    mdf(d, "\n- The retrieval facts' own tokens (the sentences that hold the numbers asked "
+           "for) against all treated tokens: outside the basis keys %s (all: %s), values %s "
+           "(all: %s); restored with these relative errors:\n\n",
+        num(b[0], 32, "%.4f", ffloor_k), num(b[1], 32, "%.4f", floor_k),
+        num(b[2], 32, "%.4f", ffloor_v), num(b[3], 32, "%.4f", floor_v));
+    mdf(d, "| method | K facts | K all | V facts | V all | Δ retrieval (points) |\n"
+           "|---|---:|---:|---:|---:|---:|\n");
+    for (uint32_t i = 0; i < r->n_methods; i++) {
+        const eval_method_result *m = &r->methods[i];
+        if (m->method.id == EVAL_H2O || m->method.id == EVAL_EXACT)
+            continue;
+        char label[64];
+        eval_method_label(&m->method, label, sizeof label);
+        mdf(d, "| %s | %s | %s | %s | %s | %s |\n", label,
+            num(b[0], 32, "%.4f", eval_method_fact_rel_error(r, m, KVTC_KEY)),
+            num(b[1], 32, "%.4f", eval_method_rel_error(r, m, KVTC_KEY)),
+            num(b[2], 32, "%.4f", eval_method_fact_rel_error(r, m, KVTC_VALUE)),
+            num(b[3], 32, "%.4f", eval_method_rel_error(r, m, KVTC_VALUE)),
+            num(b[4], 32, "%+.1f",
+                100 * (eval_tally_accuracy(&m->all) - eval_tally_accuracy(&r->exact))));
     }
     mdf(d, "\n- Sinks and window: %u + %u tokens of every context stay raw for every method "
            "and are not counted in any ratio.\n\n",

@@ -49,6 +49,14 @@ double eval_method_rel_error(const eval_results *res, const eval_method_result *
     return r->method.id != EVAL_H2O && res->energy[k] > 0 ? r->sq_error[k] / res->energy[k] : NAN;
 }
 
+double eval_method_fact_rel_error(const eval_results *res, const eval_method_result *r,
+                                  kvtc_kind k)
+{
+    return r->method.id != EVAL_H2O && res->fact_energy[k] > 0
+               ? r->fact_sq_error[k] / res->fact_energy[k]
+               : NAN;
+}
+
 void eval_results_free(eval_results *r)
 {
     kvtc_free(r->methods);
@@ -311,6 +319,7 @@ typedef struct question {
 typedef struct haystack {
     int32_t *ids; /* the context: template head, prose with the facts */
     uint32_t n;
+    uint32_t fact_start[N_FACT_NAMES], fact_end[N_FACT_NAMES]; /* token spans of the facts */
     question q[N_FACT_NAMES];
     uint32_t n_questions;
 } haystack;
@@ -461,7 +470,9 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
         unsigned value = 10000u + (unsigned)(splitmix(&seed) % 90000u);
         char fact[256], ask[256], lead[256], suffix[1024], answer[32];
         fact_text(F, name, value, fact, ask, lead, sizeof fact);
+        out->fact_start[f] = out->n;
         st = append_text(r->tok, fact, &out->ids, &out->n, err);
+        out->fact_end[f] = out->n;
         /* its question: suffix tokens, then the answer's */
         question *q = &out->q[out->n_questions];
         snprintf(suffix, sizeof suffix, "%s%s%s", ask, turn_end, lead);
@@ -493,6 +504,12 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
     if (st != KVTC_OK)
         haystack_free(out);
     return st;
+}
+
+/* Whether fact f lies wholly in the treated tokens (not sinks or window). */
+static bool fact_treated(const run_state *r, const haystack *h, uint32_t f)
+{
+    return h->fact_start[f] >= r->o->sinks && h->fact_end[f] + r->o->window <= h->n;
 }
 
 /* Asks every question of h on the session's cache (re-imported each time).
@@ -533,6 +550,11 @@ static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_
         st = read_context(r, hs.ids, hs.n, &exact, err);
         if (st == KVTC_OK)
             st = ask(r, &hs, exact, true, &r->res->exact, err);
+        if (st == KVTC_OK && r->cal)
+            for (uint32_t f = 0; f < hs.n_questions && st == KVTC_OK; f++)
+                if (fact_treated(r, &hs, f))
+                    st = add_energy(r->cal, exact, hs.fact_start[f], hs.fact_end[f],
+                                    r->res->fact_energy, r->res->fact_outside_basis, err);
         if (st == KVTC_OK) {
             r->res->haystacks++;
             progress_step(r);
@@ -540,8 +562,13 @@ static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_
         for (uint32_t i = 0; i < r->n_methods && st == KVTC_OK; i++) {
             kvtc_cache *treated = NULL;
             st = treat(r, i, exact, &treated, err);
+            eval_method_result *mr = &r->res->methods[i];
+            for (uint32_t f = 0; f < hs.n_questions && st == KVTC_OK; f++)
+                if (mr->method.id != EVAL_H2O && fact_treated(r, &hs, f))
+                    st = add_sq_error(exact, treated, hs.fact_start[f], hs.fact_end[f],
+                                      mr->fact_sq_error, err);
             if (st == KVTC_OK)
-                st = ask(r, &hs, treated, false, &r->res->methods[i].all, err);
+                st = ask(r, &hs, treated, false, &mr->all, err);
             kvtc_cache_free(treated);
             if (st == KVTC_OK)
                 progress_step(r);

@@ -59,6 +59,7 @@ typedef struct eval_method_result {
     /* squared error of the restored treated tokens per kind (keys before
      * RoPE), over every treated cache; not measured for h2o (tokens removed) */
     double sq_error[2];
+    double fact_sq_error[2];           /* the same over the retrieval facts' tokens */
     double treat_seconds;              /* time spent in eval_method_apply */
 } eval_method_result;
 
@@ -72,6 +73,10 @@ typedef struct eval_results {
      * calibration's mean, and the part of it outside the calibration's basis
      * (what no plan can restore). Relative errors divide by energy. */
     double energy[2], outside_basis[2];
+    /* The same over the tokens of the retrieval facts (the sentences that hold
+     * the numbers asked for): how well the basis and each method keep what
+     * retrieval needs, against the average token. */
+    double fact_energy[2], fact_outside_basis[2];
     double seconds;
 } eval_results;
 
@@ -89,5 +94,8 @@ double eval_tally_accuracy(const eval_tally *t);
 double eval_method_ratio(const eval_method_result *r);
 /* sq_error / energy of a kind (NaN when not measured). */
 double eval_method_rel_error(const eval_results *res, const eval_method_result *r, kvtc_kind k);
+/* fact_sq_error / fact_energy of a kind (NaN when not measured). */
+double eval_method_fact_rel_error(const eval_results *res, const eval_method_result *r,
+                                  kvtc_kind k);
 
 #endif /* KVTC_EVAL_TASKS_H */

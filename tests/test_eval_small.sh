@@ -63,6 +63,11 @@ check(e["ratio"] == 1 and e["target_ratio"] is None, "exact ratio")
 check(rows["kvtc:16"]["target_ratio"] == 16 and rows["kvtc:16"]["ratio"] > 4,
       f"kvtc:16 realized {rows['kvtc:16']['ratio']}")
 check(rows["h2o:8"]["ratio"] >= 8, f"h2o:8 realized {rows['h2o:8']['ratio']}")
+# the facts' tokens are measured apart: untouched by exact, changed by int4
+check(e["k_fact_rel_error"] == 0 and e["v_fact_rel_error"] == 0, "exact changed the facts")
+for k in ["k_fact_rel_error", "v_fact_rel_error"]:
+    v = rows["int4"][k]
+    check(v is not None and 0 < v < 1, f"int4 {k} {v}")
 # int4 with an fp16 scale per 32 values: 16 / 4.5 exactly
 check(abs(rows["int4"]["ratio"] - 16 / 4.5) < 1e-9, f"int4 realized {rows['int4']['ratio']}")
 # fp16 contexts of this size: each treated token costs 2 kinds x 5760 features x 2 bytes
