@@ -360,7 +360,7 @@ static kvtc_status restore_layers(const bench_env *e, session *s, const char *pa
         st = kvtc_stream_info_get(data, len, &info, err);
     if (st == KVTC_OK)
         st = session_begin_import(s, info.dtype, info.n_tokens, info.pos0, err);
-    kvtc_decompress_options dopt = {e->threads, NULL, NULL};
+    kvtc_decompress_options dopt = {.n_threads = e->threads};
     if (stages) {
         dopt.progress = timed_progress;
         dopt.progress_user = &t;
@@ -396,7 +396,7 @@ static kvtc_status restore_whole(const bench_env *e, session *s, const char *pat
     void *data = NULL;
     size_t len = 0;
     kvtc_cache *cache = NULL;
-    kvtc_decompress_options dopt = {e->threads, NULL, NULL};
+    kvtc_decompress_options dopt = {.n_threads = e->threads};
     drop_page_cache(path);
     kvtc_status st = kvtc_read_file(path, &data, &len, err);
     if (st == KVTC_OK)
@@ -721,7 +721,7 @@ static kvtc_status time_kvtc(const bench_env *e, const kvtc_cache *cache, double
     kvtc_compress_options_default(&copt);
     copt.k_ratio = copt.v_ratio = ratio;
     copt.n_threads = threads;
-    kvtc_decompress_options dopt = {threads, NULL, NULL};
+    kvtc_decompress_options dopt = {.n_threads = threads};
     openblas_set_num_threads((int)threads);
     kvtc_status st = KVTC_OK;
     for (uint32_t r = 0; r < repeat && st == KVTC_OK; r++) {

@@ -347,7 +347,7 @@ static kvtc_status apply_kvtc(const eval_method *m, const eval_treat_args *a, kv
     if (st != KVTC_OK)
         return st;
     kvtc_stream_info info;
-    kvtc_decompress_options dopt = {a->n_threads, NULL, NULL};
+    kvtc_decompress_options dopt = {.n_threads = a->n_threads};
     kvtc_cache *back = NULL;
     if ((st = kvtc_stream_info_get(stream, len, &info, err)) == KVTC_OK &&
         (st = kvtc_decompress(a->cal, stream, len, &dopt, &back, err)) == KVTC_OK) {

@@ -60,7 +60,8 @@ typedef enum kvtc_status {
     KVTC_E_MISMATCH = -8,    /* calibration, model shape or positions do not match */
     KVTC_E_UNSUPPORTED = -9, /* valid but not supported (dtype, rope style, ...) */
     KVTC_E_NUMERIC = -10,    /* non-finite input, or the eigensolver failed */
-    KVTC_E_CANCELLED = -11   /* a callback asked to stop */
+    KVTC_E_CANCELLED = -11,  /* a callback asked to stop */
+    KVTC_E_LIMIT = -12       /* the result would exceed a limit the caller set */
 } kvtc_status;
 
 typedef struct kvtc_error {
@@ -287,6 +288,12 @@ typedef struct kvtc_decompress_options {
     uint32_t n_threads; /* 0 = 1 */
     kvtc_progress_fn progress;
     void *progress_user;
+    /* 0 = no limit. Otherwise a stream whose restored tokens (the selected
+     * block for kvtc_decompress_block) would take more bytes than this is
+     * refused with KVTC_E_LIMIT before anything is allocated: a valid stream
+     * can ask for ~240 tokens of output per stored byte, so a server decoding
+     * streams from elsewhere should set it. */
+    uint64_t max_output_bytes;
 } kvtc_decompress_options;
 
 /* Restores the whole cache (dtype and positions as compressed). Refuses a

@@ -658,7 +658,7 @@ static kvtc_status decoder_open(decoder *d, const kvtc_calibration *cal, const v
                                 size_t len, const kvtc_decompress_options *opt, bool one_block,
                                 uint32_t block, kvtc_error *err)
 {
-    static const kvtc_decompress_options defaults = {1, NULL, NULL};
+    static const kvtc_decompress_options defaults = {.n_threads = 1};
     memset(d, 0, sizeof *d);
     d->cal = cal;
     d->opt = opt ? opt : &defaults;
@@ -672,6 +672,19 @@ static kvtc_status decoder_open(decoder *d, const kvtc_calibration *cal, const v
                          d->s.n_blocks);
     d->b0 = one_block ? block : 0;
     d->b1 = one_block ? block + 1 : d->s.n_blocks;
+    if (d->opt->max_output_bytes) {
+        uint64_t tokens = 0;
+        for (uint32_t i = d->b0; i < d->b1; i++)
+            tokens += d->s.blocks[i].n_tokens;
+        /* < 2^32 tokens x < 2^32 features x 4 bytes x 2 kinds: no overflow in
+         * long double, and the comparison needs no exact product */
+        long double bytes = (long double)tokens * kvtc_shape_features(&d->s.shape) *
+                            kvtc_dtype_size(d->s.dtype) * 2;
+        if (bytes > (long double)d->opt->max_output_bytes)
+            return kvtc_fail(err, KVTC_E_LIMIT,
+                             "the restored cache would take %.0Lf bytes, over the limit of %llu",
+                             bytes, (unsigned long long)d->opt->max_output_bytes);
+    }
     return decode_coefficients(d, err);
 }
 

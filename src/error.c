@@ -21,6 +21,7 @@ const char *kvtc_status_string(kvtc_status status)
     case KVTC_E_UNSUPPORTED: return "unsupported";
     case KVTC_E_NUMERIC: return "numerical failure";
     case KVTC_E_CANCELLED: return "cancelled";
+    case KVTC_E_LIMIT: return "over the limit";
     }
     return "unknown error";
 }

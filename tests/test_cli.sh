@@ -334,6 +334,13 @@ for bad in corrupt.kvtc truncated.kvtc; do
 done
 expect_fail 1 test.safetensors out.safetensors -- \
   "$KVTC" decompress -c calib.kvtcal -o out.safetensors test.safetensors
+expect_fail 1 "over the limit" out.safetensors -- \
+  "$KVTC" decompress -c calib.kvtcal --max-output 1K -o out.safetensors test.kvtc
+expect_fail 2 "--max-output" out.safetensors -- \
+  "$KVTC" decompress -c calib.kvtcal --max-output 0 -o out.safetensors test.kvtc
+"$KVTC" decompress -c calib.kvtcal --max-output 1G -o out.safetensors test.kvtc >/dev/null ||
+  fail "decompress under a limit it fits"
+rm -f out.safetensors
 # A calibration of the same shape fitted on other data: the fingerprint differs.
 "$KVTC" calibrate -o calib2.kvtcal --rank 8 calib_0.safetensors >/dev/null 2>&1 ||
   fail "second calibration"

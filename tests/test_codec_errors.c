@@ -447,6 +447,38 @@ static void test_alloc_failures(const kvtc_cache *cache, const void *data, size_
     kvtc_cache_free(more);
 }
 
+/* max_output_bytes: the exact size passes, one byte less is refused before
+ * decoding, for the whole stream, one block and the layer callback. */
+static int count_layer(void *user, uint32_t layer, const void *key, const void *value)
+{
+    (void)layer, (void)key, (void)value;
+    ++*(int *)user;
+    return 0;
+}
+
+static void test_output_limit(const void *data, size_t len, const kvtc_cache *want)
+{
+    uint64_t size = (uint64_t)kvtc_cache_tokens(want) * kvtc_shape_features(&g_shape) *
+                    kvtc_dtype_size(KVTC_F16) * 2;
+    kvtc_decompress_options opt = {.n_threads = 1, .max_output_bytes = size};
+    kvtc_cache *out = NULL;
+    kvtc_error err;
+    if (CHECK_OK(kvtc_decompress(g_cal, data, len, &opt, &out, &err), &err))
+        CHECK(codec_caches_equal(out, want));
+    kvtc_cache_free(out);
+    out = NULL;
+    opt.max_output_bytes = size - 1;
+    CHECK_STATUS(kvtc_decompress(g_cal, data, len, &opt, &out, &err), KVTC_E_LIMIT, &err);
+    CHECK(out == NULL && strstr(err.message, "over the limit") != NULL);
+    int layers = 0;
+    CHECK_STATUS(kvtc_decompress_layers(g_cal, data, len, &opt, count_layer, &layers, &err),
+                 KVTC_E_LIMIT, &err);
+    CHECK(layers == 0);
+    /* a block alone fits a limit the whole stream does not */
+    CHECK_OK(kvtc_decompress_block(g_cal, data, len, 0, &opt, &out, &err), &err);
+    kvtc_cache_free(out);
+}
+
 int main(void)
 {
     g_shape = codec_test_shape();
@@ -467,6 +499,7 @@ int main(void)
         test_bad_options(c);
         test_non_finite();
         test_position_limit();
+        test_output_limit(data, len, want);
         test_alloc_failures(c, data, len);
     }
     kvtc_cache_free(want);

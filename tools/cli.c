@@ -81,6 +81,28 @@ bool cli_parse_u32(const char *option, const char *text, uint32_t min, uint32_t 
     return true;
 }
 
+bool cli_parse_size(const char *option, const char *text, uint64_t *out)
+{
+    size_t n = strlen(text);
+    unsigned shift = 0;
+    if (n > 1) {
+        switch (text[n - 1]) {
+        case 'K': case 'k': shift = 10; break;
+        case 'M': case 'm': shift = 20; break;
+        case 'G': case 'g': shift = 30; break;
+        case 'T': case 't': shift = 40; break;
+        }
+    }
+    uint64_t v;
+    if (!kvtc_parse_u64(text, shift ? n - 1 : n, &v) || v == 0 || v > (UINT64_MAX >> shift)) {
+        cli_usage_error("%s: '%s' is not a size in bytes (a positive integer, optionally with "
+                        "K, M, G or T)", option, text);
+        return false;
+    }
+    *out = v << shift;
+    return true;
+}
+
 bool cli_parse_ratio(const char *option, const char *text, double *out)
 {
     double v;

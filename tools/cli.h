@@ -29,6 +29,8 @@ bool cli_parse_u32(const char *option, const char *text, uint32_t min, uint32_t 
                    uint32_t *out);
 /* A compression ratio: finite and > 1. */
 bool cli_parse_ratio(const char *option, const char *text, double *out);
+/* "4096", "64K", "512M", "2G" (powers of 1024) into bytes; > 0. */
+bool cli_parse_size(const char *option, const char *text, uint64_t *out);
 
 /* Parses the options of a subcommand with getopt_long (options may follow
  * operands). `shorts` is a getopt option string; every subcommand also takes

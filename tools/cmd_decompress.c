@@ -16,8 +16,12 @@ static const char usage[] =
     "options:\n"
     "  -c, --calibration FILE  the calibration the stream was made with (required)\n"
     "  -o, --output FILE       the cache to write (required)\n"
+    "      --max-output SIZE   refuse a stream whose restored cache would be larger\n"
+    "                          than SIZE bytes (K, M, G suffixes; default: no limit)\n"
     "      --threads N         worker threads (default: all CPUs)\n"
     "  -h, --help              this help\n";
+
+enum { OPT_MAX_OUTPUT = 256 };
 
 typedef struct decompress_args {
     const char *calibration, *output;
@@ -32,6 +36,8 @@ static int handle_option(void *user, int opt, const char *arg)
     case 'o': a->output = arg; return CLI_OK;
     case CLI_OPT_THREADS:
         return cli_parse_threads(arg, &a->opt.n_threads) ? CLI_OK : CLI_USAGE;
+    case OPT_MAX_OUTPUT:
+        return cli_parse_size("--max-output", arg, &a->opt.max_output_bytes) ? CLI_OK : CLI_USAGE;
     }
     return CLI_USAGE;
 }
@@ -42,6 +48,7 @@ int cmd_decompress(int argc, char **argv)
         {"calibration", required_argument, NULL, 'c'},
         {"output", required_argument, NULL, 'o'},
         {"threads", required_argument, NULL, CLI_OPT_THREADS},
+        {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
         {0},
     };
     decompress_args a = {0};

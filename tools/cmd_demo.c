@@ -184,7 +184,7 @@ static kvtc_status restore(conversation *c, session *s, kvtc_error *err)
     void *data = NULL;
     size_t len = 0;
     kvtc_stream_info info;
-    kvtc_decompress_options dopt = {c->threads, NULL, NULL};
+    kvtc_decompress_options dopt = {.n_threads = c->threads};
     session_reset(s);
     kvtc_status st = kvtc_read_file(c->path, &data, &len, err);
     if (st == KVTC_OK)
