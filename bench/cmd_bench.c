@@ -1076,7 +1076,7 @@ static const char calibration_usage[] =
     "\n"
     "options:\n"
     "      --model PATH        GGUF model (default: SmolLM2-135M-Instruct, fetched)\n"
-    "      --calib-chunks N    most chunks (default 8)\n"
+    "      --calib-chunks N    most chunks (default " CLI_STR(CALIB_DEFAULT_CHUNKS) ", the default calibration's)\n"
     "      --threads N         threads (default: all CPUs)\n"
     "      --json              print the results as JSON\n"
     "  -h, --help              this help\n";
@@ -1156,7 +1156,7 @@ static int bench_calibration(int argc, char **argv)
     static const struct option longs[] = {
         OPTION_MODEL, OPTION_THREADS, OPTION_JSON,
         {"calib-chunks", required_argument, NULL, OPT_CALIB_CHUNKS}, {0}};
-    bench_args a = {.threads = cli_default_threads(), .calib_chunks = 8};
+    bench_args a = {.threads = cli_default_threads(), .calib_chunks = CALIB_DEFAULT_CHUNKS};
     bench_env e;
     int rc;
     if (!bench_begin(argc, argv, "", longs, calibration_usage, &a, &e, false, &rc))

@@ -36,7 +36,8 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- Load average when it started (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine slows every number below)"
   echo "- Model: SmolLM2-135M-Instruct Q4_1 (the default model) with its default calibration"
-  echo "  (built from /usr/share/common-licenses and /usr/include on first use);"
+  echo "  (built on first use from /usr/share/common-licenses, /usr/include and generated prose"
+  echo "  with numbers: tools/corpus.h);"
   echo "  contexts are text of the evaluation corpus (tools/corpus.h), never calibrated on."
 } > "$tmp"
 
@@ -65,7 +66,7 @@ run "Time to first token, 2048 tokens of context" bench ttft --context 2048 --ra
 run "Time to first token, 4096 tokens of context" bench ttft --context 4096 --ratio 16
 run "Codec throughput, memory per token, time against context" bench codec --context 4096
 run "Prefill speed and sgemm peak" bench prefill
-run "Calibration time against calibration tokens" bench calibration --calib-chunks 8
+run "Calibration time against calibration tokens" bench calibration --calib-chunks 64
 
 mkdir -p "$(dirname "$OUT")"
 mv "$tmp" "$OUT"
