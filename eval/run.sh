@@ -23,8 +23,7 @@ source "scripts/blas-env.sh"
 methods=exact,kvtc:8,kvtc:16,kvtc:32,kvtc:64,fp8,int8,int4,kivi2,h2o:8,h2o:16,zstd
 # 8 contexts (4 prose, 4 code) of 2048 tokens with 512 scored after each;
 # 34 haystacks of 1024 prose tokens with 3 facts each: 102 retrieval cases (the
-# exact model finds ~90% of them; 5 facts, or 1536 tokens, drop it below 70%),
-# so that "within 2 points" is 2 cases, not 1.
+# exact model finds 97% of them), so that "within 2 points" is 2 cases, not 1.
 args=(--method "$methods" --contexts 8 --context-tokens 2048 --continuation-tokens 512
       --haystacks 34 --facts 3 --haystack-tokens 1024)
 # shellcheck disable=SC2206
@@ -54,10 +53,12 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "the model then continues on top of the restored cache. Continuation: prose (GPL-3,"
   echo "GFDL-1.3, MPL-2.0 ...) and C code (Linux UAPI headers) of the evaluation corpus,"
   echo "disjoint from the calibration text (tools/corpus.h); NLL of the next tokens and"
-  echo "greedy top-1 agreement with the exact run. Retrieval: \"Name's secret number is"
-  echo "NNNNN\" facts at spread depths in evaluation prose, one user turn of the chat"
-  echo "template, each question appended after the restored cache; a case is right when"
-  echo "greedy decoding writes the number (scored by teacher forcing)."
+  echo "greedy top-1 agreement with the exact run. Retrieval: facts \"The door code is"
+  echo "NNNNN. Remember it: ...\" (a pass key, a door code, a flight number, ...: distinct"
+  echo "things per haystack) at spread depths in evaluation prose, one user turn of the chat"
+  echo "template; each question (\"What is the door code?\", then \"The door code is\" as the"
+  echo "reply's start) is appended after the restored cache, and a case is right when the"
+  echo "first number greedy decoding writes is the fact's."
   echo
   echo "**Methods.** \`kvtc:R\`: kvtc_compress + kvtc_decompress with the model's default"
   echo "calibration at target ratio R; stored bytes = the whole stream minus its raw sink and"

@@ -306,13 +306,20 @@ static kvtc_status run_continuation(run_state *r, const corpus_chunks *chunks, k
 
 /* ---- retrieval ----------------------------------------------------------------------- */
 
-static const char *const fact_names[] = {"Alice", "Bruno", "Chloe", "Dmitri", "Elena",
-                                         "Farid", "Greta", "Hiro",  "Ingrid", "Jonas"};
+/* What each fact of a haystack names. Distinct things, not one thing of
+ * distinct people: with "<Name>'s secret number is N" the exact model gave
+ * another person's number in a quarter of the cases (73.5% right over 102),
+ * with these 97%. */
+static const char *const fact_names[] = {"pass key",    "door code",     "flight number",
+                                         "room number", "ticket number", "locker code",
+                                         "order number", "serial number", "account number",
+                                         "parcel number"};
 #define N_FACT_NAMES (sizeof fact_names / sizeof fact_names[0])
 
 typedef struct question {
     int32_t *ids;     /* suffix (question, end of turn, answer prefix) then answer */
     uint32_t n, n_answer;
+    char value[16];   /* the number asked for, as text */
     bool exact_right; /* the exact run's outcome, to pair each method's with */
 } question;
 
@@ -408,10 +415,10 @@ static void fact_text(uint32_t facts, const char *name, unsigned value, char *fa
         snprintf(ask, cap, "\n\nWhat is the pass key?");
         snprintf(lead, cap, "The pass key is");
     } else {
-        snprintf(fact, cap, "%s's secret number is %u. Remember it: %s's secret number is %u.\n",
-                 name, value, name, value);
-        snprintf(ask, cap, "\n\nWhat is %s's secret number?", name);
-        snprintf(lead, cap, "%s's secret number is", name);
+        snprintf(fact, cap, "The %s is %u. Remember it: the %s is %u.\n", name, value, name,
+                 value);
+        snprintf(ask, cap, "\n\nWhat is the %s?", name);
+        snprintf(lead, cap, "The %s is", name);
     }
 }
 
@@ -477,6 +484,7 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
         question *q = &out->q[out->n_questions];
         snprintf(suffix, sizeof suffix, "%s%s%s", ask, turn_end, lead);
         snprintf(answer, sizeof answer, " %u", value);
+        snprintf(q->value, sizeof q->value, "%u", value);
         if (st == KVTC_OK)
             st = append_text(r->tok, suffix, &q->ids, &q->n, err);
         uint32_t before = q->n;
@@ -512,22 +520,54 @@ static bool fact_treated(const run_state *r, const haystack *h, uint32_t f)
     return h->fact_start[f] >= r->o->sinks && h->fact_end[f] + r->o->window <= h->n;
 }
 
+/* Greedy decoding after the answer's forced start: right when the first run
+ * of digits the model writes is the number. The model may write it its own
+ * way (" 41190", " **41190**", ": 41190."), which a token-by-token match of
+ * one tokenization would count wrong. */
+static kvtc_status answer_right(run_state *r, const question *q, bool *right, kvtc_error *err)
+{
+    uint32_t vocab = r->m->cfg.vocab_size;
+    uint32_t lead = q->n - q->n_answer; /* suffix tokens, forced */
+    kvtc_status st = session_forward(r->s, q->ids, lead, r->logits, false, err);
+    char digits[16];
+    size_t n_digits = 0;
+    bool done = false;
+    /* the number's tokens plus a few for what the model writes around it */
+    for (uint32_t step = 0; st == KVTC_OK && !done && step < q->n_answer + 4; step++) {
+        int32_t next = logits_argmax(r->logits, vocab);
+        char bytes[64];
+        size_t k = tokenizer_token_bytes(r->tok, next, bytes, sizeof bytes);
+        for (size_t i = 0; i < k && i < sizeof bytes && !done; i++) {
+            if (bytes[i] >= '0' && bytes[i] <= '9') {
+                if (n_digits + 1 < sizeof digits)
+                    digits[n_digits++] = bytes[i];
+                else
+                    done = true;
+            } else if (n_digits > 0) {
+                done = true;
+            }
+        }
+        if (!done && step + 1 < q->n_answer + 4)
+            st = session_forward(r->s, &next, 1, r->logits, false, err);
+    }
+    digits[n_digits] = '\0';
+    *right = n_digits > 0 && strcmp(digits, q->value) == 0;
+    return st;
+}
+
 /* Asks every question of h on the session's cache (re-imported each time).
  * The exact run records its outcomes; a method's are paired with them. */
 static kvtc_status ask(run_state *r, haystack *h, const kvtc_cache *cache, bool exact,
                        eval_tally *t, kvtc_error *err)
 {
-    uint32_t vocab = r->m->cfg.vocab_size;
     for (uint32_t i = 0; i < h->n_questions; i++) {
         question *q = &h->q[i];
+        bool right = false;
         kvtc_status st = session_import_cache(r->s, cache, err);
         if (st == KVTC_OK)
-            st = session_forward(r->s, q->ids, q->n - 1, r->logits, true, err);
+            st = answer_right(r, q, &right, err);
         if (st != KVTC_OK)
             return st;
-        bool right = true;
-        for (uint32_t a = q->n - q->n_answer; a < q->n; a++)
-            right = right && logits_argmax(r->logits + (size_t)(a - 1) * vocab, vocab) == q->ids[a];
         t->correct += right;
         t->cases++;
         if (exact)
