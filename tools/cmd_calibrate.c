@@ -22,7 +22,8 @@ static const char usage[] =
     "      --rank N            basis columns kept per kind (default min(features, 2048))\n"
     "      --corpus            calibrate on the calibration corpus instead of caches\n"
     "  -m, --model PATH        with --corpus: the model (GGUF with a tokenizer)\n"
-    "      --chunks N          with --corpus: chunks of text (default " CLI_STR(CALIB_DEFAULT_CHUNKS) ")\n"
+    "      --chunks N          with --corpus: chunks of text (default "
+    CLI_STR(CALIB_DEFAULT_CHUNKS) ")\n"
     "      --chunk-tokens N    with --corpus: tokens per chunk (default "
     CLI_STR(CALIB_DEFAULT_CHUNK_TOKENS) ")\n"
     "      --sinks N           first tokens of each cache never compressed (default 4)\n"
@@ -48,6 +49,7 @@ typedef struct calibrate_args {
     const char *output;
     const char *model; /* --corpus */
     bool corpus;
+    const char *corpus_option; /* an option that needs --corpus, when given */
     calib_recipe recipe; /* its opt serves both modes */
 } calibrate_args;
 
@@ -57,11 +59,13 @@ static int handle_option(void *user, int opt, const char *arg)
     kvtc_calib_options *o = &a->recipe.opt;
     switch (opt) {
     case 'o': a->output = arg; return CLI_OK;
-    case 'm': a->model = arg; return CLI_OK;
+    case 'm': a->model = arg; a->corpus_option = "--model"; return CLI_OK;
     case OPT_CORPUS: a->corpus = true; return CLI_OK;
     case OPT_CHUNKS:
+        a->corpus_option = "--chunks";
         return cli_parse_u32("--chunks", arg, 1, 1u << 20, &a->recipe.n_chunks) ? CLI_OK : CLI_USAGE;
     case OPT_CHUNK_TOKENS:
+        a->corpus_option = "--chunk-tokens";
         return cli_parse_u32("--chunk-tokens", arg, 2, 1u << 20, &a->recipe.chunk_tokens)
                    ? CLI_OK
                    : CLI_USAGE;
@@ -172,9 +176,9 @@ int cmd_calibrate(int argc, char **argv)
         return cli_usage_error("-o CALIB.kvtcal is required");
     if (a.corpus && first < argc)
         return cli_usage_error("--corpus takes no caches ('%s')", argv[first]);
-    if (!a.corpus && (a.model || a.recipe.n_chunks != CALIB_DEFAULT_CHUNKS ||
-                      a.recipe.chunk_tokens != CALIB_DEFAULT_CHUNK_TOKENS))
-        return cli_usage_error("--model, --chunks and --chunk-tokens need --corpus");
+    if (!a.corpus && a.corpus_option)
+        return cli_usage_error("%s: --model, --chunks and --chunk-tokens need --corpus",
+                               a.corpus_option);
     if (!a.corpus && first >= argc)
         return cli_usage_error("no caches given");
 
