@@ -25,8 +25,8 @@
  * times), generated from a fixed seed, so the same on every machine: the
  * license texts hold few numbers, and a basis fitted without them restored
  * the key/value rows of digits in a prompt with ~2.6x the mean relative
- * error (measured on SmolLM2-135M at ratio 16), which cost retrieval of
- * numbers most. */
+ * error (measured on SmolLM2-135M at ratio 16), and retrieval asks for
+ * exactly such numbers. */
 #ifndef KVTC_TOOLS_CORPUS_H
 #define KVTC_TOOLS_CORPUS_H
 
