@@ -224,7 +224,21 @@ static int number_sentence(uint64_t *s, char *out, size_t cap)
 #undef ONE_OF
 }
 
-/* Paragraphs of 3-7 number sentences, the same on every machine. */
+/* 3-7 number sentences joined by spaces into out; returns the length. */
+static size_t number_paragraph(uint64_t *s, char *out, size_t cap)
+{
+    unsigned count = pick(s, 3, 7);
+    size_t n = 0;
+    for (unsigned i = 0; i < count && n + 1 < cap; i++) {
+        if (i)
+            out[n++] = ' ';
+        int k = number_sentence(s, out + n, cap - n);
+        n += k < 0 ? 0 : (size_t)k < cap - n ? (size_t)k : cap - n - 1;
+    }
+    return n;
+}
+
+/* Whole paragraphs, each followed by a blank line, the same on every machine. */
 static kvtc_status generate_numbers(size_t max_bytes, char **text, size_t *len, kvtc_error *err)
 {
     char *buf = kvtc_malloc(max_bytes + 1);
@@ -232,25 +246,15 @@ static kvtc_status generate_numbers(size_t max_bytes, char **text, size_t *len, 
         return kvtc_fail(err, KVTC_E_NOMEM, "corpus: out of memory");
     uint64_t s = 0x6e756d62657273ull; /* fixed seed: the document never changes */
     size_t n = 0;
-    char sentence[256];
+    char para[2048];
     for (;;) {
-        unsigned count = pick(&s, 3, 7);
-        size_t start = n;
-        for (unsigned i = 0; i < count; i++) {
-            int k = number_sentence(&s, sentence, sizeof sentence);
-            if (k < 0 || n + (size_t)k + 3 > max_bytes)
-                goto full;
-            if (i)
-                buf[n++] = ' ';
-            memcpy(buf + n, sentence, (size_t)k);
-            n += (size_t)k;
-        }
+        size_t k = number_paragraph(&s, para, sizeof para);
+        if (n + k + 2 > max_bytes)
+            break;
+        memcpy(buf + n, para, k);
+        n += k;
         buf[n++] = '\n';
         buf[n++] = '\n';
-        continue;
-    full:
-        n = start; /* whole paragraphs only */
-        break;
     }
     buf[n] = '\0';
     *text = buf;
