@@ -359,9 +359,11 @@ static int use_calibration(const kvtc_calibration *cal)
     const kvtc_model_shape *shape = kvtc_calibration_shape(cal);
     if (kvtc_shape_features(shape) > 4096)
         return bad; /* keep each input fast */
-    uint32_t n = kvtc_calibration_sinks(cal) + kvtc_calibration_window(cal) + 9;
-    if (n > 64)
+    /* In 64 bits: a file's sinks + window may wrap a uint32_t (the codec clamps both). */
+    uint64_t n64 = (uint64_t)kvtc_calibration_sinks(cal) + kvtc_calibration_window(cal) + 9;
+    if (n64 > 64)
         return bad;
+    uint32_t n = (uint32_t)n64;
     kvtc_cache *c = make_random_cache(shape, KVTC_F16, n, 3, 2, 7);
     if (!c)
         return bad;
