@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
 KVTC="$BUILD/kvtc"
 OUT="${BENCH_OUT:-docs/BENCHMARKS.md}"
-source "scripts/blas-env.sh"
 if [ ! -x "$KVTC" ]; then
   echo "bench: $KVTC is missing; run 'make' first" >&2
   exit 1
@@ -31,7 +30,7 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   echo "- Machine: $cpu, $(nproc) CPUs, $((mem_kb / 1024 / 1024)) GiB memory"
   echo "- OS: $(. /etc/os-release && echo "$PRETTY_NAME"), $(uname -r)"
-  echo "- OpenBLAS: $openblas, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} (kernels: see the prefill section)"
+  echo "- OpenBLAS: $openblas (kernels: see the prefill section)"
   echo "- kvtc: $("$KVTC" --version) at commit $commit, built in $BUILD"
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- Load average when it started (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine slows every number below)"

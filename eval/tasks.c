@@ -218,7 +218,7 @@ static kvtc_status read_context(run_state *r, const int32_t *tokens, uint32_t n,
         st = session_export_cache(r->s, KVTC_F32, exact, err);
     if (st == KVTC_OK && r->probe)
         st = attention_accumulate(r->probe, tokens, n, r->attention, err);
-    if (st == KVTC_OK && r->cal && n > r->o->sinks + r->o->window)
+    if (st == KVTC_OK && r->cal && n > (uint64_t)r->o->sinks + r->o->window)
         st = add_energy(r->cal, *exact, r->o->sinks, n - r->o->window, r->res->energy,
                         r->res->outside_basis, err);
     return st;
@@ -632,7 +632,7 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     if (o->facts_per_haystack < 1 || o->facts_per_haystack > N_FACT_NAMES)
         return kvtc_fail(err, KVTC_E_INVALID, "facts per haystack must be 1..%zu",
                          N_FACT_NAMES);
-    if ((o->nll && (o->context_tokens <= o->sinks + o->window || !o->continuation_tokens)) ||
+    if ((o->nll && (o->context_tokens <= (uint64_t)o->sinks + o->window || !o->continuation_tokens)) ||
         (o->passkey && o->haystack_tokens <= o->window))
         return kvtc_fail(err, KVTC_E_INVALID,
                          "contexts must be longer than sinks + window (%u + %u tokens)", o->sinks,

@@ -6,7 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
-source "scripts/blas-env.sh"
 if [ ! -x "$BUILD/kvtc" ]; then
   echo "demo: $BUILD/kvtc is missing; run 'make' first" >&2
   exit 1

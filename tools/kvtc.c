@@ -1,8 +1,10 @@
 /* kvtc: the command-line tool. One subcommand per verb, each in its own file
  * (tools/cmd_*.c), thin over the library. */
+#include "blas_kernels.h"
 #include "cli.h"
 #include "commands.h"
 
+#include <cblas.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -61,6 +63,7 @@ static int run_command(const command *c, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    cli_choose_blas_kernels(argv);
     if (argc < 2) {
         print_help(stderr);
         return CLI_USAGE;
@@ -71,7 +74,8 @@ int main(int argc, char **argv)
         return CLI_OK;
     }
     if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
-        printf("kvtc %s (libkvtc %s)\n", KVTC_VERSION_STRING, kvtc_version());
+        printf("kvtc %s (libkvtc %s, OpenBLAS kernels %s)\n", KVTC_VERSION_STRING,
+               kvtc_version(), openblas_get_corename());
         return CLI_OK;
     }
     if (strcmp(name, "help") == 0) {
