@@ -18,7 +18,6 @@ if [ ! -x "$KVTC" ]; then
 fi
 mkdir -p "$OUT"
 
-
 methods=exact,kvtc:8,kvtc:16,kvtc:32,kvtc:64,fp8,int8,int4,kivi2,h2o:8,h2o:16,zstd
 # 8 contexts (4 prose, 4 code) of 2048 tokens with 512 scored after each;
 # 34 haystacks of 1024 prose tokens with 3 facts each: 102 retrieval cases (the

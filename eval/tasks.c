@@ -632,7 +632,8 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     if (o->facts_per_haystack < 1 || o->facts_per_haystack > N_FACT_NAMES)
         return kvtc_fail(err, KVTC_E_INVALID, "facts per haystack must be 1..%zu",
                          N_FACT_NAMES);
-    if ((o->nll && (o->context_tokens <= (uint64_t)o->sinks + o->window || !o->continuation_tokens)) ||
+    if ((o->nll &&
+         (o->context_tokens <= (uint64_t)o->sinks + o->window || !o->continuation_tokens)) ||
         (o->passkey && o->haystack_tokens <= o->window))
         return kvtc_fail(err, KVTC_E_INVALID,
                          "contexts must be longer than sinks + window (%u + %u tokens)", o->sinks,
