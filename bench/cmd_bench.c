@@ -6,11 +6,12 @@
  *   prefill      the engine's prefill speed, GFLOP/s, and this machine's sgemm peak
  *   calibration  calibration time against calibration tokens
  *
- * Every context is real text from the evaluation corpus (tools/corpus.h), run
+ * Every context is real text from the evaluation corpus (app/corpus.h), run
  * through the model; every figure is a median of repeated runs. */
+#include "default_model.h"
 #include "cli.h"
 #include "codec.h"
-#include "commands.h"
+#include "bench.h"
 #include "container.h"
 #include "corpus.h"
 #include "default_calib.h"

@@ -36,8 +36,8 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "- Load average when it started (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine slows every number below)"
   echo "- Model: SmolLM2-135M-Instruct Q4_1 (the default model) with its default calibration"
   echo "  (built on first use from /usr/share/common-licenses, /usr/include and generated prose"
-  echo "  with numbers: tools/corpus.h);"
-  echo "  contexts are text of the evaluation corpus (tools/corpus.h), never calibrated on."
+  echo "  with numbers: app/corpus.h);"
+  echo "  contexts are text of the evaluation corpus (app/corpus.h), never calibrated on."
 } > "$tmp"
 
 # run TITLE ARGS...: runs kvtc ARGS, shows its output, and adds it to the report.

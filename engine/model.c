@@ -117,26 +117,26 @@ void model_free(model *m)
 
 /* ---- GGUF ------------------------------------------------------------------ */
 
-static bool arch_u32(const gguf_file *f, const char *arch, const char *key, uint32_t *out)
+static bool arch_u32(const kvtc_gguf_file *f, const char *arch, const char *key, uint32_t *out)
 {
     char k[128];
     snprintf(k, sizeof k, "%s.%s", arch, key);
-    return gguf_get_u32(f, k, out);
+    return kvtc_gguf_get_u32(f, k, out);
 }
 
-static bool arch_f32(const gguf_file *f, const char *arch, const char *key, float *out)
+static bool arch_f32(const kvtc_gguf_file *f, const char *arch, const char *key, float *out)
 {
     char k[128];
     snprintf(k, sizeof k, "%s.%s", arch, key);
-    return gguf_get_f32(f, k, out);
+    return kvtc_gguf_get_f32(f, k, out);
 }
 
 /* Dequantizes tensor `name` ([rows][cols] row-major, ggml dims {cols, rows})
  * into dst after checking its shape. */
-static kvtc_status load_tensor(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols,
+static kvtc_status load_tensor(const kvtc_gguf_file *f, const char *name, uint64_t rows, uint64_t cols,
                                float *dst, kvtc_error *err)
 {
-    const gguf_tensor *t = gguf_find_tensor(f, name);
+    const kvtc_gguf_tensor *t = kvtc_gguf_find_tensor(f, name);
     if (!t)
         return kvtc_fail(err, KVTC_E_FORMAT, "tensor %s missing", name);
     uint64_t t_rows = 1;
@@ -147,10 +147,10 @@ static kvtc_status load_tensor(const gguf_file *f, const char *name, uint64_t ro
                          "tensor %s has shape [%llu, %llu], expected [%llu, %llu]", name,
                          (unsigned long long)t->dims[0], (unsigned long long)t_rows,
                          (unsigned long long)cols, (unsigned long long)rows);
-    return gguf_tensor_to_f32(t, dst, err);
+    return kvtc_gguf_tensor_to_f32(t, dst, err);
 }
 
-static kvtc_status load_layer_tensor(const gguf_file *f, uint32_t layer, const char *what,
+static kvtc_status load_layer_tensor(const kvtc_gguf_file *f, uint32_t layer, const char *what,
                                      uint64_t rows, uint64_t cols, float *dst, kvtc_error *err)
 {
     char name[96];
@@ -158,12 +158,12 @@ static kvtc_status load_layer_tensor(const gguf_file *f, uint32_t layer, const c
     return load_tensor(f, name, rows, cols, dst, err);
 }
 
-static kvtc_status gguf_config(const gguf_file *f, model_config *c, kvtc_error *err)
+static kvtc_status kvtc_gguf_config(const kvtc_gguf_file *f, model_config *c, kvtc_error *err)
 {
     memset(c, 0, sizeof *c);
     const char *arch_s;
     size_t arch_len;
-    if (!gguf_get_str(f, "general.architecture", &arch_s, &arch_len))
+    if (!kvtc_gguf_get_str(f, "general.architecture", &arch_s, &arch_len))
         return kvtc_fail(err, KVTC_E_FORMAT, "GGUF has no general.architecture");
     char arch[32];
     if (arch_len >= sizeof arch)
@@ -213,36 +213,36 @@ static kvtc_status gguf_config(const gguf_file *f, model_config *c, kvtc_error *
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     const char *scaling;
     size_t scaling_len;
-    if ((gguf_get_str(f, key, &scaling, &scaling_len) &&
+    if ((kvtc_gguf_get_str(f, key, &scaling, &scaling_len) &&
          !(scaling_len == 4 && memcmp(scaling, "none", 4) == 0)) ||
-        gguf_find_tensor(f, "rope_freqs.weight"))
+        kvtc_gguf_find_tensor(f, "rope_freqs.weight"))
         return kvtc_fail(err, KVTC_E_UNSUPPORTED, "RoPE scaling is not supported");
-    const gguf_tensor *embd = gguf_find_tensor(f, "token_embd.weight");
+    const kvtc_gguf_tensor *embd = kvtc_gguf_find_tensor(f, "token_embd.weight");
     if (!embd || embd->n_dims != 2 || embd->dims[1] > MAX_VOCAB)
         return kvtc_fail(err, KVTC_E_FORMAT, "tensor token_embd.weight missing or not 2-D");
     c->vocab_size = (uint32_t)embd->dims[1];
     uint32_t id;
-    c->bos_id = gguf_get_u32(f, "tokenizer.ggml.bos_token_id", &id) && id < c->vocab_size
+    c->bos_id = kvtc_gguf_get_u32(f, "tokenizer.ggml.bos_token_id", &id) && id < c->vocab_size
                     ? (int32_t)id : -1;
-    c->eos_id = gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &id) && id < c->vocab_size
+    c->eos_id = kvtc_gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &id) && id < c->vocab_size
                     ? (int32_t)id : -1;
     const char *name;
     size_t name_len;
-    if (gguf_get_str(f, "general.name", &name, &name_len))
+    if (kvtc_gguf_get_str(f, "general.name", &name, &name_len))
         set_name(c, name, name_len);
     else
         set_name(c, arch, strlen(arch));
     return KVTC_OK;
 }
 
-kvtc_status model_load_gguf(const gguf_file *f, model **out, kvtc_error *err)
+kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *err)
 {
     *out = NULL;
     model_config c;
-    kvtc_status st = gguf_config(f, &c, err);
+    kvtc_status st = kvtc_gguf_config(f, &c, err);
     if (st != KVTC_OK)
         return st;
-    bool tied = gguf_find_tensor(f, "output.weight") == NULL;
+    bool tied = kvtc_gguf_find_tensor(f, "output.weight") == NULL;
     bool bias = c.arch == MODEL_ARCH_QWEN2;
     model *m;
     if ((st = model_alloc(&c, tied, bias, &m, err)) != KVTC_OK)
@@ -372,15 +372,15 @@ kvtc_status model_open(const char *path, model **out, tokenizer **tok, kvtc_erro
         *tok = NULL;
     kvtc_status st;
     if (is_gguf(path)) {
-        gguf_file *f;
-        if ((st = gguf_open(path, &f, err)) != KVTC_OK)
+        kvtc_gguf_file *f;
+        if ((st = kvtc_gguf_open(path, &f, err)) != KVTC_OK)
             return st;
         st = model_load_gguf(f, out, err);
         if (st == KVTC_OK && tok && (st = tokenizer_load_gguf(f, tok, err)) != KVTC_OK) {
             model_free(*out);
             *out = NULL;
         }
-        gguf_close(f);
+        kvtc_gguf_close(f);
     } else {
         llama2c_file *f;
         if ((st = llama2c_open(path, &f, err)) != KVTC_OK)

@@ -53,8 +53,8 @@ typedef struct model {
 } model;
 
 /* Builds a model from an open GGUF: hyperparameters from "<arch>.*" metadata,
- * weights dequantized to f32. The gguf_file may be closed afterwards. */
-kvtc_status model_load_gguf(const gguf_file *f, model **out, kvtc_error *err);
+ * weights dequantized to f32. The kvtc_gguf_file may be closed afterwards. */
+kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *err);
 /* Builds a model from a llama2.c checkpoint (RoPE theta 10000, eps 1e-5, BOS 1). */
 kvtc_status model_load_llama2c(const llama2c_file *f, model **out, kvtc_error *err);
 /* Opens a model file of either kind: GGUF when it starts with the GGUF magic,
@@ -65,17 +65,5 @@ void model_free(model *m);
 
 /* The shape of the model's KV cache as kvtc sees it. */
 kvtc_model_shape model_kv_shape(const model *m);
-
-/* default_model.c: the project's default model, SmolLM2-135M-Instruct (GGUF
- * Q4_1), kept in $KVTC_CACHE_DIR or ~/.cache/kvtc. */
-#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
-/* Writes the default model's path into buf. When the file is missing and
- * fetch is true, runs scripts/fetch-model.sh to download it (its stderr goes
- * to the caller's); fails with a one-line reason when it cannot be had. */
-kvtc_status default_model_path(char *buf, size_t cap, bool fetch, kvtc_error *err);
-/* model_open on `path`, or on the default model (fetched if needed) when path
- * is NULL. */
-kvtc_status model_open_or_default(const char *path, model **out, tokenizer **tok,
-                                  kvtc_error *err);
 
 #endif /* KVTC_ENGINE_MODEL_H */

@@ -260,14 +260,14 @@ void tokenizer_free(tokenizer *t)
 }
 
 /* Copies the token strings and computes the bytes each stands for. */
-static kvtc_status load_vocab(tokenizer *t, const gguf_file *f, const int32_t *types,
+static kvtc_status load_vocab(tokenizer *t, const kvtc_gguf_file *f, const int32_t *types,
                               kvtc_error *err)
 {
     size_t total = 0;
     for (uint32_t i = 0; i < t->n_vocab; i++) {
         const char *s;
         size_t n;
-        gguf_get_arr_str(f, "tokenizer.ggml.tokens", i, &s, &n);
+        kvtc_gguf_get_arr_str(f, "tokenizer.ggml.tokens", i, &s, &n);
         total += n;
         if (total > UINT32_MAX)
             return kvtc_fail(err, KVTC_E_FORMAT, "tokenizer: token strings too long");
@@ -286,7 +286,7 @@ static kvtc_status load_vocab(tokenizer *t, const gguf_file *f, const int32_t *t
     for (uint32_t i = 0; i < t->n_vocab; i++) {
         const char *s;
         size_t n;
-        gguf_get_arr_str(f, "tokenizer.ggml.tokens", i, &s, &n);
+        kvtc_gguf_get_arr_str(f, "tokenizer.ggml.tokens", i, &s, &n);
         t->text_off[i] = at;
         t->bytes_off[i] = bat;
         memcpy(t->text + at, s, n);
@@ -335,11 +335,11 @@ static kvtc_status load_vocab(tokenizer *t, const gguf_file *f, const int32_t *t
 }
 
 /* Merges "left right", rank = index; pairs of unknown tokens are skipped. */
-static kvtc_status load_merges(tokenizer *t, const gguf_file *f, kvtc_error *err)
+static kvtc_status load_merges(tokenizer *t, const kvtc_gguf_file *f, kvtc_error *err)
 {
-    gguf_value_type type;
+    kvtc_gguf_value_type type;
     uint64_t n;
-    if (!gguf_get_arr_info(f, "tokenizer.ggml.merges", &type, &n) || type != GGUF_TYPE_STRING)
+    if (!kvtc_gguf_get_arr_info(f, "tokenizer.ggml.merges", &type, &n) || type != KVTC_GGUF_STRING)
         return kvtc_fail(err, KVTC_E_FORMAT, "tokenizer: no tokenizer.ggml.merges string array");
     if (n > UINT32_MAX / 2)
         return kvtc_fail(err, KVTC_E_FORMAT, "tokenizer: too many merges (%llu)",
@@ -357,7 +357,7 @@ static kvtc_status load_merges(tokenizer *t, const gguf_file *f, kvtc_error *err
     for (uint32_t rank = 0; rank < n; rank++) {
         const char *s;
         size_t len;
-        gguf_get_arr_str(f, "tokenizer.ggml.merges", rank, &s, &len);
+        kvtc_gguf_get_arr_str(f, "tokenizer.ggml.merges", rank, &s, &len);
         const char *space = memchr(s, ' ', len);
         if (!space)
             continue;
@@ -434,18 +434,18 @@ static kvtc_status load_specials(tokenizer *t, const int32_t *types, kvtc_error 
 
 /* Pre-tokenizers with llama.cpp's names: the GPT-2 pattern, with or without
  * digits isolated first. */
-static kvtc_status load_pre_tokenizer(tokenizer *t, const gguf_file *f, kvtc_error *err)
+static kvtc_status load_pre_tokenizer(tokenizer *t, const kvtc_gguf_file *f, kvtc_error *err)
 {
     static const char *const with_digits[] = {"smollm", "starcoder", "refact", "command-r",
                                               "codeshell", "exaone", "minerva"};
     static const char *const plain[] = {"gpt2", "default", "mpt", "olmo", "jais"};
     const char *s;
     size_t n;
-    if (!gguf_get_str(f, "tokenizer.ggml.model", &s, &n) || n != 4 || memcmp(s, "gpt2", 4))
+    if (!kvtc_gguf_get_str(f, "tokenizer.ggml.model", &s, &n) || n != 4 || memcmp(s, "gpt2", 4))
         return kvtc_fail(err, KVTC_E_UNSUPPORTED,
                          "tokenizer: only byte-level BPE (tokenizer.ggml.model \"gpt2\") "
                          "is supported");
-    if (!gguf_get_str(f, "tokenizer.ggml.pre", &s, &n)) {
+    if (!kvtc_gguf_get_str(f, "tokenizer.ggml.pre", &s, &n)) {
         s = "default";
         n = 7;
     }
@@ -474,12 +474,12 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle)
  * "<|im_start|>system\n...<|im_end|>" with no quote or brace inside (those
  * would mean an expression such as messages[0]['content']). A model without
  * a template gets plain ChatML. */
-static kvtc_status load_chat_template(tokenizer *t, const gguf_file *f, kvtc_error *err)
+static kvtc_status load_chat_template(tokenizer *t, const kvtc_gguf_file *f, kvtc_error *err)
 {
     static const char start[] = "<|im_start|>system\n", end[] = "<|im_end|>";
     const char *tpl;
     size_t n;
-    if (!gguf_get_str(f, "tokenizer.chat_template", &tpl, &n)) {
+    if (!kvtc_gguf_get_str(f, "tokenizer.chat_template", &tpl, &n)) {
         t->chatml = true;
         return KVTC_OK;
     }
@@ -503,26 +503,26 @@ static kvtc_status load_chat_template(tokenizer *t, const gguf_file *f, kvtc_err
     return KVTC_OK;
 }
 
-static int32_t token_id_or_none(const tokenizer *t, const gguf_file *f, const char *key)
+static int32_t token_id_or_none(const tokenizer *t, const kvtc_gguf_file *f, const char *key)
 {
     uint32_t id;
-    return gguf_get_u32(f, key, &id) && id < t->n_vocab ? (int32_t)id : -1;
+    return kvtc_gguf_get_u32(f, key, &id) && id < t->n_vocab ? (int32_t)id : -1;
 }
 
-kvtc_status tokenizer_load_gguf(const gguf_file *f, tokenizer **out, kvtc_error *err)
+kvtc_status tokenizer_load_gguf(const kvtc_gguf_file *f, tokenizer **out, kvtc_error *err)
 {
     if (!f || !out)
         return kvtc_fail(err, KVTC_E_INVALID, "tokenizer_load_gguf: no file or output given");
     *out = NULL;
-    gguf_value_type type;
+    kvtc_gguf_value_type type;
     uint64_t n_vocab, n_types;
     const void *types_raw;
-    if (!gguf_get_arr_info(f, "tokenizer.ggml.tokens", &type, &n_vocab) ||
-        type != GGUF_TYPE_STRING || n_vocab == 0 || n_vocab > INT32_MAX - 1)
+    if (!kvtc_gguf_get_arr_info(f, "tokenizer.ggml.tokens", &type, &n_vocab) ||
+        type != KVTC_GGUF_STRING || n_vocab == 0 || n_vocab > INT32_MAX - 1)
         return kvtc_fail(err, KVTC_E_FORMAT, "tokenizer: no usable tokenizer.ggml.tokens array");
-    if (!gguf_get_arr_info(f, "tokenizer.ggml.token_type", &type, &n_types) ||
-        type != GGUF_TYPE_INT32 || n_types != n_vocab ||
-        !gguf_get_arr_data(f, "tokenizer.ggml.token_type", &types_raw))
+    if (!kvtc_gguf_get_arr_info(f, "tokenizer.ggml.token_type", &type, &n_types) ||
+        type != KVTC_GGUF_INT32 || n_types != n_vocab ||
+        !kvtc_gguf_get_arr_data(f, "tokenizer.ggml.token_type", &types_raw))
         return kvtc_fail(err, KVTC_E_FORMAT,
                          "tokenizer: tokenizer.ggml.token_type is not an int32 array of %llu",
                          (unsigned long long)n_vocab);

@@ -19,8 +19,8 @@ typedef struct chat_message {
 } chat_message;
 
 /* Builds the tokenizer from the GGUF metadata (tokens, merges, token types,
- * bos/eos ids, pre-tokenizer name). The gguf_file may be closed afterwards. */
-kvtc_status tokenizer_load_gguf(const gguf_file *f, tokenizer **out, kvtc_error *err);
+ * bos/eos ids, pre-tokenizer name). The kvtc_gguf_file may be closed afterwards. */
+kvtc_status tokenizer_load_gguf(const kvtc_gguf_file *f, tokenizer **out, kvtc_error *err);
 void tokenizer_free(tokenizer *t);
 
 uint32_t tokenizer_vocab_size(const tokenizer *t);

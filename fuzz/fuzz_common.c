@@ -461,7 +461,7 @@ int fuzz_one_safetensors(const uint8_t *data, size_t len)
 
 /* ---- GGUF ------------------------------------------------------------------------ */
 
-static const char *const GGUF_KEYS[] = {
+static const char *const KVTC_GGUF_KEYS[] = {
     "general.architecture", "general.alignment", "general.name",
     "llama.block_count", "llama.context_length", "llama.embedding_length",
     "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv",
@@ -471,62 +471,62 @@ static const char *const GGUF_KEYS[] = {
     "tokenizer.ggml.add_bos_token",
 };
 
-static void read_gguf_key(const gguf_file *f, const char *key)
+static void read_gguf_key(const kvtc_gguf_file *f, const char *key)
 {
     uint32_t u;
     float x;
     bool b;
     const char *s;
     size_t n;
-    gguf_value_type et;
+    kvtc_gguf_value_type et;
     uint64_t count;
     const void *arr;
-    gguf_get_u32(f, key, &u);
-    gguf_get_f32(f, key, &x);
-    gguf_get_bool(f, key, &b);
-    if (gguf_get_str(f, key, &s, &n))
+    kvtc_gguf_get_u32(f, key, &u);
+    kvtc_gguf_get_f32(f, key, &x);
+    kvtc_gguf_get_bool(f, key, &b);
+    if (kvtc_gguf_get_str(f, key, &s, &n))
         touch(s, n);
-    if (gguf_get_arr_info(f, key, &et, &count)) {
+    if (kvtc_gguf_get_arr_info(f, key, &et, &count)) {
         for (uint64_t i = 0; i < count && i < MAX_GGUF_STRINGS; i++)
-            if (gguf_get_arr_str(f, key, i, &s, &n))
+            if (kvtc_gguf_get_arr_str(f, key, i, &s, &n))
                 touch(s, n);
-        gguf_get_arr_str(f, key, count, &s, &n); /* one past the end: must say no */
-        gguf_get_arr_data(f, key, &arr);
+        kvtc_gguf_get_arr_str(f, key, count, &s, &n); /* one past the end: must say no */
+        kvtc_gguf_get_arr_data(f, key, &arr);
     }
 }
 
 int fuzz_one_gguf(const uint8_t *data, size_t len)
 {
-    gguf_file *f = NULL;
-    if (gguf_load(data, len, &f, NULL) != KVTC_OK)
+    kvtc_gguf_file *f = NULL;
+    if (kvtc_gguf_load(data, len, &f, NULL) != KVTC_OK)
         return 0;
     int bad = 0;
-    uint64_t a = gguf_alignment(f);
+    uint64_t a = kvtc_gguf_alignment(f);
     if (a == 0 || (a & (a - 1)))
         bad |= broken("gguf alignment is not a power of two");
-    for (size_t i = 0; i < sizeof GGUF_KEYS / sizeof GGUF_KEYS[0]; i++)
-        read_gguf_key(f, GGUF_KEYS[i]);
-    uint64_t n = gguf_tensor_count(f);
+    for (size_t i = 0; i < sizeof KVTC_GGUF_KEYS / sizeof KVTC_GGUF_KEYS[0]; i++)
+        read_gguf_key(f, KVTC_GGUF_KEYS[i]);
+    uint64_t n = kvtc_gguf_tensor_count(f);
     for (uint64_t i = 0; i < n && i < MAX_GGUF_TENSORS; i++) {
-        const gguf_tensor *t = gguf_tensor_at(f, i);
+        const kvtc_gguf_tensor *t = kvtc_gguf_tensor_at(f, i);
         const uint8_t *p = t->data;
         if (p < data || p > data + len || t->n_bytes > (size_t)(data + len - p)) {
             bad |= broken("gguf tensor data lies outside the buffer");
             continue;
         }
-        if (gguf_find_tensor(f, t->name) != t)
-            bad |= broken("gguf_find_tensor does not find a listed tensor");
+        if (kvtc_gguf_find_tensor(f, t->name) != t)
+            bad |= broken("kvtc_gguf_find_tensor does not find a listed tensor");
         touch(t->name, strlen(t->name));
         if (t->n_elements <= MAX_GGUF_DEQUANT) {
             float *out = malloc((size_t)t->n_elements * sizeof(float));
             if (out)
-                gguf_tensor_to_f32(t, out, NULL);
+                kvtc_gguf_tensor_to_f32(t, out, NULL);
             free(out);
         }
     }
-    if (gguf_tensor_at(f, n) != NULL)
-        bad |= broken("gguf_tensor_at returned a tensor past the end");
-    gguf_close(f);
+    if (kvtc_gguf_tensor_at(f, n) != NULL)
+        bad |= broken("kvtc_gguf_tensor_at returned a tensor past the end");
+    kvtc_gguf_close(f);
     return bad;
 }
 

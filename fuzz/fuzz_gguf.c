@@ -1,4 +1,4 @@
-/* libFuzzer target: GGUF reading (gguf_load), then metadata getters, the
+/* libFuzzer target: GGUF reading (kvtc_gguf_load), then metadata getters, the
  * tensor table and dequantization. */
 #include "fuzz_common.h"
 

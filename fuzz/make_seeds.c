@@ -176,7 +176,7 @@ static void put_str(kvtc_writer *w, const char *s)
     kvtc_put_bytes(w, s, strlen(s));
 }
 
-static void put_key(kvtc_writer *w, const char *key, gguf_value_type type)
+static void put_key(kvtc_writer *w, const char *key, kvtc_gguf_value_type type)
 {
     put_str(w, key);
     kvtc_put_u32(w, type);
@@ -192,7 +192,7 @@ typedef struct seed_tensor {
 static uint64_t tensor_bytes(const seed_tensor *t)
 {
     uint32_t block_elems, block_bytes;
-    if (!ggml_type_block(t->type, &block_elems, &block_bytes))
+    if (!kvtc_ggml_type_block(t->type, &block_elems, &block_bytes))
         return 0;
     uint64_t n = t->dims[0] * (t->n_dims > 1 ? t->dims[1] : 1);
     return n / block_elems * block_bytes;
@@ -203,11 +203,11 @@ static uint64_t tensor_bytes(const seed_tensor *t)
 static void put_tensor_data(kvtc_writer *w, const seed_tensor *t, uint64_t bytes)
 {
     for (uint64_t i = 0; i < bytes; i++)
-        kvtc_put_u8(w, t->type == GGML_TYPE_F32 ? (i % 4 == 3 ? 0x3f : (uint8_t)(i * 7))
+        kvtc_put_u8(w, t->type == KVTC_GGML_F32 ? (i % 4 == 3 ? 0x3f : (uint8_t)(i * 7))
                        : (i % 2 ? 0x3c : (uint8_t)(i * 13)));
 }
 
-static void gguf_seed(const char *name, uint32_t version, bool with_alignment,
+static void kvtc_gguf_seed(const char *name, uint32_t version, bool with_alignment,
                       const seed_tensor *tensors, uint32_t n_tensors)
 {
     static const char *tokens[] = {"<unk>", "<s>", "</s>", "hello", " world"};
@@ -217,30 +217,30 @@ static void gguf_seed(const char *name, uint32_t version, bool with_alignment,
     kvtc_put_u32(&w, version);
     kvtc_put_u64(&w, n_tensors);
     kvtc_put_u64(&w, with_alignment ? 9 : 8);
-    put_key(&w, "general.architecture", GGUF_TYPE_STRING);
+    put_key(&w, "general.architecture", KVTC_GGUF_STRING);
     put_str(&w, "llama");
-    put_key(&w, "llama.block_count", GGUF_TYPE_UINT32);
+    put_key(&w, "llama.block_count", KVTC_GGUF_UINT32);
     kvtc_put_u32(&w, 1);
-    put_key(&w, "llama.context_length", GGUF_TYPE_UINT64);
+    put_key(&w, "llama.context_length", KVTC_GGUF_UINT64);
     kvtc_put_u64(&w, 128);
-    put_key(&w, "llama.attention.head_count", GGUF_TYPE_INT32);
+    put_key(&w, "llama.attention.head_count", KVTC_GGUF_INT32);
     kvtc_put_u32(&w, 2);
-    put_key(&w, "llama.rope.freq_base", GGUF_TYPE_FLOAT32);
+    put_key(&w, "llama.rope.freq_base", KVTC_GGUF_FLOAT32);
     kvtc_put_f32(&w, 10000.0f);
-    put_key(&w, "tokenizer.ggml.add_bos_token", GGUF_TYPE_BOOL);
+    put_key(&w, "tokenizer.ggml.add_bos_token", KVTC_GGUF_BOOL);
     kvtc_put_u8(&w, 1);
-    put_key(&w, "tokenizer.ggml.tokens", GGUF_TYPE_ARRAY);
-    kvtc_put_u32(&w, GGUF_TYPE_STRING);
+    put_key(&w, "tokenizer.ggml.tokens", KVTC_GGUF_ARRAY);
+    kvtc_put_u32(&w, KVTC_GGUF_STRING);
     kvtc_put_u64(&w, 5);
     for (int i = 0; i < 5; i++)
         put_str(&w, tokens[i]);
-    put_key(&w, "tokenizer.ggml.scores", GGUF_TYPE_ARRAY);
-    kvtc_put_u32(&w, GGUF_TYPE_FLOAT32);
+    put_key(&w, "tokenizer.ggml.scores", KVTC_GGUF_ARRAY);
+    kvtc_put_u32(&w, KVTC_GGUF_FLOAT32);
     kvtc_put_u64(&w, 5);
     for (int i = 0; i < 5; i++)
         kvtc_put_f32(&w, -(float)i);
     if (with_alignment) {
-        put_key(&w, "general.alignment", GGUF_TYPE_UINT32);
+        put_key(&w, "general.alignment", KVTC_GGUF_UINT32);
         kvtc_put_u32(&w, 64);
     }
     uint64_t align = with_alignment ? 64 : 32, offset = 0;
@@ -260,30 +260,30 @@ static void gguf_seed(const char *name, uint32_t version, bool with_alignment,
     }
     if (w.failed || fuzz_one_gguf(w.buf, w.len))
         fail(name, NULL);
-    gguf_file *f = NULL;
+    kvtc_gguf_file *f = NULL;
     kvtc_error err;
-    if (!w.failed && gguf_load(w.buf, w.len, &f, &err) != KVTC_OK)
+    if (!w.failed && kvtc_gguf_load(w.buf, w.len, &f, &err) != KVTC_OK)
         fail(name, &err);
     else if (!w.failed)
         write_seed("gguf", name, w.buf, w.len);
-    gguf_close(f);
+    kvtc_gguf_close(f);
     kvtc_writer_free(&w);
 }
 
-static void gguf_seeds(void)
+static void kvtc_gguf_seeds(void)
 {
     static const seed_tensor tensors[] = {
-        {"token_embd.weight", GGML_TYPE_F32, 2, {8, 5}},
-        {"blk.0.attn_norm.weight", GGML_TYPE_F16, 1, {8, 1}},
-        {"blk.0.attn_q.weight", GGML_TYPE_BF16, 2, {8, 2}},
-        {"blk.0.attn_k.weight", GGML_TYPE_Q4_0, 1, {32, 1}},
-        {"blk.0.ffn_down.weight", GGML_TYPE_Q8_0, 2, {32, 2}},
-        {"blk.0.ffn_up.weight", GGML_TYPE_Q4_K, 1, {256, 1}},
-        {"blk.0.ffn_gate.weight", GGML_TYPE_Q6_K, 1, {256, 1}},
+        {"token_embd.weight", KVTC_GGML_F32, 2, {8, 5}},
+        {"blk.0.attn_norm.weight", KVTC_GGML_F16, 1, {8, 1}},
+        {"blk.0.attn_q.weight", KVTC_GGML_BF16, 2, {8, 2}},
+        {"blk.0.attn_k.weight", KVTC_GGML_Q4_0, 1, {32, 1}},
+        {"blk.0.ffn_down.weight", KVTC_GGML_Q8_0, 2, {32, 2}},
+        {"blk.0.ffn_up.weight", KVTC_GGML_Q4_K, 1, {256, 1}},
+        {"blk.0.ffn_gate.weight", KVTC_GGML_Q6_K, 1, {256, 1}},
     };
-    gguf_seed("seed-v3-tensors", 3, true, tensors, sizeof tensors / sizeof tensors[0]);
-    gguf_seed("seed-v3-f32", 3, false, tensors, 2);
-    gguf_seed("seed-v2-metadata-only", 2, false, NULL, 0);
+    kvtc_gguf_seed("seed-v3-tensors", 3, true, tensors, sizeof tensors / sizeof tensors[0]);
+    kvtc_gguf_seed("seed-v3-f32", 3, false, tensors, 2);
+    kvtc_gguf_seed("seed-v2-metadata-only", 2, false, NULL, 0);
 }
 
 /* ---- llama2.c ----------------------------------------------------------------------------- */
@@ -349,7 +349,7 @@ int main(int argc, char **argv)
     safetensors_seed("seed-bf16-neox", make_random_cache(&SMALL_SHAPE, KVTC_BF16, 3, 0, 2, 3),
                      NULL);
     safetensors_seed("seed-empty", fuzz_make_cache(KVTC_F32, 0, 0, 4), NULL);
-    gguf_seeds();
+    kvtc_gguf_seeds();
     llama2c_seed("seed-shared-classifier", 5);
     llama2c_seed("seed-own-classifier", -5);
     kvtc_calibration_free(cal);

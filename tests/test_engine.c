@@ -5,6 +5,7 @@
  * default model's NLL on ordinary English, KV-cache export -> import (whole,
  * through safetensors, and layer by layer) continuing with bit-identical
  * logits, and the session's refusals of bad input. */
+#include "default_model.h"
 #include "kvtc_internal.h"
 #include "session.h"
 #include "testutil.h"

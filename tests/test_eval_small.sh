@@ -25,7 +25,7 @@ kvtc="${KVTC_BIN:?KVTC_BIN not set}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# calibration text only (tools/corpus.h keeps it apart from the evaluation
+# calibration text only (app/corpus.h keeps it apart from the evaluation
 # text): its first three chunks, the starts of Apache-2.0, stdio.h and the
 # generated numbers
 "$kvtc" calibrate --corpus --model "$model" --chunks 3 --chunk-tokens 384 --rank 256 \

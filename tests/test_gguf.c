@@ -46,8 +46,8 @@ typedef struct variant {
 } variant;
 
 static const tensor_spec default_tensors[] = {
-    {"weights.f32", 2, {4, 2}, GGML_TYPE_F32, 0},
-    {"weights.q8", 1, {32}, GGML_TYPE_Q8_0, 64},
+    {"weights.f32", 2, {4, 2}, KVTC_GGML_F32, 0},
+    {"weights.q8", 1, {32}, KVTC_GGML_Q8_0, 64},
 };
 
 /* Writes a GGUF whose last tensor ends exactly at the end of the file. */
@@ -62,46 +62,46 @@ static void write_sample(kvtc_writer *w, const variant *v)
     kvtc_put_u64(w, nt + v->n_tensors_delta);
     kvtc_put_u64(w, n_kv + v->n_kv_delta);
 
-    put_key(w, "general.architecture", GGUF_TYPE_STRING);
+    put_key(w, "general.architecture", KVTC_GGUF_STRING);
     put_str(w, "llama");
-    put_key(w, "test.u8", GGUF_TYPE_UINT8);
+    put_key(w, "test.u8", KVTC_GGUF_UINT8);
     kvtc_put_u8(w, 200);
-    put_key(w, "test.i32_negative", GGUF_TYPE_INT32);
+    put_key(w, "test.i32_negative", KVTC_GGUF_INT32);
     kvtc_put_u32(w, (uint32_t)-5);
-    put_key(w, "test.u64_big", GGUF_TYPE_UINT64);
+    put_key(w, "test.u64_big", KVTC_GGUF_UINT64);
     kvtc_put_u64(w, 1ull << 40);
-    put_key(w, "test.f64", GGUF_TYPE_FLOAT64);
+    put_key(w, "test.f64", KVTC_GGUF_FLOAT64);
     kvtc_put_f64(w, 0.25);
-    put_key(w, "test.flag", GGUF_TYPE_BOOL);
+    put_key(w, "test.flag", KVTC_GGUF_BOOL);
     kvtc_put_u8(w, 1);
-    put_key(w, "test.words", GGUF_TYPE_ARRAY);
-    kvtc_put_u32(w, GGUF_TYPE_STRING);
+    put_key(w, "test.words", KVTC_GGUF_ARRAY);
+    kvtc_put_u32(w, KVTC_GGUF_STRING);
     kvtc_put_u64(w, 3);
     put_str(w, "alpha");
     put_str(w, "");
     put_str(w, "gamma delta");
-    put_key(w, "test.ints", GGUF_TYPE_ARRAY);
-    kvtc_put_u32(w, GGUF_TYPE_INT32);
+    put_key(w, "test.ints", KVTC_GGUF_ARRAY);
+    kvtc_put_u32(w, KVTC_GGUF_INT32);
     kvtc_put_u64(w, 3);
     for (int i = 0; i < 3; i++)
         kvtc_put_u32(w, (uint32_t)(i * 10 - 10));
     /* Arrays of arrays: [[1, 2]] nested nest_depth deep; the innermost holds strings. */
-    put_key(w, "test.nested", GGUF_TYPE_ARRAY);
+    put_key(w, "test.nested", KVTC_GGUF_ARRAY);
     uint32_t depth = v->nest_depth ? v->nest_depth : 2;
     for (uint32_t d = 1; d < depth; d++) {
-        kvtc_put_u32(w, GGUF_TYPE_ARRAY);
+        kvtc_put_u32(w, KVTC_GGUF_ARRAY);
         kvtc_put_u64(w, 1);
     }
-    kvtc_put_u32(w, GGUF_TYPE_STRING);
+    kvtc_put_u32(w, KVTC_GGUF_STRING);
     kvtc_put_u64(w, 2);
     put_str(w, "x");
     put_str(w, "yz");
     if (v->dup_key) {
-        put_key(w, v->dup_key, GGUF_TYPE_UINT8);
+        put_key(w, v->dup_key, KVTC_GGUF_UINT8);
         kvtc_put_u8(w, 1);
     }
     if (v->alignment) {
-        put_key(w, "general.alignment", GGUF_TYPE_UINT32);
+        put_key(w, "general.alignment", KVTC_GGUF_UINT32);
         kvtc_put_u32(w, v->alignment);
     }
 
@@ -118,7 +118,7 @@ static void write_sample(kvtc_writer *w, const variant *v)
         kvtc_put_u32(w, ts[i].type);
         kvtc_put_u64(w, ts[i].offset);
         uint32_t be = 1, bb = 4;
-        ggml_type_block(ts[i].type, &be, &bb);
+        kvtc_ggml_type_block(ts[i].type, &be, &bb);
         if (ts[i].offset + n / be * bb > end)
             end = ts[i].offset + n / be * bb;
     }
@@ -135,15 +135,15 @@ static void write_sample(kvtc_writer *w, const variant *v)
 static void expect_rejected(const char *what, const void *buf, size_t len, kvtc_status want,
                             const char *needle)
 {
-    gguf_file *f = NULL;
+    kvtc_gguf_file *f = NULL;
     kvtc_error err = {0};
-    kvtc_status st = gguf_load(buf, len, &f, &err);
+    kvtc_status st = kvtc_gguf_load(buf, len, &f, &err);
     CHECK_MSG(st == want, "%s: status %s, want %s (%s)", what, kvtc_status_string(st),
               kvtc_status_string(want), err.message);
     CHECK_MSG(f == NULL, "%s: output set on failure", what);
     CHECK_MSG(strstr(err.message, needle) != NULL, "%s: message '%s' lacks '%s'", what,
               err.message, needle);
-    gguf_close(f);
+    kvtc_gguf_close(f);
 }
 
 static void expect_variant_rejected(const char *what, const variant *v, kvtc_status want,
@@ -161,77 +161,77 @@ static void test_sample(void)
 {
     kvtc_writer w;
     write_sample(&w, &(variant){0});
-    gguf_file *f = NULL;
+    kvtc_gguf_file *f = NULL;
     kvtc_error err = {0};
-    if (!CHECK_OK(gguf_load(w.buf, w.len, &f, &err), &err)) {
+    if (!CHECK_OK(kvtc_gguf_load(w.buf, w.len, &f, &err), &err)) {
         kvtc_writer_free(&w);
         return;
     }
-    CHECK_EQ(gguf_version(f), 3);
-    CHECK_EQ(gguf_alignment(f), 32);
+    CHECK_EQ(kvtc_gguf_version(f), 3);
+    CHECK_EQ(kvtc_gguf_alignment(f), 32);
     const char *s;
     size_t n;
-    CHECK(gguf_get_str(f, "general.architecture", &s, &n) && n == 5 && !memcmp(s, "llama", 5));
+    CHECK(kvtc_gguf_get_str(f, "general.architecture", &s, &n) && n == 5 && !memcmp(s, "llama", 5));
     uint32_t u;
-    CHECK(gguf_get_u32(f, "test.u8", &u) && u == 200);
-    CHECK(!gguf_get_u32(f, "test.i32_negative", &u));
-    CHECK(!gguf_get_u32(f, "test.u64_big", &u));
-    CHECK(!gguf_get_u32(f, "general.architecture", &u));
-    CHECK(!gguf_get_u32(f, "no.such.key", &u));
+    CHECK(kvtc_gguf_get_u32(f, "test.u8", &u) && u == 200);
+    CHECK(!kvtc_gguf_get_u32(f, "test.i32_negative", &u));
+    CHECK(!kvtc_gguf_get_u32(f, "test.u64_big", &u));
+    CHECK(!kvtc_gguf_get_u32(f, "general.architecture", &u));
+    CHECK(!kvtc_gguf_get_u32(f, "no.such.key", &u));
     float x;
-    CHECK(gguf_get_f32(f, "test.f64", &x) && x == 0.25f);
-    CHECK(!gguf_get_f32(f, "test.u8", &x));
+    CHECK(kvtc_gguf_get_f32(f, "test.f64", &x) && x == 0.25f);
+    CHECK(!kvtc_gguf_get_f32(f, "test.u8", &x));
     bool b = false;
-    CHECK(gguf_get_bool(f, "test.flag", &b) && b);
-    CHECK(gguf_has_key(f, "test.nested") && !gguf_has_key(f, "test"));
+    CHECK(kvtc_gguf_get_bool(f, "test.flag", &b) && b);
+    CHECK(kvtc_gguf_has_key(f, "test.nested") && !kvtc_gguf_has_key(f, "test"));
 
-    gguf_value_type et;
+    kvtc_gguf_value_type et;
     uint64_t count;
-    CHECK(gguf_get_arr_info(f, "test.words", &et, &count) && et == GGUF_TYPE_STRING &&
+    CHECK(kvtc_gguf_get_arr_info(f, "test.words", &et, &count) && et == KVTC_GGUF_STRING &&
           count == 3);
-    CHECK(gguf_get_arr_str(f, "test.words", 2, &s, &n) && n == 11 && !memcmp(s, "gamma delta", 11));
-    CHECK(gguf_get_arr_str(f, "test.words", 1, &s, &n) && n == 0);
-    CHECK(!gguf_get_arr_str(f, "test.words", 3, &s, &n));
+    CHECK(kvtc_gguf_get_arr_str(f, "test.words", 2, &s, &n) && n == 11 && !memcmp(s, "gamma delta", 11));
+    CHECK(kvtc_gguf_get_arr_str(f, "test.words", 1, &s, &n) && n == 0);
+    CHECK(!kvtc_gguf_get_arr_str(f, "test.words", 3, &s, &n));
     const void *data;
-    CHECK(!gguf_get_arr_data(f, "test.words", &data));
-    CHECK(gguf_get_arr_data(f, "test.ints", &data) &&
+    CHECK(!kvtc_gguf_get_arr_data(f, "test.words", &data));
+    CHECK(kvtc_gguf_get_arr_data(f, "test.ints", &data) &&
           !memcmp((const char *)data + 8, "\x0a\0\0\0", 4)); /* third element: 10 */
-    CHECK(gguf_get_arr_info(f, "test.nested", &et, &count) && et == GGUF_TYPE_ARRAY && count == 1);
+    CHECK(kvtc_gguf_get_arr_info(f, "test.nested", &et, &count) && et == KVTC_GGUF_ARRAY && count == 1);
 
-    CHECK_EQ(gguf_tensor_count(f), 2);
-    const gguf_tensor *t = gguf_find_tensor(f, "weights.q8");
+    CHECK_EQ(kvtc_gguf_tensor_count(f), 2);
+    const kvtc_gguf_tensor *t = kvtc_gguf_find_tensor(f, "weights.q8");
     if (CHECK(t != NULL)) {
-        CHECK_EQ(t->type, GGML_TYPE_Q8_0);
+        CHECK_EQ(t->type, KVTC_GGML_Q8_0);
         CHECK_EQ(t->n_elements, 32);
         CHECK_EQ(t->n_bytes, 34);
         CHECK(t->data == (const unsigned char *)w.buf + w.len - 34);
     }
-    t = gguf_tensor_at(f, 0);
+    t = kvtc_gguf_tensor_at(f, 0);
     if (CHECK(t != NULL)) {
         CHECK(strcmp(t->name, "weights.f32") == 0);
         CHECK(t->n_dims == 2 && t->dims[0] == 4 && t->dims[1] == 2 && t->dims[2] == 1);
         CHECK_EQ(t->n_bytes, 32);
     }
-    CHECK(gguf_tensor_at(f, 2) == NULL);
-    CHECK(gguf_find_tensor(f, "weights") == NULL);
-    gguf_close(f);
+    CHECK(kvtc_gguf_tensor_at(f, 2) == NULL);
+    CHECK(kvtc_gguf_find_tensor(f, "weights") == NULL);
+    kvtc_gguf_close(f);
 
     /* Every proper prefix of the file is rejected cleanly. */
     for (size_t len = 0; len < w.len; len++) {
-        kvtc_status st = gguf_load(w.buf, len, &f, &err);
+        kvtc_status st = kvtc_gguf_load(w.buf, len, &f, &err);
         bool clean = st == KVTC_E_TRUNCATED ||
                      (st == KVTC_E_FORMAT && strstr(err.message, "out of bounds"));
         CHECK_MSG(clean, "prefix of %zu bytes: %s (%s)", len, kvtc_status_string(st),
                   err.message);
         if (st == KVTC_OK)
-            gguf_close(f);
+            kvtc_gguf_close(f);
     }
     kvtc_writer_free(&w);
 
     /* Version 2 has the same layout. */
     write_sample(&w, &(variant){.version = 2});
-    CHECK_OK(gguf_load(w.buf, w.len, &f, &err), &err);
-    gguf_close(f);
+    CHECK_OK(kvtc_gguf_load(w.buf, w.len, &f, &err), &err);
+    kvtc_gguf_close(f);
     kvtc_writer_free(&w);
 }
 
@@ -304,24 +304,24 @@ static void test_hostile(void)
     } cases[] = {
         {"unknown type", {{"w", 1, {32}, 4, 0}}, 1, 0, KVTC_E_UNSUPPORTED,
          "unknown tensor type 4 for 'w'"},
-        {"out of bounds", {{"w", 1, {32}, GGML_TYPE_Q8_0, 0}, {"big", 1, {64}, GGML_TYPE_F32, 64}},
+        {"out of bounds", {{"w", 1, {32}, KVTC_GGML_Q8_0, 0}, {"big", 1, {64}, KVTC_GGML_F32, 64}},
          2, 1, KVTC_E_FORMAT, "tensor 'big' out of bounds"},
         {"offset past the end",
-         {{"far", 1, {8}, GGML_TYPE_F32, UINT64_MAX - 31}, {"w", 1, {8}, GGML_TYPE_F32, 0}}, 2, 0,
+         {{"far", 1, {8}, KVTC_GGML_F32, UINT64_MAX - 31}, {"w", 1, {8}, KVTC_GGML_F32, 0}}, 2, 0,
          KVTC_E_FORMAT, "tensor 'far' out of bounds"},
-        {"misaligned", {{"w", 1, {8}, GGML_TYPE_F32, 4}}, 1, 0, KVTC_E_FORMAT, "not aligned"},
-        {"0 dims", {{"w", 0, {8}, GGML_TYPE_F32, 0}}, 1, 0, KVTC_E_FORMAT, "0 dimensions"},
-        {"5 dims", {{"w", 5, {1, 1, 1, 1}, GGML_TYPE_F32, 0}}, 1, 0, KVTC_E_FORMAT, "5 dimensions"},
-        {"zero dim", {{"w", 2, {8, 0}, GGML_TYPE_F32, 0}}, 1, 0, KVTC_E_FORMAT, "bad dimension 1"},
-        {"dims overflow", {{"w", 3, {1ull << 32, 1ull << 32, 4}, GGML_TYPE_F32, 0}}, 1, 0,
+        {"misaligned", {{"w", 1, {8}, KVTC_GGML_F32, 4}}, 1, 0, KVTC_E_FORMAT, "not aligned"},
+        {"0 dims", {{"w", 0, {8}, KVTC_GGML_F32, 0}}, 1, 0, KVTC_E_FORMAT, "0 dimensions"},
+        {"5 dims", {{"w", 5, {1, 1, 1, 1}, KVTC_GGML_F32, 0}}, 1, 0, KVTC_E_FORMAT, "5 dimensions"},
+        {"zero dim", {{"w", 2, {8, 0}, KVTC_GGML_F32, 0}}, 1, 0, KVTC_E_FORMAT, "bad dimension 1"},
+        {"dims overflow", {{"w", 3, {1ull << 32, 1ull << 32, 4}, KVTC_GGML_F32, 0}}, 1, 0,
          KVTC_E_FORMAT, "bad dimension 1"},
-        {"bytes overflow", {{"w", 2, {1ull << 31, 1ull << 31}, GGML_TYPE_F32, 0}}, 1, 0,
+        {"bytes overflow", {{"w", 2, {1ull << 31, 1ull << 31}, KVTC_GGML_F32, 0}}, 1, 0,
          KVTC_E_FORMAT, "too large"},
-        {"partial block", {{"w", 2, {16, 2}, GGML_TYPE_Q4_1, 0}}, 1, 0, KVTC_E_FORMAT,
+        {"partial block", {{"w", 2, {16, 2}, KVTC_GGML_Q4_1, 0}}, 1, 0, KVTC_E_FORMAT,
          "not a multiple of the q4_1 block size 32"},
-        {"duplicate tensor", {{"w", 1, {8}, GGML_TYPE_F32, 0}, {"w", 1, {8}, GGML_TYPE_F32, 32}},
+        {"duplicate tensor", {{"w", 1, {8}, KVTC_GGML_F32, 0}, {"w", 1, {8}, KVTC_GGML_F32, 32}},
          2, 0, KVTC_E_FORMAT, "duplicate tensor 'w'"},
-        {"empty name", {{"", 1, {8}, GGML_TYPE_F32, 0}}, 1, 0, KVTC_E_FORMAT, "bad length"},
+        {"empty name", {{"", 1, {8}, KVTC_GGML_F32, 0}}, 1, 0, KVTC_E_FORMAT, "bad length"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         expect_variant_rejected(cases[i].what,
@@ -345,19 +345,19 @@ static void test_corruption(void)
         int flips = 1 + (int)rng_below(&r, 4);
         for (int k = 0; k < flips; k++)
             buf[rng_below(&r, (uint32_t)w.len)] = (unsigned char)rng_u64(&r);
-        gguf_file *f = NULL;
-        if (gguf_load(buf, w.len, &f, NULL) == KVTC_OK) {
+        kvtc_gguf_file *f = NULL;
+        if (kvtc_gguf_load(buf, w.len, &f, NULL) == KVTC_OK) {
             loaded++;
-            for (uint64_t i = 0; i < gguf_tensor_count(f); i++) {
-                const gguf_tensor *t = gguf_tensor_at(f, i);
+            for (uint64_t i = 0; i < kvtc_gguf_tensor_count(f); i++) {
+                const kvtc_gguf_tensor *t = kvtc_gguf_tensor_at(f, i);
                 const unsigned char *d = t->data;
                 CHECK(d >= buf && d + t->n_bytes <= buf + w.len);
             }
             const char *s;
             size_t n;
-            if (gguf_get_arr_str(f, "test.words", 0, &s, &n))
+            if (kvtc_gguf_get_arr_str(f, "test.words", 0, &s, &n))
                 CHECK((const unsigned char *)s + n <= buf + w.len);
-            gguf_close(f);
+            kvtc_gguf_close(f);
         }
     }
     CHECK(loaded > 0); /* flips inside tensor data are harmless */
@@ -388,12 +388,12 @@ static void test_alloc_failures(void)
     bool succeeded = false;
     for (long budget = 0; budget < 64 && !succeeded; budget++) {
         alloc_budget = budget;
-        gguf_file *f = NULL;
+        kvtc_gguf_file *f = NULL;
         kvtc_error err = {0};
-        kvtc_status st = gguf_load(w.buf, w.len, &f, &err);
+        kvtc_status st = kvtc_gguf_load(w.buf, w.len, &f, &err);
         CHECK_MSG(st == KVTC_OK || st == KVTC_E_NOMEM, "budget %ld: %s", budget, err.message);
         succeeded = st == KVTC_OK;
-        gguf_close(f);
+        kvtc_gguf_close(f);
     }
     kvtc_set_allocator(NULL);
     CHECK(succeeded);
@@ -404,48 +404,48 @@ static void test_alloc_failures(void)
 
 static void test_model(const char *path)
 {
-    gguf_file *f = NULL;
+    kvtc_gguf_file *f = NULL;
     kvtc_error err = {0};
-    if (!CHECK_OK(gguf_open(path, &f, &err), &err))
+    if (!CHECK_OK(kvtc_gguf_open(path, &f, &err), &err))
         return;
     const char *s;
     size_t n;
-    CHECK(gguf_get_str(f, "general.architecture", &s, &n) && n == 5 && !memcmp(s, "llama", 5));
+    CHECK(kvtc_gguf_get_str(f, "general.architecture", &s, &n) && n == 5 && !memcmp(s, "llama", 5));
     uint32_t blocks = 0, heads = 0, kv_heads = 0, embd = 0;
-    CHECK(gguf_get_u32(f, "llama.block_count", &blocks) && blocks == 30);
-    CHECK(gguf_get_u32(f, "llama.attention.head_count", &heads) && heads == 9);
-    CHECK(gguf_get_u32(f, "llama.attention.head_count_kv", &kv_heads) && kv_heads == 3);
-    CHECK(gguf_get_u32(f, "llama.embedding_length", &embd) && embd == 576);
+    CHECK(kvtc_gguf_get_u32(f, "llama.block_count", &blocks) && blocks == 30);
+    CHECK(kvtc_gguf_get_u32(f, "llama.attention.head_count", &heads) && heads == 9);
+    CHECK(kvtc_gguf_get_u32(f, "llama.attention.head_count_kv", &kv_heads) && kv_heads == 3);
+    CHECK(kvtc_gguf_get_u32(f, "llama.embedding_length", &embd) && embd == 576);
     float base = 0;
-    CHECK(gguf_get_f32(f, "llama.rope.freq_base", &base) && base == 100000.0f);
-    gguf_value_type et;
+    CHECK(kvtc_gguf_get_f32(f, "llama.rope.freq_base", &base) && base == 100000.0f);
+    kvtc_gguf_value_type et;
     uint64_t vocab = 0;
-    CHECK(gguf_get_arr_info(f, "tokenizer.ggml.tokens", &et, &vocab) && et == GGUF_TYPE_STRING &&
+    CHECK(kvtc_gguf_get_arr_info(f, "tokenizer.ggml.tokens", &et, &vocab) && et == KVTC_GGUF_STRING &&
           vocab == 49152);
-    CHECK(gguf_get_arr_str(f, "tokenizer.ggml.tokens", 1, &s, &n) && n == 12 &&
+    CHECK(kvtc_gguf_get_arr_str(f, "tokenizer.ggml.tokens", 1, &s, &n) && n == 12 &&
           !memcmp(s, "<|im_start|>", 12));
-    CHECK(gguf_get_arr_str(f, "tokenizer.ggml.merges", 0, &s, &n) && n == 4 &&
+    CHECK(kvtc_gguf_get_arr_str(f, "tokenizer.ggml.merges", 0, &s, &n) && n == 4 &&
           !memcmp(s, "\xc4\xa0 t", 4));
 
     /* 9 tensors per block plus token_embd and output_norm (embeddings are tied). */
-    CHECK_EQ(gguf_tensor_count(f), 9 * blocks + 2);
+    CHECK_EQ(kvtc_gguf_tensor_count(f), 9 * blocks + 2);
     uint64_t total = 0;
-    for (uint64_t i = 0; i < gguf_tensor_count(f); i++) {
-        const gguf_tensor *t = gguf_tensor_at(f, i);
-        CHECK_MSG(t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_Q4_1 ||
-                      t->type == GGML_TYPE_Q8_0,
-                  "tensor %s has type %s", t->name, ggml_type_name(t->type));
-        CHECK(gguf_find_tensor(f, t->name) == t);
+    for (uint64_t i = 0; i < kvtc_gguf_tensor_count(f); i++) {
+        const kvtc_gguf_tensor *t = kvtc_gguf_tensor_at(f, i);
+        CHECK_MSG(t->type == KVTC_GGML_F32 || t->type == KVTC_GGML_Q4_1 ||
+                      t->type == KVTC_GGML_Q8_0,
+                  "tensor %s has type %s", t->name, kvtc_ggml_type_name(t->type));
+        CHECK(kvtc_gguf_find_tensor(f, t->name) == t);
         total += t->n_elements;
     }
     CHECK_MSG(total > 130000000 && total < 140000000, "%llu parameters", (unsigned long long)total);
-    const gguf_tensor *e = gguf_find_tensor(f, "token_embd.weight");
+    const kvtc_gguf_tensor *e = kvtc_gguf_find_tensor(f, "token_embd.weight");
     CHECK(e && e->dims[0] == embd && e->dims[1] == vocab);
-    const gguf_tensor *q = gguf_find_tensor(f, "blk.29.attn_k.weight");
-    CHECK(q && q->dims[0] == embd && q->dims[1] == kv_heads * 64 && q->type == GGML_TYPE_Q4_1);
-    gguf_close(f);
+    const kvtc_gguf_tensor *q = kvtc_gguf_find_tensor(f, "blk.29.attn_k.weight");
+    CHECK(q && q->dims[0] == embd && q->dims[1] == kv_heads * 64 && q->type == KVTC_GGML_Q4_1);
+    kvtc_gguf_close(f);
 
-    CHECK_STATUS(gguf_open("/nonexistent/model.gguf", &f, &err), KVTC_E_IO, NULL);
+    CHECK_STATUS(kvtc_gguf_open("/nonexistent/model.gguf", &f, &err), KVTC_E_IO, NULL);
     CHECK(strstr(err.message, "/nonexistent/model.gguf") != NULL);
 }
 
@@ -468,8 +468,8 @@ static const char *model_path(char *buf, size_t size)
 
 int main(void)
 {
-    CHECK(ggml_type_block(GGML_TYPE_Q4_K, NULL, NULL) && !ggml_type_block(4, NULL, NULL));
-    CHECK(strcmp(ggml_type_name(GGML_TYPE_Q6_K), "q6_K") == 0);
+    CHECK(kvtc_ggml_type_block(KVTC_GGML_Q4_K, NULL, NULL) && !kvtc_ggml_type_block(4, NULL, NULL));
+    CHECK(strcmp(kvtc_ggml_type_name(KVTC_GGML_Q6_K), "q6_K") == 0);
     test_sample();
     test_hostile();
     test_corruption();

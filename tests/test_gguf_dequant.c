@@ -24,7 +24,7 @@ static void check_block(const char *what, uint32_t type, const uint8_t *block, c
 {
     float got[256];
     kvtc_error err;
-    if (!CHECK_OK(ggml_dequantize(type, block, got, n, &err), &err))
+    if (!CHECK_OK(kvtc_ggml_dequantize(type, block, got, n, &err), &err))
         return;
     uint32_t bad = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -44,8 +44,8 @@ static void test_32_element_formats(void)
 
     for (int variant = 0; variant < 4; variant++) {
         bool has_min = variant & 1, has_high = variant & 2;
-        static const uint32_t types[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0,
-                                         GGML_TYPE_Q5_1};
+        static const uint32_t types[] = {KVTC_GGML_Q4_0, KVTC_GGML_Q4_1, KVTC_GGML_Q5_0,
+                                         KVTC_GGML_Q5_1};
         static const char *const names[] = {"Q4_0", "Q4_1", "Q5_0", "Q5_1"};
         uint8_t block[24] = {0};
         uint8_t *p = block;
@@ -78,7 +78,7 @@ static void test_32_element_formats(void)
     uint8_t q4_0[18] = {0};
     put_f16(q4_0, 0.5f);
     q4_0[2 + 1] = 0xa0 | 0x0a; /* element 1 = 10, element 17 = 10 */
-    CHECK_OK(ggml_dequantize(GGML_TYPE_Q4_0, q4_0, out, 32, NULL), NULL);
+    CHECK_OK(kvtc_ggml_dequantize(KVTC_GGML_Q4_0, q4_0, out, 32, NULL), NULL);
     CHECK(out[1] == 1.0f);  /* 0.5 * (10 - 8) */
     CHECK(out[17] == 1.0f);
     CHECK(out[0] == -4.0f); /* 0.5 * (0 - 8) */
@@ -87,7 +87,7 @@ static void test_32_element_formats(void)
     put_f16(q5_1 + 2, 1.0f);
     q5_1[4 + 2] = 0x02; /* qh bit 17: element 17 gets 16 */
     q5_1[8 + 1] = 0xa0 | 0x0a;
-    CHECK_OK(ggml_dequantize(GGML_TYPE_Q5_1, q5_1, out, 32, NULL), NULL);
+    CHECK_OK(kvtc_ggml_dequantize(KVTC_GGML_Q5_1, q5_1, out, 32, NULL), NULL);
     CHECK(out[1] == 3.5f);  /* 0.25 * 10 + 1 */
     CHECK(out[17] == 7.5f); /* 0.25 * 26 + 1 */
 }
@@ -102,7 +102,7 @@ static void test_q8_0(void)
         block[2 + j] = (uint8_t)v;
         want[j] = 0.125f * v;
     }
-    check_block("Q8_0", GGML_TYPE_Q8_0, block, want, 32);
+    check_block("Q8_0", KVTC_GGML_Q8_0, block, want, 32);
     CHECK(want[0] == -12.5f && want[31] == 14.625f); /* 0.125 * -100, 0.125 * 117 */
 }
 
@@ -145,7 +145,7 @@ static void test_q45_k(bool five)
     float want[256];
     for (int i = 0; i < 256; i++)
         want[i] = 1.0f * sc[i / 32] * q[i] - 0.5f * mn[i / 32];
-    check_block(five ? "Q5_K" : "Q4_K", five ? GGML_TYPE_Q5_K : GGML_TYPE_Q4_K, block, want, 256);
+    check_block(five ? "Q5_K" : "Q4_K", five ? KVTC_GGML_Q5_K : KVTC_GGML_Q4_K, block, want, 256);
 
     /* By hand, Q4_K with every quant 3 (low) / 5 (high): element 0 is
      * 1 * 1 * 3 - 0.5 * 2 = 2; element 32 is 2 * 5 - 0.5 * 4 = 8; element 255
@@ -153,7 +153,7 @@ static void test_q45_k(bool five)
     if (!five) {
         memset(qs, 0x53, 128);
         float out[256];
-        CHECK_OK(ggml_dequantize(GGML_TYPE_Q4_K, block, out, 256, NULL), NULL);
+        CHECK_OK(kvtc_ggml_dequantize(KVTC_GGML_Q4_K, block, out, 256, NULL), NULL);
         CHECK(out[0] == 2.0f);
         CHECK(out[32] == 8.0f);
         CHECK(out[255] == 155.0f);
@@ -182,7 +182,7 @@ static void test_q6_k(void)
         qh[32 * h + l] |= (uint8_t)((q[i] >> 4) << (2 * k));
         want[i] = 0.25f * scales[8 * h + l / 16 + 2 * k] * (float)(q[i] - 32);
     }
-    check_block("Q6_K", GGML_TYPE_Q6_K, block, want, 256);
+    check_block("Q6_K", KVTC_GGML_Q6_K, block, want, 256);
     /* By hand: element 0 has q = 11, scale -70: 0.25 * -70 * (11 - 32) = 367.5. */
     CHECK(want[0] == 367.5f);
 }
@@ -197,12 +197,12 @@ static void test_floats(void)
         bf16[2 * i] = (uint8_t)b;
         bf16[2 * i + 1] = (uint8_t)(b >> 8);
     }
-    check_block("F16", GGML_TYPE_F16, f16, vals, 4);
+    check_block("F16", KVTC_GGML_F16, f16, vals, 4);
     const float bvals[4] = {1.0f, -2.5f, 3.0f, 0.000061035156f};
-    check_block("BF16", GGML_TYPE_BF16, bf16, bvals, 4);
+    check_block("BF16", KVTC_GGML_BF16, bf16, bvals, 4);
     CHECK(f16[0] == 0x00 && f16[1] == 0x3c); /* 1.0 is 0x3c00 */
     float f32[3] = {1.5f, -0.0f, 7.0f};
-    check_block("F32", GGML_TYPE_F32, (const uint8_t *)f32, f32, 3);
+    check_block("F32", KVTC_GGML_F32, (const uint8_t *)f32, f32, 3);
 }
 
 static void test_refusals(void)
@@ -210,17 +210,17 @@ static void test_refusals(void)
     uint8_t block[256] = {0};
     float out[256];
     kvtc_error err;
-    CHECK_STATUS(ggml_dequantize(GGML_TYPE_Q4_0, block, out, 31, &err), KVTC_E_FORMAT, NULL);
-    CHECK_STATUS(ggml_dequantize(GGML_TYPE_Q6_K, block, out, 128, &err), KVTC_E_FORMAT, NULL);
-    kvtc_status st = ggml_dequantize(99, block, out, 32, &err);
+    CHECK_STATUS(kvtc_ggml_dequantize(KVTC_GGML_Q4_0, block, out, 31, &err), KVTC_E_FORMAT, NULL);
+    CHECK_STATUS(kvtc_ggml_dequantize(KVTC_GGML_Q6_K, block, out, 128, &err), KVTC_E_FORMAT, NULL);
+    kvtc_status st = kvtc_ggml_dequantize(99, block, out, 32, &err);
     CHECK(st == KVTC_E_UNSUPPORTED || st == KVTC_E_FORMAT);
     /* a tensor whose data is shorter than its element count needs */
-    gguf_tensor t = {.name = "short", .n_dims = 1, .dims = {64}, .type = GGML_TYPE_Q8_0,
+    kvtc_gguf_tensor t = {.name = "short", .n_dims = 1, .dims = {64}, .type = KVTC_GGML_Q8_0,
                      .n_elements = 64, .n_bytes = 34, .data = block};
-    CHECK_STATUS(gguf_tensor_to_f32(&t, out, &err), KVTC_E_FORMAT, NULL);
+    CHECK_STATUS(kvtc_gguf_tensor_to_f32(&t, out, &err), KVTC_E_FORMAT, NULL);
     CHECK(strstr(err.message, "short") != NULL);
     t.n_bytes = 68;
-    CHECK_OK(gguf_tensor_to_f32(&t, out, &err), &err);
+    CHECK_OK(kvtc_gguf_tensor_to_f32(&t, out, &err), &err);
 }
 
 int main(void)

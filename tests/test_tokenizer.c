@@ -199,7 +199,7 @@ static void plain_free(void *p, void *user)
     free(p);
 }
 
-static void test_alloc_failures(const gguf_file *f, const tokenizer *t)
+static void test_alloc_failures(const kvtc_gguf_file *f, const tokenizer *t)
 {
     kvtc_allocator a = {failing_malloc, plain_free, NULL};
     static const char text[] = "<|im_start|>user\nHello 123<|im_end|>";
@@ -229,14 +229,14 @@ static void test_alloc_failures(const gguf_file *f, const tokenizer *t)
 static void test_missing_vocab(void)
 {
     unsigned char empty[24] = {'G', 'G', 'U', 'F', 3};
-    gguf_file *f = NULL;
+    kvtc_gguf_file *f = NULL;
     tokenizer *t = NULL;
     kvtc_error err = {0};
-    if (!CHECK_OK(gguf_load(empty, sizeof empty, &f, &err), &err))
+    if (!CHECK_OK(kvtc_gguf_load(empty, sizeof empty, &f, &err), &err))
         return;
     CHECK_STATUS(tokenizer_load_gguf(f, &t, &err), KVTC_E_FORMAT, NULL);
     CHECK(t == NULL && strstr(err.message, "tokenizer.ggml.tokens"));
-    gguf_close(f);
+    kvtc_gguf_close(f);
 }
 
 int main(void)
@@ -252,9 +252,9 @@ int main(void)
     const char *src = getenv("KVTC_SOURCE_DIR");
     snprintf(fixtures, sizeof fixtures, "%s/tests/data/tokenizer_fixtures.txt", src ? src : "..");
 
-    gguf_file *f = NULL;
+    kvtc_gguf_file *f = NULL;
     kvtc_error err = {0};
-    if (gguf_open(model, &f, &err) == KVTC_E_IO)
+    if (kvtc_gguf_open(model, &f, &err) == KVTC_E_IO)
         test_skip("test_tokenizer", "default model absent from $KVTC_CACHE_DIR or ~/.cache/kvtc");
     if (!CHECK_OK(err.status, &err))
         return test_summary("test_tokenizer");
@@ -265,6 +265,6 @@ int main(void)
         test_alloc_failures(f, t);
     }
     tokenizer_free(t);
-    gguf_close(f);
+    kvtc_gguf_close(f);
     return test_summary("test_tokenizer");
 }

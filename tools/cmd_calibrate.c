@@ -1,5 +1,6 @@
 /* kvtc calibrate: streams caches one at a time into a calibrator, or runs a
  * model over the calibration corpus, and writes the calibration (.kvtcal). */
+#include "default_model.h"
 #include "cli.h"
 #include "commands.h"
 #include "default_calib.h"

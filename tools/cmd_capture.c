@@ -1,5 +1,6 @@
 /* kvtc capture: run a model over text (or over tokens it samples itself) and
  * save the KV cache it builds as .safetensors. */
+#include "default_model.h"
 #include "cli.h"
 #include "commands.h"
 #include "kvtc_internal.h"

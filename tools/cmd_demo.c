@@ -2,6 +2,7 @@
  * whose KV cache is kept on disk, compressed, between turns: every turn starts
  * in a fresh session restored layer by layer from the .kvtc file, and is
  * checked against an exact cache recomputed from the whole conversation. */
+#include "default_model.h"
 #include "cli.h"
 #include "commands.h"
 #include "corpus.h"

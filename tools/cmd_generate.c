@@ -1,6 +1,7 @@
 /* kvtc generate: greedy text generation, optionally continuing from a saved
  * KV cache. The generated text goes to stdout as it is made; timings go to
  * stderr. */
+#include "default_model.h"
 #include "cli.h"
 #include "commands.h"
 #include "kvtc_internal.h"

@@ -11,8 +11,7 @@ int cmd_info(int argc, char **argv);       /* describe any kvtc file */
 int cmd_stats(int argc, char **argv);      /* ratio and error of a round trip */
 int cmd_capture(int argc, char **argv);    /* run a model, save its cache (tools/cmd_capture.c) */
 int cmd_generate(int argc, char **argv);   /* generate text, optionally from a cache */
-int cmd_bench(int argc, char **argv);      /* benchmarks (bench/cmd_bench.c) */
 int cmd_demo(int argc, char **argv);       /* the main demo (make demo) */
-int cmd_eval(int argc, char **argv);       /* the accuracy harness (eval/cmd_eval.c) */
+int cmd_eval(int argc, char **argv);       /* the accuracy harness (tools/cmd_eval.c) */
 
 #endif /* KVTC_COMMANDS_H */

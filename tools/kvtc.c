@@ -2,6 +2,7 @@
  * (tools/cmd_*.c), thin over the library. */
 #include "blas_kernels.h"
 #include "cli.h"
+#include "bench.h"
 #include "commands.h"
 
 #include <cblas.h>

@@ -123,67 +123,67 @@ static void dequant_q6_k(const uint8_t *b, float *y)
     }
 }
 
-kvtc_status ggml_dequantize(uint32_t type, const void *data, float *out, uint64_t n,
+kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, uint64_t n,
                             kvtc_error *err)
 {
     uint32_t block_elems, block_bytes;
-    if (!ggml_type_block(type, &block_elems, &block_bytes))
+    if (!kvtc_ggml_type_block(type, &block_elems, &block_bytes))
         return kvtc_fail(err, KVTC_E_UNSUPPORTED, "unknown ggml tensor type %u", type);
     if (n % block_elems)
         return kvtc_fail(err, KVTC_E_FORMAT,
                          "%llu elements of %s are not a whole number of %u-element blocks",
-                         (unsigned long long)n, ggml_type_name(type), block_elems);
+                         (unsigned long long)n, kvtc_ggml_type_name(type), block_elems);
     const uint8_t *b = data;
     uint64_t n_blocks = n / block_elems;
     switch (type) {
-    case GGML_TYPE_F32:
+    case KVTC_GGML_F32:
         memcpy(out, data, n * sizeof(float));
         return KVTC_OK;
-    case GGML_TYPE_F16:
-    case GGML_TYPE_BF16:
+    case KVTC_GGML_F16:
+    case KVTC_GGML_BF16:
         for (uint64_t i = 0; i < n; i++) {
             uint16_t h = (uint16_t)(b[2 * i] | b[2 * i + 1] << 8);
-            out[i] = type == GGML_TYPE_F16 ? kvtc_f16_to_f32(h) : kvtc_bf16_to_f32(h);
+            out[i] = type == KVTC_GGML_F16 ? kvtc_f16_to_f32(h) : kvtc_bf16_to_f32(h);
         }
         return KVTC_OK;
-    case GGML_TYPE_Q4_0:
-    case GGML_TYPE_Q4_1:
-    case GGML_TYPE_Q5_0:
-    case GGML_TYPE_Q5_1:
-    case GGML_TYPE_Q8_0:
-    case GGML_TYPE_Q4_K:
-    case GGML_TYPE_Q5_K:
-    case GGML_TYPE_Q6_K:
+    case KVTC_GGML_Q4_0:
+    case KVTC_GGML_Q4_1:
+    case KVTC_GGML_Q5_0:
+    case KVTC_GGML_Q5_1:
+    case KVTC_GGML_Q8_0:
+    case KVTC_GGML_Q4_K:
+    case KVTC_GGML_Q5_K:
+    case KVTC_GGML_Q6_K:
         break;
     default:
         return kvtc_fail(err, KVTC_E_UNSUPPORTED, "tensor type %s cannot be dequantized",
-                         ggml_type_name(type));
+                         kvtc_ggml_type_name(type));
     }
     for (uint64_t i = 0; i < n_blocks; i++, b += block_bytes, out += block_elems) {
         switch (type) {
-        case GGML_TYPE_Q4_0: dequant_q4_q5(b, out, false, false); break;
-        case GGML_TYPE_Q4_1: dequant_q4_q5(b, out, true, false); break;
-        case GGML_TYPE_Q5_0: dequant_q4_q5(b, out, false, true); break;
-        case GGML_TYPE_Q5_1: dequant_q4_q5(b, out, true, true); break;
-        case GGML_TYPE_Q8_0: dequant_q8_0(b, out); break;
-        case GGML_TYPE_Q4_K: dequant_q45_k(b, out, false); break;
-        case GGML_TYPE_Q5_K: dequant_q45_k(b, out, true); break;
+        case KVTC_GGML_Q4_0: dequant_q4_q5(b, out, false, false); break;
+        case KVTC_GGML_Q4_1: dequant_q4_q5(b, out, true, false); break;
+        case KVTC_GGML_Q5_0: dequant_q4_q5(b, out, false, true); break;
+        case KVTC_GGML_Q5_1: dequant_q4_q5(b, out, true, true); break;
+        case KVTC_GGML_Q8_0: dequant_q8_0(b, out); break;
+        case KVTC_GGML_Q4_K: dequant_q45_k(b, out, false); break;
+        case KVTC_GGML_Q5_K: dequant_q45_k(b, out, true); break;
         default: dequant_q6_k(b, out); break;
         }
     }
     return KVTC_OK;
 }
 
-kvtc_status gguf_tensor_to_f32(const gguf_tensor *t, float *out, kvtc_error *err)
+kvtc_status kvtc_gguf_tensor_to_f32(const kvtc_gguf_tensor *t, float *out, kvtc_error *err)
 {
     uint32_t block_elems, block_bytes;
     kvtc_status st = KVTC_OK;
-    if (ggml_type_block(t->type, &block_elems, &block_bytes) &&
+    if (kvtc_ggml_type_block(t->type, &block_elems, &block_bytes) &&
         t->n_elements / block_elems * block_bytes > t->n_bytes)
         st = kvtc_fail(err, KVTC_E_FORMAT, "%llu bytes of data do not hold %llu elements",
                        (unsigned long long)t->n_bytes, (unsigned long long)t->n_elements);
     else
-        st = ggml_dequantize(t->type, t->data, out, t->n_elements, err);
+        st = kvtc_ggml_dequantize(t->type, t->data, out, t->n_elements, err);
     if (st != KVTC_OK) {
         char prefix[160];
         snprintf(prefix, sizeof prefix, "tensor %s", t->name);

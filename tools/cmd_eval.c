@@ -1,6 +1,7 @@
 /* kvtc eval: the accuracy harness. Runs a model over evaluation text, puts each
  * context's cache through the chosen methods and measures what the model does
  * on top of the restored caches (see eval/tasks.h). */
+#include "default_model.h"
 #include "cli.h"
 #include "commands.h"
 #include "default_calib.h"

@@ -1,6 +1,7 @@
 /* Where the default model lives, and fetching it on first use with
  * scripts/fetch-model.sh (found in the source tree this was built from, or
  * near the executable for a relocated build). */
+#include "default_model.h"
 #include "kvtc_internal.h"
 #include "model.h"
 

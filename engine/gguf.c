@@ -15,30 +15,30 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_MAX_NAME 65535u    /* longest key or tensor name accepted */
-#define GGUF_MAX_ARRAY_DEPTH 4  /* arrays of arrays nest at most this deep */
+#define KVTC_GGUF_DEFAULT_ALIGNMENT 32
+#define KVTC_GGUF_MAX_NAME 65535u    /* longest key or tensor name accepted */
+#define KVTC_GGUF_MAX_ARRAY_DEPTH 4  /* arrays of arrays nest at most this deep */
 /* The smallest encodings, used to bound counts by the bytes left:
  * a key/value is a name length, a 1-byte name, a type and a 1-byte value;
  * a tensor info is a name length, a 1-byte name, n_dims, one dim, a type and
  * an offset; a nested array element is its element type and count. */
-#define GGUF_MIN_KV_BYTES (8 + 1 + 4 + 1)
-#define GGUF_MIN_TENSOR_BYTES (8 + 1 + 4 + 8 + 4 + 8)
-#define GGUF_MIN_ARRAY_BYTES (4 + 8)
+#define KVTC_GGUF_MIN_KV_BYTES (8 + 1 + 4 + 1)
+#define KVTC_GGUF_MIN_TENSOR_BYTES (8 + 1 + 4 + 8 + 4 + 8)
+#define KVTC_GGUF_MIN_ARRAY_BYTES (4 + 8)
 
-typedef struct gguf_kv {
+typedef struct kvtc_gguf_kv {
     const char *key;              /* NUL-terminated, in the names blob */
-    uint32_t type;                /* gguf_value_type */
+    uint32_t type;                /* kvtc_gguf_value_type */
     const unsigned char *value;   /* scalar bytes; string bytes; first array element */
     uint32_t key_len;
     uint64_t str_len;             /* STRING */
     uint32_t elem_type;           /* ARRAY */
     uint64_t count;               /* ARRAY */
     size_t *str_pos;              /* ARRAY of STRING: buffer offset of each length field */
-} gguf_kv;
+} kvtc_gguf_kv;
 
 typedef struct tensor_rec {
-    gguf_tensor t;
+    kvtc_gguf_tensor t;
     uint64_t offset; /* from the start of the data section */
     uint32_t name_len;
 } tensor_rec;
@@ -49,15 +49,15 @@ typedef struct name_index {
     size_t mask;
 } name_index;
 
-struct gguf_file {
+struct kvtc_gguf_file {
     const unsigned char *buf;
     size_t len;
-    void *map; /* gguf_open's mapping, NULL for gguf_load */
+    void *map; /* kvtc_gguf_open's mapping, NULL for kvtc_gguf_load */
     size_t map_len;
     uint32_t version;
     uint64_t alignment;
     uint64_t n_kv, n_tensors;
-    gguf_kv *kvs;
+    kvtc_gguf_kv *kvs;
     tensor_rec *tensors;
     char *names; /* all keys and tensor names, NUL-terminated */
     name_index kv_index, tensor_index;
@@ -65,41 +65,41 @@ struct gguf_file {
 
 /* ---- ggml types ------------------------------------------------------------- */
 
-typedef struct ggml_type_info {
+typedef struct kvtc_ggml_type_info {
     uint32_t type;
     const char *name;
     uint32_t block_elems, block_bytes;
-} ggml_type_info;
+} kvtc_ggml_type_info;
 
 /* Block layouts of ggml-common.h (e.g. Q4_1: fp16 d, fp16 m, 16 bytes of nibbles). */
-static const ggml_type_info ggml_types[] = {
-    {GGML_TYPE_F32, "f32", 1, 4},       {GGML_TYPE_F16, "f16", 1, 2},
-    {GGML_TYPE_BF16, "bf16", 1, 2},     {GGML_TYPE_Q4_0, "q4_0", 32, 18},
-    {GGML_TYPE_Q4_1, "q4_1", 32, 20},   {GGML_TYPE_Q5_0, "q5_0", 32, 22},
-    {GGML_TYPE_Q5_1, "q5_1", 32, 24},   {GGML_TYPE_Q8_0, "q8_0", 32, 34},
-    {GGML_TYPE_Q8_1, "q8_1", 32, 36},   {GGML_TYPE_Q2_K, "q2_K", 256, 84},
-    {GGML_TYPE_Q3_K, "q3_K", 256, 110}, {GGML_TYPE_Q4_K, "q4_K", 256, 144},
-    {GGML_TYPE_Q5_K, "q5_K", 256, 176}, {GGML_TYPE_Q6_K, "q6_K", 256, 210},
-    {GGML_TYPE_Q8_K, "q8_K", 256, 292},
+static const kvtc_ggml_type_info kvtc_ggml_types[] = {
+    {KVTC_GGML_F32, "f32", 1, 4},       {KVTC_GGML_F16, "f16", 1, 2},
+    {KVTC_GGML_BF16, "bf16", 1, 2},     {KVTC_GGML_Q4_0, "q4_0", 32, 18},
+    {KVTC_GGML_Q4_1, "q4_1", 32, 20},   {KVTC_GGML_Q5_0, "q5_0", 32, 22},
+    {KVTC_GGML_Q5_1, "q5_1", 32, 24},   {KVTC_GGML_Q8_0, "q8_0", 32, 34},
+    {KVTC_GGML_Q8_1, "q8_1", 32, 36},   {KVTC_GGML_Q2_K, "q2_K", 256, 84},
+    {KVTC_GGML_Q3_K, "q3_K", 256, 110}, {KVTC_GGML_Q4_K, "q4_K", 256, 144},
+    {KVTC_GGML_Q5_K, "q5_K", 256, 176}, {KVTC_GGML_Q6_K, "q6_K", 256, 210},
+    {KVTC_GGML_Q8_K, "q8_K", 256, 292},
 };
 
-static const ggml_type_info *ggml_type_lookup(uint32_t type)
+static const kvtc_ggml_type_info *kvtc_ggml_type_lookup(uint32_t type)
 {
-    for (size_t i = 0; i < sizeof ggml_types / sizeof ggml_types[0]; i++)
-        if (ggml_types[i].type == type)
-            return &ggml_types[i];
+    for (size_t i = 0; i < sizeof kvtc_ggml_types / sizeof kvtc_ggml_types[0]; i++)
+        if (kvtc_ggml_types[i].type == type)
+            return &kvtc_ggml_types[i];
     return NULL;
 }
 
-const char *ggml_type_name(uint32_t type)
+const char *kvtc_ggml_type_name(uint32_t type)
 {
-    const ggml_type_info *t = ggml_type_lookup(type);
+    const kvtc_ggml_type_info *t = kvtc_ggml_type_lookup(type);
     return t ? t->name : "unknown";
 }
 
-bool ggml_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes)
+bool kvtc_ggml_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes)
 {
-    const ggml_type_info *t = ggml_type_lookup(type);
+    const kvtc_ggml_type_info *t = kvtc_ggml_type_lookup(type);
     if (!t)
         return false;
     if (block_elems)
@@ -110,20 +110,20 @@ bool ggml_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes
 }
 
 /* Bytes of one element of a numeric value type; 0 for STRING, ARRAY, unknown. */
-static size_t gguf_scalar_size(uint32_t type)
+static size_t kvtc_gguf_scalar_size(uint32_t type)
 {
     switch (type) {
-    case GGUF_TYPE_UINT8:
-    case GGUF_TYPE_INT8:
-    case GGUF_TYPE_BOOL: return 1;
-    case GGUF_TYPE_UINT16:
-    case GGUF_TYPE_INT16: return 2;
-    case GGUF_TYPE_UINT32:
-    case GGUF_TYPE_INT32:
-    case GGUF_TYPE_FLOAT32: return 4;
-    case GGUF_TYPE_UINT64:
-    case GGUF_TYPE_INT64:
-    case GGUF_TYPE_FLOAT64: return 8;
+    case KVTC_GGUF_UINT8:
+    case KVTC_GGUF_INT8:
+    case KVTC_GGUF_BOOL: return 1;
+    case KVTC_GGUF_UINT16:
+    case KVTC_GGUF_INT16: return 2;
+    case KVTC_GGUF_UINT32:
+    case KVTC_GGUF_INT32:
+    case KVTC_GGUF_FLOAT32: return 4;
+    case KVTC_GGUF_UINT64:
+    case KVTC_GGUF_INT64:
+    case KVTC_GGUF_FLOAT64: return 8;
     default: return 0;
     }
 }
@@ -146,12 +146,12 @@ static uint64_t hash_name(const char *s)
     return h;
 }
 
-typedef const char *(*name_at_fn)(const gguf_file *f, uint32_t i);
+typedef const char *(*name_at_fn)(const kvtc_gguf_file *f, uint32_t i);
 
-static const char *kv_name_at(const gguf_file *f, uint32_t i) { return f->kvs[i].key; }
-static const char *tensor_name_at(const gguf_file *f, uint32_t i) { return f->tensors[i].t.name; }
+static const char *kv_name_at(const kvtc_gguf_file *f, uint32_t i) { return f->kvs[i].key; }
+static const char *tensor_name_at(const kvtc_gguf_file *f, uint32_t i) { return f->tensors[i].t.name; }
 
-static int64_t index_find(const gguf_file *f, const name_index *ix, name_at_fn name_at,
+static int64_t index_find(const kvtc_gguf_file *f, const name_index *ix, name_at_fn name_at,
                           const char *name)
 {
     if (!ix->slots || !name)
@@ -166,7 +166,7 @@ static int64_t index_find(const gguf_file *f, const name_index *ix, name_at_fn n
 }
 
 /* Indexes names 0..n-1; fails on a duplicate (what = "key" or "tensor"). */
-static kvtc_status index_build(const gguf_file *f, name_index *ix, name_at_fn name_at,
+static kvtc_status index_build(const kvtc_gguf_file *f, name_index *ix, name_at_fn name_at,
                                uint64_t n, const char *what, kvtc_error *err)
 {
     size_t cap = 16;
@@ -247,14 +247,14 @@ static kvtc_status read_string(parser *p, const unsigned char **s, uint64_t *n, 
     return KVTC_OK;
 }
 
-/* A key or tensor name: 1..GGUF_MAX_NAME bytes, no NUL. */
+/* A key or tensor name: 1..KVTC_GGUF_MAX_NAME bytes, no NUL. */
 static kvtc_status read_name(parser *p, const unsigned char **s, uint64_t *n, const char *what)
 {
     size_t at = p->pos;
     kvtc_status st = read_string(p, s, n, what);
     if (st)
         return st;
-    if (*n == 0 || *n > GGUF_MAX_NAME || memchr(*s, 0, (size_t)*n))
+    if (*n == 0 || *n > KVTC_GGUF_MAX_NAME || memchr(*s, 0, (size_t)*n))
         return kvtc_fail(p->err, KVTC_E_FORMAT,
                          "gguf: %s at byte %zu has a bad length (%" PRIu64 ") or a NUL byte", what,
                          at, *n);
@@ -268,7 +268,7 @@ static void quote_name(char *buf, size_t size, const unsigned char *name, uint64
     snprintf(buf, size, "'%.*s'", len < (uint64_t)room ? (int)len : room, (const char *)name);
 }
 
-static bool value_type_valid(uint32_t t) { return t <= GGUF_TYPE_FLOAT64; }
+static bool value_type_valid(uint32_t t) { return t <= KVTC_GGUF_FLOAT64; }
 
 /* The elements of an array of elem_type (count already read). String
  * positions are recorded in str_pos when given. */
@@ -278,9 +278,9 @@ static kvtc_status parse_array_body(parser *p, uint32_t elem_type, uint64_t coun
     if (!value_type_valid(elem_type))
         return kvtc_fail(p->err, KVTC_E_FORMAT, "gguf: array %s has unknown element type %u",
                          key, elem_type);
-    if (elem_type == GGUF_TYPE_ARRAY && count > left(p) / GGUF_MIN_ARRAY_BYTES)
+    if (elem_type == KVTC_GGUF_ARRAY && count > left(p) / KVTC_GGUF_MIN_ARRAY_BYTES)
         return count_too_big(p, "array", key, count);
-    size_t size = gguf_scalar_size(elem_type);
+    size_t size = kvtc_gguf_scalar_size(elem_type);
     if (size) {
         if (count > left(p) / size)
             return count_too_big(p, "array", key, count);
@@ -289,7 +289,7 @@ static kvtc_status parse_array_body(parser *p, uint32_t elem_type, uint64_t coun
     }
     for (uint64_t i = 0; i < count; i++) {
         kvtc_status st;
-        if (elem_type == GGUF_TYPE_STRING) {
+        if (elem_type == KVTC_GGUF_STRING) {
             const unsigned char *s;
             uint64_t n;
             if (str_pos)
@@ -298,7 +298,7 @@ static kvtc_status parse_array_body(parser *p, uint32_t elem_type, uint64_t coun
         } else {
             uint32_t inner_type;
             uint64_t inner_count;
-            if (depth >= GGUF_MAX_ARRAY_DEPTH)
+            if (depth >= KVTC_GGUF_MAX_ARRAY_DEPTH)
                 return kvtc_fail(p->err, KVTC_E_FORMAT, "gguf: arrays nested too deep in %s",
                                  key);
             st = read_u32(p, &inner_type, key);
@@ -313,7 +313,7 @@ static kvtc_status parse_array_body(parser *p, uint32_t elem_type, uint64_t coun
     return KVTC_OK;
 }
 
-static kvtc_status parse_kv(parser *p, gguf_kv *kv, uint64_t index)
+static kvtc_status parse_kv(parser *p, kvtc_gguf_kv *kv, uint64_t index)
 {
     char what[64];
     snprintf(what, sizeof what, "the key of key/value %" PRIu64, index);
@@ -332,10 +332,10 @@ static kvtc_status parse_kv(parser *p, gguf_kv *kv, uint64_t index)
     if (!value_type_valid(kv->type))
         return kvtc_fail(p->err, KVTC_E_FORMAT, "gguf: key %s has unknown value type %u", key,
                          kv->type);
-    if (kv->type == GGUF_TYPE_STRING)
+    if (kv->type == KVTC_GGUF_STRING)
         return read_string(p, &kv->value, &kv->str_len, key);
-    if (kv->type != GGUF_TYPE_ARRAY) {
-        size_t size = gguf_scalar_size(kv->type);
+    if (kv->type != KVTC_GGUF_ARRAY) {
+        size_t size = kvtc_gguf_scalar_size(kv->type);
         if ((st = need(p, size, key)))
             return st;
         kv->value = p->buf + p->pos;
@@ -344,7 +344,7 @@ static kvtc_status parse_kv(parser *p, gguf_kv *kv, uint64_t index)
     }
     if ((st = read_u32(p, &kv->elem_type, key)) || (st = read_uint(p, 8, &kv->count, key)))
         return st;
-    if (kv->elem_type == GGUF_TYPE_STRING) {
+    if (kv->elem_type == KVTC_GGUF_STRING) {
         /* Every string needs its 8-byte length: this bounds the table below. */
         if (kv->count > left(p) / 8)
             return count_too_big(p, "array", key, kv->count);
@@ -366,7 +366,7 @@ static kvtc_status parse_tensor_info(parser *p, tensor_rec *r, uint64_t index)
     kvtc_status st = read_name(p, &name, &name_len, what);
     if (st)
         return st;
-    gguf_tensor *t = &r->t;
+    kvtc_gguf_tensor *t = &r->t;
     t->name = (const char *)name; /* not terminated until the names blob exists */
     r->name_len = (uint32_t)name_len;
     char tname[96];
@@ -391,7 +391,7 @@ static kvtc_status parse_tensor_info(parser *p, tensor_rec *r, uint64_t index)
     if ((st = read_u32(p, &t->type, tname)) || (st = read_uint(p, 8, &r->offset, tname)))
         return st;
     uint32_t block_elems, block_bytes;
-    if (!ggml_type_block(t->type, &block_elems, &block_bytes))
+    if (!kvtc_ggml_type_block(t->type, &block_elems, &block_bytes))
         return kvtc_fail(p->err, KVTC_E_UNSUPPORTED, "gguf: unknown tensor type %u for %s",
                          t->type, tname);
     /* Rows are whole blocks, as ggml requires. */
@@ -399,7 +399,7 @@ static kvtc_status parse_tensor_info(parser *p, tensor_rec *r, uint64_t index)
         return kvtc_fail(p->err, KVTC_E_FORMAT,
                          "gguf: tensor %s: row length %" PRIu64
                          " is not a multiple of the %s block size %u",
-                         tname, t->dims[0], ggml_type_name(t->type), block_elems);
+                         tname, t->dims[0], kvtc_ggml_type_name(t->type), block_elems);
     uint64_t blocks = t->n_elements / block_elems;
     if (blocks > UINT64_MAX / block_bytes)
         return kvtc_fail(p->err, KVTC_E_FORMAT, "gguf: tensor %s is too large", tname);
@@ -408,7 +408,7 @@ static kvtc_status parse_tensor_info(parser *p, tensor_rec *r, uint64_t index)
 }
 
 /* Copies every key and tensor name into one blob, NUL-terminated. */
-static kvtc_status copy_names(gguf_file *f, kvtc_error *err)
+static kvtc_status copy_names(kvtc_gguf_file *f, kvtc_error *err)
 {
     size_t total = 0; /* bounded by the buffer length: names lie inside it */
     for (uint64_t i = 0; i < f->n_kv; i++)
@@ -435,20 +435,20 @@ static kvtc_status copy_names(gguf_file *f, kvtc_error *err)
     return KVTC_OK;
 }
 
-static const gguf_kv *find_kv(const gguf_file *f, const char *key)
+static const kvtc_gguf_kv *find_kv(const kvtc_gguf_file *f, const char *key)
 {
     int64_t i = f ? index_find(f, &f->kv_index, kv_name_at, key) : -1;
     return i < 0 ? NULL : &f->kvs[i];
 }
 
 /* general.alignment: a u32 power of two, 32 when absent. */
-static kvtc_status read_alignment(gguf_file *f, kvtc_error *err)
+static kvtc_status read_alignment(kvtc_gguf_file *f, kvtc_error *err)
 {
-    f->alignment = GGUF_DEFAULT_ALIGNMENT;
-    const gguf_kv *kv = find_kv(f, "general.alignment");
+    f->alignment = KVTC_GGUF_DEFAULT_ALIGNMENT;
+    const kvtc_gguf_kv *kv = find_kv(f, "general.alignment");
     if (!kv)
         return KVTC_OK;
-    if (kv->type != GGUF_TYPE_UINT32)
+    if (kv->type != KVTC_GGUF_UINT32)
         return kvtc_fail(err, KVTC_E_FORMAT, "gguf: general.alignment is not a uint32");
     uint64_t a = load_le(kv->value, 4);
     if (a == 0 || (a & (a - 1)))
@@ -459,7 +459,7 @@ static kvtc_status read_alignment(gguf_file *f, kvtc_error *err)
 }
 
 /* Places each tensor in the data section and checks it lies inside the buffer. */
-static kvtc_status place_tensors(gguf_file *f, size_t header_end, kvtc_error *err)
+static kvtc_status place_tensors(kvtc_gguf_file *f, size_t header_end, kvtc_error *err)
 {
     uint64_t data_start = ((uint64_t)header_end + f->alignment - 1) & ~(f->alignment - 1);
     uint64_t data_len = data_start < f->len ? f->len - data_start : 0;
@@ -479,7 +479,7 @@ static kvtc_status place_tensors(gguf_file *f, size_t header_end, kvtc_error *er
     return KVTC_OK;
 }
 
-static kvtc_status parse_file(gguf_file *f, kvtc_error *err)
+static kvtc_status parse_file(kvtc_gguf_file *f, kvtc_error *err)
 {
     parser p = {f->buf, f->len, 0, err};
     kvtc_status st = need(&p, 4, "the magic");
@@ -497,9 +497,9 @@ static kvtc_status parse_file(gguf_file *f, kvtc_error *err)
     if ((st = read_uint(&p, 8, &f->n_tensors, "the tensor count")) ||
         (st = read_uint(&p, 8, &f->n_kv, "the key/value count")))
         return st;
-    if (f->n_kv > left(&p) / GGUF_MIN_KV_BYTES)
+    if (f->n_kv > left(&p) / KVTC_GGUF_MIN_KV_BYTES)
         return count_too_big(&p, "the key/value table", "of the header", f->n_kv);
-    if (f->n_tensors > (left(&p) - f->n_kv * GGUF_MIN_KV_BYTES) / GGUF_MIN_TENSOR_BYTES)
+    if (f->n_tensors > (left(&p) - f->n_kv * KVTC_GGUF_MIN_KV_BYTES) / KVTC_GGUF_MIN_TENSOR_BYTES)
         return count_too_big(&p, "the tensor table", "of the header", f->n_tensors);
     if (f->n_kv > UINT32_MAX / 2 || f->n_tensors > UINT32_MAX / 2) /* the indexes hold u32 */
         return kvtc_fail(err, KVTC_E_UNSUPPORTED, "gguf: %" PRIu64 " key/values and %" PRIu64
@@ -524,29 +524,29 @@ static kvtc_status parse_file(gguf_file *f, kvtc_error *err)
     return place_tensors(f, p.pos, err);
 }
 
-kvtc_status gguf_load(const void *data, size_t len, gguf_file **out, kvtc_error *err)
+kvtc_status kvtc_gguf_load(const void *data, size_t len, kvtc_gguf_file **out, kvtc_error *err)
 {
     if (!out || (!data && len))
-        return kvtc_fail(err, KVTC_E_INVALID, "gguf_load: no buffer or output given");
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_gguf_load: no buffer or output given");
     *out = NULL;
-    gguf_file *f = kvtc_calloc(1, sizeof *f);
+    kvtc_gguf_file *f = kvtc_calloc(1, sizeof *f);
     if (!f)
         return kvtc_fail(err, KVTC_E_NOMEM, "gguf: out of memory");
     f->buf = data;
     f->len = len;
     kvtc_status st = parse_file(f, err);
     if (st) {
-        gguf_close(f);
+        kvtc_gguf_close(f);
         return st;
     }
     *out = f;
     return KVTC_OK;
 }
 
-kvtc_status gguf_open(const char *path, gguf_file **out, kvtc_error *err)
+kvtc_status kvtc_gguf_open(const char *path, kvtc_gguf_file **out, kvtc_error *err)
 {
     if (!path || !out)
-        return kvtc_fail(err, KVTC_E_INVALID, "gguf_open: no path or output given");
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_gguf_open: no path or output given");
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -568,8 +568,8 @@ kvtc_status gguf_open(const char *path, gguf_file **out, kvtc_error *err)
         }
     }
     close(fd);
-    gguf_file *f;
-    kvtc_status s = gguf_load(map, len, &f, err);
+    kvtc_gguf_file *f;
+    kvtc_status s = kvtc_gguf_load(map, len, &f, err);
     if (s) {
         if (map)
             munmap(map, len);
@@ -582,7 +582,7 @@ kvtc_status gguf_open(const char *path, gguf_file **out, kvtc_error *err)
     return KVTC_OK;
 }
 
-void gguf_close(gguf_file *f)
+void kvtc_gguf_close(kvtc_gguf_file *f)
 {
     if (!f)
         return;
@@ -600,21 +600,21 @@ void gguf_close(gguf_file *f)
 
 /* ---- accessors --------------------------------------------------------------------- */
 
-uint32_t gguf_version(const gguf_file *f) { return f->version; }
-uint64_t gguf_alignment(const gguf_file *f) { return f->alignment; }
+uint32_t kvtc_gguf_version(const kvtc_gguf_file *f) { return f->version; }
+uint64_t kvtc_gguf_alignment(const kvtc_gguf_file *f) { return f->alignment; }
 
-bool gguf_has_key(const gguf_file *f, const char *key) { return find_kv(f, key) != NULL; }
+bool kvtc_gguf_has_key(const kvtc_gguf_file *f, const char *key) { return find_kv(f, key) != NULL; }
 
-bool gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
+bool kvtc_gguf_get_u32(const kvtc_gguf_file *f, const char *key, uint32_t *out)
 {
-    const gguf_kv *kv = find_kv(f, key);
+    const kvtc_gguf_kv *kv = find_kv(f, key);
     if (!kv)
         return false;
-    int size = (int)gguf_scalar_size(kv->type);
-    bool is_signed = kv->type == GGUF_TYPE_INT8 || kv->type == GGUF_TYPE_INT16 ||
-                     kv->type == GGUF_TYPE_INT32 || kv->type == GGUF_TYPE_INT64;
-    bool is_unsigned = kv->type == GGUF_TYPE_UINT8 || kv->type == GGUF_TYPE_UINT16 ||
-                       kv->type == GGUF_TYPE_UINT32 || kv->type == GGUF_TYPE_UINT64;
+    int size = (int)kvtc_gguf_scalar_size(kv->type);
+    bool is_signed = kv->type == KVTC_GGUF_INT8 || kv->type == KVTC_GGUF_INT16 ||
+                     kv->type == KVTC_GGUF_INT32 || kv->type == KVTC_GGUF_INT64;
+    bool is_unsigned = kv->type == KVTC_GGUF_UINT8 || kv->type == KVTC_GGUF_UINT16 ||
+                       kv->type == KVTC_GGUF_UINT32 || kv->type == KVTC_GGUF_UINT64;
     if (!is_signed && !is_unsigned)
         return false;
     uint64_t v = load_le(kv->value, size);
@@ -626,17 +626,17 @@ bool gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
     return true;
 }
 
-bool gguf_get_f32(const gguf_file *f, const char *key, float *out)
+bool kvtc_gguf_get_f32(const kvtc_gguf_file *f, const char *key, float *out)
 {
-    const gguf_kv *kv = find_kv(f, key);
+    const kvtc_gguf_kv *kv = find_kv(f, key);
     if (!kv)
         return false;
-    if (kv->type == GGUF_TYPE_FLOAT32) {
+    if (kv->type == KVTC_GGUF_FLOAT32) {
         uint32_t u = (uint32_t)load_le(kv->value, 4);
         memcpy(out, &u, 4);
         return true;
     }
-    if (kv->type == GGUF_TYPE_FLOAT64) {
+    if (kv->type == KVTC_GGUF_FLOAT64) {
         uint64_t u = load_le(kv->value, 8);
         double d;
         memcpy(&d, &u, 8);
@@ -646,43 +646,43 @@ bool gguf_get_f32(const gguf_file *f, const char *key, float *out)
     return false;
 }
 
-bool gguf_get_bool(const gguf_file *f, const char *key, bool *out)
+bool kvtc_gguf_get_bool(const kvtc_gguf_file *f, const char *key, bool *out)
 {
-    const gguf_kv *kv = find_kv(f, key);
-    if (!kv || kv->type != GGUF_TYPE_BOOL)
+    const kvtc_gguf_kv *kv = find_kv(f, key);
+    if (!kv || kv->type != KVTC_GGUF_BOOL)
         return false;
     *out = kv->value[0] != 0;
     return true;
 }
 
-bool gguf_get_str(const gguf_file *f, const char *key, const char **s, size_t *len)
+bool kvtc_gguf_get_str(const kvtc_gguf_file *f, const char *key, const char **s, size_t *len)
 {
-    const gguf_kv *kv = find_kv(f, key);
-    if (!kv || kv->type != GGUF_TYPE_STRING)
+    const kvtc_gguf_kv *kv = find_kv(f, key);
+    if (!kv || kv->type != KVTC_GGUF_STRING)
         return false;
     *s = (const char *)kv->value;
     *len = (size_t)kv->str_len;
     return true;
 }
 
-bool gguf_get_arr_info(const gguf_file *f, const char *key, gguf_value_type *elem_type,
+bool kvtc_gguf_get_arr_info(const kvtc_gguf_file *f, const char *key, kvtc_gguf_value_type *elem_type,
                        uint64_t *count)
 {
-    const gguf_kv *kv = find_kv(f, key);
-    if (!kv || kv->type != GGUF_TYPE_ARRAY)
+    const kvtc_gguf_kv *kv = find_kv(f, key);
+    if (!kv || kv->type != KVTC_GGUF_ARRAY)
         return false;
     if (elem_type)
-        *elem_type = (gguf_value_type)kv->elem_type;
+        *elem_type = (kvtc_gguf_value_type)kv->elem_type;
     if (count)
         *count = kv->count;
     return true;
 }
 
-bool gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, const char **s,
+bool kvtc_gguf_get_arr_str(const kvtc_gguf_file *f, const char *key, uint64_t i, const char **s,
                       size_t *len)
 {
-    const gguf_kv *kv = find_kv(f, key);
-    if (!kv || kv->type != GGUF_TYPE_ARRAY || kv->elem_type != GGUF_TYPE_STRING ||
+    const kvtc_gguf_kv *kv = find_kv(f, key);
+    if (!kv || kv->type != KVTC_GGUF_ARRAY || kv->elem_type != KVTC_GGUF_STRING ||
         i >= kv->count)
         return false;
     size_t pos = kv->str_pos[i];
@@ -691,23 +691,23 @@ bool gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, const cha
     return true;
 }
 
-bool gguf_get_arr_data(const gguf_file *f, const char *key, const void **data)
+bool kvtc_gguf_get_arr_data(const kvtc_gguf_file *f, const char *key, const void **data)
 {
-    const gguf_kv *kv = find_kv(f, key);
-    if (!kv || kv->type != GGUF_TYPE_ARRAY || !gguf_scalar_size(kv->elem_type))
+    const kvtc_gguf_kv *kv = find_kv(f, key);
+    if (!kv || kv->type != KVTC_GGUF_ARRAY || !kvtc_gguf_scalar_size(kv->elem_type))
         return false;
     *data = kv->value;
     return true;
 }
 
-uint64_t gguf_tensor_count(const gguf_file *f) { return f->n_tensors; }
+uint64_t kvtc_gguf_tensor_count(const kvtc_gguf_file *f) { return f->n_tensors; }
 
-const gguf_tensor *gguf_tensor_at(const gguf_file *f, uint64_t i)
+const kvtc_gguf_tensor *kvtc_gguf_tensor_at(const kvtc_gguf_file *f, uint64_t i)
 {
     return i < f->n_tensors ? &f->tensors[i].t : NULL;
 }
 
-const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name)
+const kvtc_gguf_tensor *kvtc_gguf_find_tensor(const kvtc_gguf_file *f, const char *name)
 {
     int64_t i = f ? index_find(f, &f->tensor_index, tensor_name_at, name) : -1;
     return i < 0 ? NULL : &f->tensors[i].t;
