@@ -51,8 +51,7 @@ kvtc_status calibrate_on_corpus(const model *m, const tokenizer *tok, const cali
     st = session_create(m, r->chunk_tokens, r->opt.n_threads, &s, err);
     if (st == KVTC_OK) {
         kvtc_model_shape shape = model_kv_shape(m);
-        if (!(cal = kvtc_calibrator_create(&shape, &r->opt, err)))
-            st = err ? err->status : KVTC_E_INVALID;
+        st = kvtc_calibrator_create(&shape, &r->opt, &cal, err);
     }
     for (size_t i = 0; st == KVTC_OK && i < chunks.n_chunks; i++) {
         if (progress)

@@ -354,14 +354,14 @@ static kvtc_status restore_layers(const bench_env *e, session *s, const char *pa
     t.start = t0;
     void *data = NULL;
     size_t len = 0;
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_status st = kvtc_read_file(path, &data, &len, err);
     double t_read = cli_now();
     if (st == KVTC_OK)
         st = kvtc_stream_info_get(data, len, &info, err);
     if (st == KVTC_OK)
         st = session_begin_import(s, info.dtype, info.n_tokens, info.pos0, err);
-    kvtc_decompress_options dopt = {.n_threads = e->threads};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = e->threads};
     if (stages) {
         dopt.progress = timed_progress;
         dopt.progress_user = &t;
@@ -397,7 +397,7 @@ static kvtc_status restore_whole(const bench_env *e, session *s, const char *pat
     void *data = NULL;
     size_t len = 0;
     kvtc_cache *cache = NULL;
-    kvtc_decompress_options dopt = {.n_threads = e->threads};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = e->threads};
     drop_page_cache(path);
     kvtc_status st = kvtc_read_file(path, &data, &len, err);
     if (st == KVTC_OK)
@@ -541,7 +541,7 @@ static int bench_ttft(int argc, char **argv)
     if ((st = kvtc_compress(e.cal, cache, &copt, &stream, &stream_len, &err)) != KVTC_OK)
         goto fail;
     double compress_s = cli_now() - t0;
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     if ((st = kvtc_stream_info_get(stream, stream_len, &info, &err)) != KVTC_OK)
         goto fail;
     int fd = mkstemps(path, 5);
@@ -722,7 +722,7 @@ static kvtc_status time_kvtc(const bench_env *e, const kvtc_cache *cache, double
     kvtc_compress_options_default(&copt);
     copt.k_ratio = copt.v_ratio = ratio;
     copt.n_threads = threads;
-    kvtc_decompress_options dopt = {.n_threads = threads};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = threads};
     openblas_set_num_threads((int)threads);
     kvtc_status st = KVTC_OK;
     for (uint32_t r = 0; r < repeat && st == KVTC_OK; r++) {
@@ -856,12 +856,11 @@ static int bench_codec(int argc, char **argv)
     for (size_t i = 0; i < N_GROWTH_CONTEXTS && st == KVTC_OK; i++) {
         if (growth_contexts[i] > a.context)
             break;
-        kvtc_cache *prefix = kvtc_cache_create(&cache->shape, cache->dtype, growth_contexts[i],
-                                               cache->pos0, &err);
-        if (!prefix) {
-            st = err.status;
+        kvtc_cache *prefix;
+        st = kvtc_cache_create(&cache->shape, cache->dtype, growth_contexts[i], cache->pos0,
+                               &prefix, &err);
+        if (st != KVTC_OK)
             break;
-        }
         kvtc_cache_copy_tokens(prefix, 0, cache, 0, growth_contexts[i]);
         st = time_kvtc(&e, prefix, a.ratio, a.threads, a.repeat, &growth[n_growth++], &err);
         kvtc_cache_free(prefix);
@@ -1128,9 +1127,9 @@ static kvtc_status time_calibrations(const bench_env *e, uint32_t rank,
         opt.n_threads = e->threads;
         opt.progress = finish_progress;
         opt.progress_user = &clock;
-        kvtc_calibrator *cal = kvtc_calibrator_create(&shape, &opt, err);
-        if (!cal)
-            return err ? err->status : KVTC_E_NOMEM;
+        kvtc_calibrator *cal;
+        if ((st = kvtc_calibrator_create(&shape, &opt, &cal, err)) != KVTC_OK)
+            return st;
         double t0 = cli_now();
         for (uint32_t k = 0; k < c->chunks && st == KVTC_OK; k++) {
             st = kvtc_calibrator_add(cal, caches[k], err);

@@ -29,11 +29,11 @@ kvtc_status session_export_cache(const session *s, kvtc_dtype dtype, kvtc_cache 
 {
     *out = NULL;
     kvtc_model_shape shape = model_kv_shape(s->m);
-    kvtc_cache *c = kvtc_cache_create(&shape, dtype, s->n_past, s->pos0, err);
-    if (!c)
-        return err ? err->status : KVTC_E_INVALID;
-    kvtc_status st = kvtc_cache_set_model_name(c, s->m->cfg.name, err);
-    if (st != KVTC_OK) {
+    kvtc_cache *c;
+    kvtc_status st = kvtc_cache_create(&shape, dtype, s->n_past, s->pos0, &c, err);
+    if (st != KVTC_OK)
+        return st;
+    if ((st = kvtc_cache_set_model_name(c, s->m->cfg.name, err)) != KVTC_OK) {
         kvtc_cache_free(c);
         return st;
     }

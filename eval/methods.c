@@ -346,8 +346,8 @@ static kvtc_status apply_kvtc(const eval_method *m, const eval_treat_args *a, kv
     kvtc_status st = kvtc_compress(a->cal, *cache, &copt, &stream, &len, err);
     if (st != KVTC_OK)
         return st;
-    kvtc_stream_info info;
-    kvtc_decompress_options dopt = {.n_threads = a->n_threads};
+    kvtc_stream_info info = {.struct_size = sizeof info};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = a->n_threads};
     kvtc_cache *back = NULL;
     if ((st = kvtc_stream_info_get(stream, len, &info, err)) == KVTC_OK &&
         (st = kvtc_decompress(a->cal, stream, len, &dopt, &back, err)) == KVTC_OK) {
@@ -405,8 +405,9 @@ static kvtc_status apply_h2o(double ratio, const eval_treat_args *a, kvtc_cache 
     scored_token *tok = kvtc_malloc_array(treated, sizeof *tok);
     float *row = kvtc_malloc_array(s->head_dim, sizeof(float));
     kvtc_error cerr;
-    kvtc_cache *out = kvtc_cache_create(s, kvtc_cache_dtype(c), n_new,
-                                        kvtc_cache_pos0(c) + (n - n_new), &cerr);
+    kvtc_cache *out;
+    kvtc_cache_create(s, kvtc_cache_dtype(c), n_new, kvtc_cache_pos0(c) + (n - n_new), &out,
+                      &cerr);
     if (!out || !tok || !row) {
         kvtc_cache_free(out);
         kvtc_free(tok);

@@ -94,13 +94,13 @@ static void progress_step(run_state *r)
         r->o->progress(r->o->progress_user, "eval", r->done, r->total);
 }
 
-static kvtc_cache *cache_clone(const kvtc_cache *c, kvtc_error *err)
+static kvtc_status cache_clone(const kvtc_cache *c, kvtc_cache **out, kvtc_error *err)
 {
-    kvtc_cache *d = kvtc_cache_create(kvtc_cache_shape(c), kvtc_cache_dtype(c),
-                                      kvtc_cache_tokens(c), kvtc_cache_pos0(c), err);
-    if (d)
-        kvtc_cache_copy_tokens(d, 0, c, 0, kvtc_cache_tokens(c));
-    return d;
+    kvtc_status st = kvtc_cache_create(kvtc_cache_shape(c), kvtc_cache_dtype(c),
+                                       kvtc_cache_tokens(c), kvtc_cache_pos0(c), out, err);
+    if (st == KVTC_OK)
+        kvtc_cache_copy_tokens(*out, 0, c, 0, kvtc_cache_tokens(c));
+    return st;
 }
 
 /* ---- reconstruction error ----------------------------------------------------------- */
@@ -179,13 +179,14 @@ static bool needs_attention(const run_state *r)
 static kvtc_status treat(run_state *r, uint32_t i, const kvtc_cache *exact, kvtc_cache **out,
                          kvtc_error *err)
 {
-    kvtc_cache *c = cache_clone(exact, err);
-    if (!c)
-        return err ? err->status : KVTC_E_NOMEM;
+    kvtc_cache *c;
+    kvtc_status st = cache_clone(exact, &c, err);
+    if (st != KVTC_OK)
+        return st;
     eval_treat_args args = {r->o->sinks, r->o->window, r->cal, r->attention, r->o->n_threads};
     eval_treat_result tr;
     double t0 = now_s();
-    kvtc_status st = eval_method_apply(&r->methods[i], &args, &c, &tr, err);
+    st = eval_method_apply(&r->methods[i], &args, &c, &tr, err);
     eval_method_result *mr = &r->res->methods[i];
     mr->treat_seconds += now_s() - t0;
     if (st != KVTC_OK) {

@@ -72,10 +72,10 @@ kvtc_status fuzz_make_calibration(kvtc_calibration **out, kvtc_error *err)
     opt.sinks = 2;
     opt.window = 4;
     opt.heldout_every = 4;
-    kvtc_calibrator *cal = kvtc_calibrator_create(&FUZZ_SHAPE, &opt, err);
-    if (!cal)
-        return err ? err->status : KVTC_E_INVALID;
-    kvtc_status st = KVTC_OK;
+    kvtc_calibrator *cal;
+    kvtc_status st = kvtc_calibrator_create(&FUZZ_SHAPE, &opt, &cal, err);
+    if (st != KVTC_OK)
+        return st;
     for (uint64_t seed = 0; seed < 4 && st == KVTC_OK; seed++) {
         kvtc_cache *c = fuzz_make_cache(KVTC_F32, 48, 0, seed);
         st = c ? kvtc_calibrator_add(cal, c, err) : kvtc_fail(err, KVTC_E_NOMEM, "no cache");
@@ -199,7 +199,7 @@ static int on_layer(void *user, uint32_t layer, const void *key, const void *val
 static int check_blocks(const kvtc_calibration *cal, const uint8_t *data, size_t len,
                         const kvtc_stream_info *info, const kvtc_cache *full)
 {
-    kvtc_decompress_options dopt = {.n_threads = 1};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     int bad = 0;
     uint32_t first = 0;
     uint32_t n_checked = info->n_blocks < MAX_BLOCKS_CHECKED ? info->n_blocks : MAX_BLOCKS_CHECKED;
@@ -250,9 +250,9 @@ static int check_append(const kvtc_calibration *cal, const uint8_t *data, size_t
     size_t out_len = 0;
     int bad = 0;
     if (kvtc_append(cal, data, len, more, &copt, &out, &out_len, NULL) == KVTC_OK) {
-        kvtc_decompress_options dopt = {.n_threads = 1};
+        kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
         kvtc_cache *joined = NULL;
-        kvtc_stream_info after;
+        kvtc_stream_info after = {.struct_size = sizeof after};
         if (kvtc_stream_info_get(out, out_len, &after, NULL) != KVTC_OK ||
             kvtc_decompress(cal, out, out_len, &dopt, &joined, NULL) != KVTC_OK)
             bad |= broken("kvtc_append made a stream that does not decode");
@@ -272,8 +272,8 @@ static int check_append(const kvtc_calibration *cal, const uint8_t *data, size_t
 
 static int decode_all_ways(const kvtc_calibration *cal, const uint8_t *data, size_t len)
 {
-    kvtc_decompress_options dopt = {.n_threads = 1};
-    kvtc_stream_info info;
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
+    kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_error err;
     bool have_info = kvtc_stream_info_get(data, len, &info, &err) == KVTC_OK;
     int bad = 0;
@@ -374,7 +374,7 @@ static int use_calibration(const kvtc_calibration *cal)
     void *out = NULL;
     size_t out_len = 0;
     if (kvtc_compress(cal, c, &copt, &out, &out_len, NULL) == KVTC_OK) {
-        kvtc_decompress_options dopt = {.n_threads = 1};
+        kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
         kvtc_cache *back = NULL;
         uint32_t sinks = kvtc_calibration_sinks(cal);
         if (kvtc_decompress(cal, out, out_len, &dopt, &back, NULL) != KVTC_OK)

@@ -56,7 +56,7 @@ typedef struct stream_seed {
 static void stream_seed_check(const kvtc_calibration *cal, const char *name, const void *data,
                               size_t len)
 {
-    kvtc_decompress_options dopt = {.n_threads = 1};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     kvtc_cache *back = NULL;
     kvtc_error err;
     if (kvtc_decompress(cal, data, len, &dopt, &back, &err) != KVTC_OK)
@@ -131,7 +131,8 @@ static void small_calibration_seed(void)
     opt.rank = 4;
     opt.heldout_every = 3;
     kvtc_error err;
-    kvtc_calibrator *cb = kvtc_calibrator_create(&SMALL_SHAPE, &opt, &err);
+    kvtc_calibrator *cb = NULL;
+    kvtc_calibrator_create(&SMALL_SHAPE, &opt, &cb, &err);
     kvtc_cache *c = make_random_cache(&SMALL_SHAPE, KVTC_F32, 40, 0, 2, 11);
     kvtc_calibration *cal = NULL;
     if (!cb || !c || kvtc_calibrator_add(cb, c, &err) || kvtc_calibrator_finish(cb, &cal, &err))

@@ -9,9 +9,16 @@
  *
  * Conventions
  * - Every function that can fail returns a kvtc_status (KVTC_OK == 0, errors < 0)
- *   or NULL, and fills the optional caller-owned `kvtc_error *err` (may be NULL)
- *   with the status and a one-line message naming the problem. The library never
- *   prints, exits or aborts.
+ *   and fills the optional caller-owned `kvtc_error *err` (may be NULL) with the
+ *   status and a one-line message naming the problem; objects it makes come back
+ *   through an out-parameter, set to NULL on failure. The library never prints,
+ *   exits or aborts.
+ * - Structs that may gain fields in later versions (options, stream info) start
+ *   with `size_t struct_size`, which the caller sets to sizeof the struct it was
+ *   compiled with (the *_default() functions do it). The library reads and
+ *   writes only that many bytes, so a program built against an older header
+ *   keeps working with a newer library; a struct_size the library does not know
+ *   (0, or larger than its own) is refused with KVTC_E_INVALID.
  * - Handles are opaque, created and freed by the library. Buffers returned through
  *   `void **out` are freed with kvtc_buffer_free().
  * - Thread safety: a kvtc_calibration is immutable once made and may be shared by
@@ -121,15 +128,18 @@ KVTC_API size_t kvtc_dtype_size(kvtc_dtype dtype);
 KVTC_API const char *kvtc_dtype_name(kvtc_dtype dtype); /* "F32", "F16", "BF16" */
 
 typedef enum kvtc_kind { KVTC_KEY = 0, KVTC_VALUE = 1 } kvtc_kind;
+KVTC_API const char *kvtc_kind_name(kvtc_kind kind); /* "keys", "values"; "?" otherwise */
 
 /* A KV cache of one sequence: for every layer, keys and values of shape
  * [n_kv_head][n_tokens][head_dim] in `dtype`, row-major. Keys are post-RoPE, as
  * the model holds them; token t sits at position pos0 + t. */
 typedef struct kvtc_cache kvtc_cache;
 
-/* A zero-filled cache. n_tokens may be 0. Returns NULL on error. */
-KVTC_API kvtc_cache *kvtc_cache_create(const kvtc_model_shape *shape, kvtc_dtype dtype,
-                                       uint32_t n_tokens, int64_t pos0, kvtc_error *err);
+/* A zero-filled cache in *out. n_tokens may be 0. KVTC_E_INVALID for a bad
+ * shape or pos0, KVTC_E_UNSUPPORTED for an unknown dtype, KVTC_E_NOMEM. */
+KVTC_API kvtc_status kvtc_cache_create(const kvtc_model_shape *shape, kvtc_dtype dtype,
+                                       uint32_t n_tokens, int64_t pos0, kvtc_cache **out,
+                                       kvtc_error *err);
 KVTC_API void kvtc_cache_free(kvtc_cache *cache);
 KVTC_API const kvtc_model_shape *kvtc_cache_shape(const kvtc_cache *cache);
 KVTC_API kvtc_dtype kvtc_cache_dtype(const kvtc_cache *cache);
@@ -165,6 +175,7 @@ KVTC_API kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const
 /* Calibration                                                               */
 
 typedef struct kvtc_calib_options {
+    size_t struct_size;     /* sizeof(kvtc_calib_options), set by the _default function */
     uint32_t sinks;         /* first tokens never compressed (default 4) */
     uint32_t window;        /* last tokens never compressed (default 128) */
     uint32_t rank;          /* max basis columns kept per kind; 0 = min(p, 2048) */
@@ -175,14 +186,17 @@ typedef struct kvtc_calib_options {
     void *progress_user;
 } kvtc_calib_options;
 
+/* Fills every field with its default, struct_size included. */
 KVTC_API void kvtc_calib_options_default(kvtc_calib_options *opt);
 
 typedef struct kvtc_calibrator kvtc_calibrator;
 typedef struct kvtc_calibration kvtc_calibration;
 
-KVTC_API kvtc_calibrator *kvtc_calibrator_create(const kvtc_model_shape *shape,
-                                                 const kvtc_calib_options *opt,
-                                                 kvtc_error *err);
+/* A calibrator for caches of `shape` in *out; opt NULL means the defaults.
+ * KVTC_E_INVALID for a bad shape or option, KVTC_E_NOMEM. */
+KVTC_API kvtc_status kvtc_calibrator_create(const kvtc_model_shape *shape,
+                                            const kvtc_calib_options *opt,
+                                            kvtc_calibrator **out, kvtc_error *err);
 /* Streams one cache in: its tokens (minus sinks and window) update the running
  * covariance in double precision; every heldout_every-th goes to the held-out
  * set instead. The cache is not kept. Shape must match the calibrator's. */
@@ -259,6 +273,7 @@ KVTC_API double kvtc_plan_predicted_error(const kvtc_plan *plan);
 /* Compression (.kvtc streams, docs/FORMAT.md)                               */
 
 typedef struct kvtc_compress_options {
+    size_t struct_size;      /* sizeof(kvtc_compress_options), set by the _default function */
     double k_ratio;          /* target ratio for keys (> 1); default 16 */
     double v_ratio;          /* target ratio for values (> 1); default 16 */
     uint32_t block_tokens;   /* tokens per independently decodable block (default 256) */
@@ -268,6 +283,7 @@ typedef struct kvtc_compress_options {
     void *progress_user;
 } kvtc_compress_options;
 
+/* Fills every field with its default, struct_size included. */
 KVTC_API void kvtc_compress_options_default(kvtc_compress_options *opt);
 
 /* Compresses a whole cache. The first `sinks` and last `window` tokens (from the
@@ -285,7 +301,8 @@ KVTC_API kvtc_status kvtc_append(const kvtc_calibration *cal, const void *prev, 
                                  void **out, size_t *out_len, kvtc_error *err);
 
 typedef struct kvtc_decompress_options {
-    uint32_t n_threads; /* 0 = 1 */
+    size_t struct_size; /* sizeof(kvtc_decompress_options), set by the _default function */
+    uint32_t n_threads; /* 0 = 1; default 1 */
     kvtc_progress_fn progress;
     void *progress_user;
     /* 0 = no limit. Otherwise a stream whose restored tokens (the selected
@@ -295,6 +312,9 @@ typedef struct kvtc_decompress_options {
      * streams from elsewhere should set it. */
     uint64_t max_output_bytes;
 } kvtc_decompress_options;
+
+/* Fills every field with its default, struct_size included. */
+KVTC_API void kvtc_decompress_options_default(kvtc_decompress_options *opt);
 
 /* Restores the whole cache (dtype and positions as compressed). Refuses a
  * stream made with another calibration (KVTC_E_MISMATCH naming both fingerprints). */
@@ -322,6 +342,7 @@ KVTC_API kvtc_status kvtc_decompress_block(const kvtc_calibration *cal, const vo
                                            kvtc_error *err);
 
 typedef struct kvtc_stream_info {
+    size_t struct_size; /* set by the caller to sizeof(kvtc_stream_info) */
     uint32_t format_version;
     kvtc_model_shape shape;
     kvtc_dtype dtype;
@@ -336,13 +357,23 @@ typedef struct kvtc_stream_info {
     uint64_t compressed_bytes;  /* bytes of the compressed blocks (records, headers, CRCs) */
     uint64_t raw_bytes;         /* bytes of the raw sink and window blocks */
     uint64_t total_bytes;       /* the whole stream */
+    uint64_t fp16_bytes;        /* the whole cache at 2 bytes a value, keys and values */
+    uint64_t compressed_fp16_bytes; /* the compressed tokens alone at 2 bytes a value */
     uint8_t calib_fingerprint[32];
     char model_name[64];
 } kvtc_stream_info;
 
-/* Parses and checks the header (not the block payloads). */
+/* Parses and checks the header (not the block payloads). The caller sets
+ * info->struct_size first. Ratios against fp16: fp16_bytes / total_bytes for
+ * the file, compressed_fp16_bytes / compressed_bytes for the coded tokens. */
 KVTC_API kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_stream_info *info,
                                           kvtc_error *err);
+
+/* The bit-allocation plan a stream was encoded with, for one kind, in *out
+ * (freed with kvtc_plan_free). Its predicted error is -1: a stream carries
+ * its groups, not the calibration's error table. */
+KVTC_API kvtc_status kvtc_stream_plan(const void *data, size_t len, kvtc_kind kind,
+                                      kvtc_plan **out, kvtc_error *err);
 
 /* Reads a whole file into a buffer freed with kvtc_buffer_free. */
 KVTC_API kvtc_status kvtc_read_file(const char *path, void **out, size_t *out_len,

@@ -71,24 +71,31 @@ static size_t layer_elems(const kvtc_cache *c)
     return (size_t)c->shape.n_kv_head * c->n_tokens * c->shape.head_dim;
 }
 
-kvtc_cache *kvtc_cache_create(const kvtc_model_shape *shape, kvtc_dtype dtype,
-                              uint32_t n_tokens, int64_t pos0, kvtc_error *err)
+const char *kvtc_kind_name(kvtc_kind kind)
 {
-    if (kvtc_shape_check(shape, err) != KVTC_OK)
-        return NULL;
-    if (!kvtc_dtype_valid(dtype)) {
-        kvtc_fail(err, KVTC_E_UNSUPPORTED, "unknown dtype %d", (int)dtype);
-        return NULL;
+    switch (kind) {
+    case KVTC_KEY: return "keys";
+    case KVTC_VALUE: return "values";
     }
-    if (pos0 < 0 || pos0 > (int64_t)1 << 40) {
-        kvtc_fail(err, KVTC_E_INVALID, "pos0 %lld out of range", (long long)pos0);
-        return NULL;
-    }
+    return "?";
+}
+
+kvtc_status kvtc_cache_create(const kvtc_model_shape *shape, kvtc_dtype dtype,
+                              uint32_t n_tokens, int64_t pos0, kvtc_cache **out, kvtc_error *err)
+{
+    if (!out)
+        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
+    *out = NULL;
+    kvtc_status st = kvtc_shape_check(shape, err);
+    if (st != KVTC_OK)
+        return st;
+    if (!kvtc_dtype_valid(dtype))
+        return kvtc_fail(err, KVTC_E_UNSUPPORTED, "unknown dtype %d", (int)dtype);
+    if (pos0 < 0 || pos0 > (int64_t)1 << 40)
+        return kvtc_fail(err, KVTC_E_INVALID, "pos0 %lld out of range", (long long)pos0);
     kvtc_cache *c = kvtc_calloc(1, sizeof *c);
-    if (!c) {
-        kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a cache");
-        return NULL;
-    }
+    if (!c)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a cache");
     c->shape = kvtc_shape_normalized(shape);
     c->dtype = dtype;
     c->n_tokens = n_tokens;
@@ -96,10 +103,10 @@ kvtc_cache *kvtc_cache_create(const kvtc_model_shape *shape, kvtc_dtype dtype,
     uint64_t elems = 2 * kvtc_shape_features(&c->shape) * (uint64_t)n_tokens;
     if (elems > SIZE_MAX / 4 || !(c->data = kvtc_calloc((size_t)elems, kvtc_dtype_size(dtype)))) {
         kvtc_free(c);
-        kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a cache of %u tokens", n_tokens);
-        return NULL;
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a cache of %u tokens", n_tokens);
     }
-    return c;
+    *out = c;
+    return KVTC_OK;
 }
 
 void kvtc_cache_free(kvtc_cache *cache)

@@ -28,6 +28,7 @@ struct kvtc_calibrator {
 void kvtc_calib_options_default(kvtc_calib_options *opt)
 {
     memset(opt, 0, sizeof *opt);
+    opt->struct_size = sizeof *opt;
     opt->sinks = 4;
     opt->window = 128;
     opt->rank = 0;
@@ -55,45 +56,43 @@ void kvtc_calibrator_free(kvtc_calibrator *cal)
     kvtc_free(cal);
 }
 
-kvtc_calibrator *kvtc_calibrator_create(const kvtc_model_shape *shape,
-                                        const kvtc_calib_options *opt, kvtc_error *err)
+kvtc_status kvtc_calibrator_create(const kvtc_model_shape *shape, const kvtc_calib_options *opt,
+                                   kvtc_calibrator **out, kvtc_error *err)
 {
-    kvtc_calib_options defaults;
-    if (!opt) {
-        kvtc_calib_options_default(&defaults);
-        opt = &defaults;
-    }
-    if (kvtc_shape_check(shape, err) != KVTC_OK)
-        return NULL;
-    if (opt->heldout_every < 1 || opt->max_heldout < 1) {
-        kvtc_fail(err, KVTC_E_INVALID, "heldout_every (%u) and max_heldout (%u) must be >= 1",
-                  opt->heldout_every, opt->max_heldout);
-        return NULL;
-    }
+    if (!out)
+        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
+    *out = NULL;
+    kvtc_calib_options o;
+    kvtc_calib_options_default(&o);
+    kvtc_status st = opt ? kvtc_struct_in(&o, sizeof o, KVTC_CALIB_OPTIONS_V1_SIZE, opt,
+                                          "calibration options", err)
+                         : KVTC_OK;
+    if (st != KVTC_OK || (st = kvtc_shape_check(shape, err)) != KVTC_OK)
+        return st;
+    if (o.heldout_every < 1 || o.max_heldout < 1)
+        return kvtc_fail(err, KVTC_E_INVALID, "heldout_every (%u) and max_heldout (%u) must be >= 1",
+                         o.heldout_every, o.max_heldout);
     kvtc_calibrator *cal = kvtc_calloc(1, sizeof *cal);
-    if (!cal) {
-        kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a calibrator");
-        return NULL;
-    }
+    if (!cal)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a calibrator");
     cal->shape = kvtc_shape_normalized(shape);
-    cal->opt = *opt;
+    cal->opt = o;
     if (cal->opt.n_threads == 0)
         cal->opt.n_threads = 1;
     cal->p = (uint32_t)kvtc_shape_features(&cal->shape);
-    uint32_t rank = opt->rank ? opt->rank : DEFAULT_MAX_RANK;
+    uint32_t rank = o.rank ? o.rank : DEFAULT_MAX_RANK;
     cal->rank = rank < cal->p ? rank : cal->p;
     cal->rows = kvtc_malloc_array((size_t)BATCH_TOKENS * cal->p, sizeof(float));
-    if (!cal->rows) {
-        kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a calibrator of %u features", cal->p);
+    if (!cal->rows)
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a calibrator of %u features", cal->p);
+    for (int k = 0; k < 2 && st == KVTC_OK; k++)
+        st = kvtc_cov_init(&cal->kind[k].cov, cal->p, BATCH_TOKENS, err);
+    if (st != KVTC_OK) {
         kvtc_calibrator_free(cal);
-        return NULL;
+        return st;
     }
-    for (int k = 0; k < 2; k++)
-        if (kvtc_cov_init(&cal->kind[k].cov, cal->p, BATCH_TOKENS, err) != KVTC_OK) {
-            kvtc_calibrator_free(cal);
-            return NULL;
-        }
-    return cal;
+    *out = cal;
+    return KVTC_OK;
 }
 
 uint64_t kvtc_calibrator_rows(const kvtc_calibrator *cal, kvtc_kind kind)

@@ -24,6 +24,7 @@ void kvtc_compress_options_default(kvtc_compress_options *opt)
     if (!opt)
         return;
     memset(opt, 0, sizeof *opt);
+    opt->struct_size = sizeof *opt;
     opt->k_ratio = 16.0;
     opt->v_ratio = 16.0;
     opt->block_tokens = 256;
@@ -31,7 +32,14 @@ void kvtc_compress_options_default(kvtc_compress_options *opt)
     opt->deflate_level = 6;
 }
 
-static const char *kind_name(int kind) { return kind == KVTC_KEY ? "keys" : "values"; }
+void kvtc_decompress_options_default(kvtc_decompress_options *opt)
+{
+    if (!opt)
+        return;
+    memset(opt, 0, sizeof *opt);
+    opt->struct_size = sizeof *opt;
+    opt->n_threads = 1;
+}
 
 /* ---- shared helpers ------------------------------------------------------- */
 
@@ -114,7 +122,7 @@ static kvtc_status check_calibration(const kvtc_calibration *cal, const kvtc_str
         if (s->plan[k]->n_coords > cal->kind[k].rank)
             return kvtc_fail(err, KVTC_E_MISMATCH,
                              "stream's %s plan uses %u coordinates, the calibration has %u",
-                             kind_name(k), s->plan[k]->n_coords, cal->kind[k].rank);
+                             kvtc_kind_name((kvtc_kind)k), s->plan[k]->n_coords, cal->kind[k].rank);
     uint32_t sinks, window;
     raw_layout(cal, s->n_tokens, &sinks, &window);
     if (s->sinks != sinks || s->window != window)
@@ -130,7 +138,7 @@ static kvtc_status check_chunk_crc(const kvtc_block *b, uint32_t index, int kind
 {
     if (kvtc_crc32(b->data[kind], (size_t)b->length[kind]) != b->crc[kind])
         return kvtc_fail(err, KVTC_E_CHECKSUM, "block %u %s: CRC mismatch (corrupt data)", index,
-                         kind_name(kind));
+                         kvtc_kind_name(kind));
     return KVTC_OK;
 }
 
@@ -203,7 +211,7 @@ static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvt
         for (size_t j = 0; j < p; j++) {
             if (!isfinite(row[j])) {
                 st = kvtc_fail(err, KVTC_E_NUMERIC, "token %u of the %s is not finite",
-                               b->first + t, kind_name(kind));
+                               b->first + t, kvtc_kind_name(kind));
                 goto done;
             }
             row[j] -= ck->mean[j];
@@ -309,8 +317,17 @@ done:
     return st;
 }
 
-static kvtc_status check_compress_options(const kvtc_compress_options *opt, kvtc_error *err)
+/* The caller's options (NULL: the defaults) in *o, checked. */
+static kvtc_status compress_options_in(const kvtc_compress_options *opt,
+                                       kvtc_compress_options *o, kvtc_error *err)
 {
+    kvtc_compress_options_default(o);
+    kvtc_status st = opt ? kvtc_struct_in(o, sizeof *o, KVTC_COMPRESS_OPTIONS_V1_SIZE, opt,
+                                          "compress options", err)
+                         : KVTC_OK;
+    if (st != KVTC_OK)
+        return st;
+    opt = o;
     if (opt->block_tokens < 1 || opt->block_tokens > KVTC_MAX_BLOCK_TOKENS)
         return kvtc_fail(err, KVTC_E_INVALID, "block_tokens %u out of range 1..%u",
                          opt->block_tokens, KVTC_MAX_BLOCK_TOKENS);
@@ -341,10 +358,9 @@ kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
     *out_len = 0;
     if (!cal || !cache)
         return kvtc_fail(err, KVTC_E_INVALID, "no calibration or cache given");
-    kvtc_compress_options defaults;
-    kvtc_compress_options_default(&defaults);
-    opt = opt ? opt : &defaults;
-    kvtc_status st = check_compress_options(opt, err);
+    kvtc_compress_options o;
+    kvtc_status st = compress_options_in(opt, &o, err);
+    opt = &o;
     if (st == KVTC_OK)
         st = check_cache(cal, cache, err);
     if (st != KVTC_OK)
@@ -366,7 +382,7 @@ kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
         if (st == KVTC_OK && s.plan[k]->n_coords == 0)
             st = kvtc_fail(err, KVTC_E_INVALID,
                            "ratio %g leaves the %s no coordinate (budget %u bits per token)",
-                           ratio[k], kind_name(k), s.plan[k]->budget_bits);
+                           ratio[k], kvtc_kind_name((kvtc_kind)k), s.plan[k]->budget_bits);
     }
     if (st == KVTC_OK)
         st = encode_stream(cal, &s, NULL, 0, 0, cache, opt, out, out_len, err);
@@ -384,10 +400,9 @@ kvtc_status kvtc_append(const kvtc_calibration *cal, const void *prev, size_t pr
     *out_len = 0;
     if (!cal || !more)
         return kvtc_fail(err, KVTC_E_INVALID, "no calibration or cache given");
-    kvtc_compress_options defaults;
-    kvtc_compress_options_default(&defaults);
-    opt = opt ? opt : &defaults;
-    kvtc_status st = check_compress_options(opt, err);
+    kvtc_compress_options o;
+    kvtc_status st = compress_options_in(opt, &o, err);
+    opt = &o;
     if (st != KVTC_OK)
         return st;
     kvtc_stream s;
@@ -416,11 +431,10 @@ kvtc_status kvtc_append(const kvtc_calibration *cal, const void *prev, size_t pr
             kept_end = s.blocks[i].first + s.blocks[i].n_tokens;
         }
     uint32_t old_tail = s.n_tokens - kept_end;
-    tail = kvtc_cache_create(&s.shape, s.dtype, old_tail + more->n_tokens, s.pos0 + kept_end, err);
-    if (!tail) {
-        st = err ? err->status : KVTC_E_NOMEM;
+    st = kvtc_cache_create(&s.shape, s.dtype, old_tail + more->n_tokens, s.pos0 + kept_end,
+                           &tail, err);
+    if (st != KVTC_OK)
         goto done;
-    }
     for (uint32_t i = 0; i < s.n_blocks; i++) {
         const kvtc_block *b = &s.blocks[i];
         for (int k = 0; k < 2; k++) {
@@ -460,7 +474,7 @@ typedef struct decoder {
     float *rope_cos, *rope_sin; /* RoPE angles of the coded tokens: [n_coded][rope_dims / 2] */
     kvtc_cache *layer;         /* one layer of the decoded tokens, keys and values */
     uint32_t cur_layer;
-    const kvtc_decompress_options *opt;
+    kvtc_decompress_options opt; /* the caller's, over the defaults */
 } decoder;
 
 /* Dequantizes a coded chunk's bytes into coefficients [n][nc]. */
@@ -503,7 +517,7 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
     } else if ((st = kvtc_inflate_exact(b->data[kind], (size_t)b->length[kind], raw, raw_len,
                                         err)) != KVTC_OK) {
         char where[48];
-        snprintf(where, sizeof where, "block %u %s", index, kind_name(kind));
+        snprintf(where, sizeof where, "block %u %s", index, kvtc_kind_name(kind));
         kvtc_fail_prefix(err, where);
     } else {
         float *coef = d->coef[kind] + (size_t)(b->first - d->coded_first) * plan->n_coords;
@@ -600,7 +614,7 @@ static kvtc_status decode_coefficients(decoder *d, kvtc_error *err)
             return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u decoded tokens",
                              d->n_coded);
     }
-    const kvtc_decompress_options *opt = d->opt;
+    const kvtc_decompress_options *opt = &d->opt;
     return run_items(2 * (d->b1 - d->b0), opt->n_threads, decode_item, d, opt->progress,
                      opt->progress_user, "decompress", 0, progress_total(d), err);
 }
@@ -610,7 +624,7 @@ static kvtc_status rebuild_layers(decoder *d, layer_sink_fn sink, void *sink_use
                                   kvtc_error *err)
 {
     const kvtc_stream *s = &d->s;
-    const kvtc_decompress_options *opt = d->opt;
+    const kvtc_decompress_options *opt = &d->opt;
     size_t hd = (size_t)s->shape.n_kv_head * s->shape.head_dim;
     size_t half = s->shape.rope_dims / 2;
     for (int k = 0; k < 2; k++)
@@ -628,10 +642,8 @@ static kvtc_status rebuild_layers(decoder *d, layer_sink_fn sink, void *sink_use
     }
     kvtc_model_shape layer_shape = s->shape;
     layer_shape.n_layer = 1;
-    d->layer = kvtc_cache_create(&layer_shape, s->dtype, d->n_tokens, s->pos0 + d->first, err);
-    if (!d->layer)
-        return err ? err->status : KVTC_E_NOMEM;
-    kvtc_status st = KVTC_OK;
+    kvtc_status st =
+        kvtc_cache_create(&layer_shape, s->dtype, d->n_tokens, s->pos0 + d->first, &d->layer, err);
     for (uint32_t l = 0; l < s->shape.n_layer && st == KVTC_OK; l++) {
         d->cur_layer = l;
         st = kvtc_parallel_for(2 * (d->coded_b1 - d->coded_b0), opt->n_threads, rebuild_item, d,
@@ -658,13 +670,18 @@ static kvtc_status decoder_open(decoder *d, const kvtc_calibration *cal, const v
                                 size_t len, const kvtc_decompress_options *opt, bool one_block,
                                 uint32_t block, kvtc_error *err)
 {
-    static const kvtc_decompress_options defaults = {.n_threads = 1};
     memset(d, 0, sizeof *d);
     d->cal = cal;
-    d->opt = opt ? opt : &defaults;
+    kvtc_decompress_options_default(&d->opt);
+    kvtc_status st = KVTC_OK;
+    if (opt)
+        st = kvtc_struct_in(&d->opt, sizeof d->opt, KVTC_DECOMPRESS_OPTIONS_V1_SIZE, opt,
+                            "decompress options", err);
+    if (st != KVTC_OK)
+        return st;
     if (!cal)
         return kvtc_fail(err, KVTC_E_INVALID, "no calibration given");
-    kvtc_status st = kvtc_stream_parse(data, len, &d->s, err);
+    st = kvtc_stream_parse(data, len, &d->s, err);
     if (st != KVTC_OK || (st = check_calibration(cal, &d->s, err)) != KVTC_OK)
         return st;
     if (one_block && block >= d->s.n_blocks)
@@ -672,7 +689,7 @@ static kvtc_status decoder_open(decoder *d, const kvtc_calibration *cal, const v
                          d->s.n_blocks);
     d->b0 = one_block ? block : 0;
     d->b1 = one_block ? block + 1 : d->s.n_blocks;
-    if (d->opt->max_output_bytes) {
+    if (d->opt.max_output_bytes) {
         uint64_t tokens = 0;
         for (uint32_t i = d->b0; i < d->b1; i++)
             tokens += d->s.blocks[i].n_tokens;
@@ -680,10 +697,10 @@ static kvtc_status decoder_open(decoder *d, const kvtc_calibration *cal, const v
          * long double, and the comparison needs no exact product */
         long double bytes = (long double)tokens * kvtc_shape_features(&d->s.shape) *
                             kvtc_dtype_size(d->s.dtype) * 2;
-        if (bytes > (long double)d->opt->max_output_bytes)
+        if (bytes > (long double)d->opt.max_output_bytes)
             return kvtc_fail(err, KVTC_E_LIMIT,
                              "the restored cache would take %.0Lf bytes, over the limit of %llu",
-                             bytes, (unsigned long long)d->opt->max_output_bytes);
+                             bytes, (unsigned long long)d->opt.max_output_bytes);
     }
     return decode_coefficients(d, err);
 }
@@ -729,10 +746,10 @@ static kvtc_status copy_layer_into_cache(void *user, uint32_t layer, const decod
 {
     cache_sink *cs = user;
     if (!cs->cache) {
-        cs->cache = kvtc_cache_create(&d->s.shape, d->s.dtype, d->n_tokens, d->s.pos0 + d->first,
-                                      err);
-        if (!cs->cache)
-            return err ? err->status : KVTC_E_NOMEM;
+        kvtc_status st = kvtc_cache_create(&d->s.shape, d->s.dtype, d->n_tokens,
+                                           d->s.pos0 + d->first, &cs->cache, err);
+        if (st != KVTC_OK)
+            return st;
         memcpy(cs->cache->model, d->s.model, sizeof cs->cache->model);
     }
     size_t bytes = (size_t)kvtc_raw_chunk_bytes(&d->layer->shape, d->s.dtype, d->n_tokens);

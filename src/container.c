@@ -387,11 +387,19 @@ kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_stream_info 
 {
     if (!info)
         return kvtc_fail(err, KVTC_E_INVALID, "no stream info output given");
-    memset(info, 0, sizeof *info);
-    kvtc_stream s;
-    kvtc_status st = kvtc_stream_parse(data, len, &s, err);
+    kvtc_stream_info full;
+    memset(&full, 0, sizeof full);
+    full.struct_size = sizeof full;
+    /* the caller's struct_size is checked before any work */
+    kvtc_status st = kvtc_struct_out(info, &full, sizeof full, KVTC_STREAM_INFO_V1_SIZE,
+                                     "stream info", err);
     if (st != KVTC_OK)
         return st;
+    kvtc_stream s;
+    if ((st = kvtc_stream_parse(data, len, &s, err)) != KVTC_OK)
+        return st;
+    kvtc_stream_info *caller = info;
+    info = &full;
     info->format_version = s.version;
     info->shape = s.shape;
     info->dtype = s.dtype;
@@ -423,8 +431,30 @@ kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_stream_info 
         info->compressed_bytes +=
             kvtc_plan_record_bytes(s.plan[0]) + kvtc_plan_record_bytes(s.plan[1]);
     info->total_bytes = s.total_bytes;
+    uint64_t fp16_token = 2 * 2 * kvtc_shape_features(&s.shape);
+    info->fp16_bytes = fp16_token * s.n_tokens;
+    info->compressed_fp16_bytes = fp16_token * info->compressed_tokens;
     memcpy(info->calib_fingerprint, s.fingerprint, sizeof info->calib_fingerprint);
     memcpy(info->model_name, s.model, sizeof info->model_name);
+    kvtc_stream_release(&s);
+    return kvtc_struct_out(caller, &full, sizeof full, KVTC_STREAM_INFO_V1_SIZE, "stream info",
+                           err);
+}
+
+kvtc_status kvtc_stream_plan(const void *data, size_t len, kvtc_kind kind, kvtc_plan **out,
+                             kvtc_error *err)
+{
+    if (!out)
+        return kvtc_fail(err, KVTC_E_INVALID, "no plan output given");
+    *out = NULL;
+    if (kind != KVTC_KEY && kind != KVTC_VALUE)
+        return kvtc_fail(err, KVTC_E_INVALID, "unknown kind %d", (int)kind);
+    kvtc_stream s;
+    kvtc_status st = kvtc_stream_parse(data, len, &s, err);
+    if (st != KVTC_OK)
+        return st;
+    *out = s.plan[kind];
+    s.plan[kind] = NULL; /* now the caller's */
     kvtc_stream_release(&s);
     return KVTC_OK;
 }

@@ -175,6 +175,23 @@ void kvtc_sha256(const void *data, size_t len, uint8_t out[32]);
 /* Lower-case hex of the first n bytes into out (2n+1 chars). */
 void kvtc_hex(const uint8_t *bytes, size_t n, char *out);
 
+/* ---- public structs that grow (versioned.c) ------------------------------- */
+
+/* The smallest struct_size each growing struct had in a release: the size of
+ * its first version. Raise none of these; a new field goes at the end. */
+#define KVTC_CALIB_OPTIONS_V1_SIZE sizeof(kvtc_calib_options)
+#define KVTC_COMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_compress_options)
+#define KVTC_DECOMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_decompress_options)
+#define KVTC_STREAM_INFO_V1_SIZE sizeof(kvtc_stream_info)
+
+/* `full` holds the defaults; the caller's struct_size bytes of `given` are
+ * copied over them. `what` names the struct in the error message. */
+kvtc_status kvtc_struct_in(void *full, size_t full_size, size_t min_size, const void *given,
+                           const char *what, kvtc_error *err);
+/* Copies `full` into the caller's struct, as many bytes as its struct_size says. */
+kvtc_status kvtc_struct_out(void *given, const void *full, size_t full_size, size_t min_size,
+                            const char *what, kvtc_error *err);
+
 /* ---- little-endian byte I/O (bytes.c) ------------------------------------ */
 
 typedef struct kvtc_writer {

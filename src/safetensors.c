@@ -361,9 +361,6 @@ static kvtc_status parse_header(const kvtc_json *doc, uint64_t data_len, header_
 
 static kvtc_status load(const source *src, kvtc_cache **out, kvtc_error *err)
 {
-    kvtc_error local; /* so a failed kvtc_cache_create still tells us its status */
-    if (!err)
-        err = &local;
     *out = NULL;
     unsigned char prefix[PREFIX_LEN];
     if (src->size < PREFIX_LEN)
@@ -411,10 +408,8 @@ static kvtc_status load(const source *src, kvtc_cache **out, kvtc_error *err)
     uint64_t data_start = PREFIX_LEN + header_len;
     if ((st = parse_header(doc, src->size - data_start, &h, err)) != KVTC_OK)
         goto done;
-    if (!(cache = kvtc_cache_create(&h.shape, h.dtype, h.n_tokens, h.pos0, err))) {
-        st = err->status;
+    if ((st = kvtc_cache_create(&h.shape, h.dtype, h.n_tokens, h.pos0, &cache, err)) != KVTC_OK)
         goto done;
-    }
     memcpy(cache->model, h.model, sizeof cache->model);
     for (uint32_t i = 0; i < h.shape.n_layer * 2 && st == KVTC_OK; i++) {
         const tensor_info *t = &h.tensors[i];

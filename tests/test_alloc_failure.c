@@ -92,10 +92,10 @@ static kvtc_status step_calibrate(kvtc_error *err, bool *wrong)
     opt.window = 4;
     opt.heldout_every = 4;
     kvtc_calibration *cal = NULL;
-    kvtc_calibrator *cb = kvtc_calibrator_create(&SHAPE, &opt, err);
-    if (!cb)
-        return err->status;
-    kvtc_status st = KVTC_OK;
+    kvtc_calibrator *cb;
+    kvtc_status st = kvtc_calibrator_create(&SHAPE, &opt, &cb, err);
+    if (st != KVTC_OK)
+        return st;
     for (int i = 0; i < 2 && st == KVTC_OK; i++)
         st = kvtc_calibrator_add(cb, g.train[i], err);
     if (st == KVTC_OK)
@@ -145,7 +145,7 @@ static kvtc_status step_compress_2_threads(kvtc_error *err, bool *wrong)
 
 static kvtc_status step_decompress(kvtc_error *err, bool *wrong)
 {
-    kvtc_decompress_options dopt = {.n_threads = 2};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 2};
     kvtc_cache *out = NULL;
     kvtc_status st = kvtc_decompress(g.cal, g.stream, g.stream_len, &dopt, &out, err);
     if (st == KVTC_OK)
@@ -165,7 +165,7 @@ static int count_layer(void *user, uint32_t layer, const void *key, const void *
 
 static kvtc_status step_decompress_layers(kvtc_error *err, bool *wrong)
 {
-    kvtc_decompress_options dopt = {.n_threads = 1};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     uint32_t layers = 0;
     kvtc_status st = kvtc_decompress_layers(g.cal, g.stream, g.stream_len, &dopt, count_layer,
                                             &layers, err);
@@ -176,7 +176,7 @@ static kvtc_status step_decompress_layers(kvtc_error *err, bool *wrong)
 
 static kvtc_status step_decompress_blocks(kvtc_error *err, bool *wrong)
 {
-    kvtc_decompress_options dopt = {.n_threads = 1};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     kvtc_status st = KVTC_OK;
     uint32_t tokens = 0;
     for (uint32_t b = 0; b < g.n_blocks && st == KVTC_OK; b++) {
@@ -204,7 +204,7 @@ static kvtc_status step_append(kvtc_error *err, bool *wrong)
 
 static kvtc_status step_stream_info(kvtc_error *err, bool *wrong)
 {
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_status st = kvtc_stream_info_get(g.stream, g.stream_len, &info, err);
     if (st == KVTC_OK)
         *wrong = info.n_blocks != g.n_blocks;
@@ -365,7 +365,8 @@ static bool make_inputs(void)
     opt.sinks = 2;
     opt.window = 4;
     opt.heldout_every = 4;
-    kvtc_calibrator *cb = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    kvtc_calibrator *cb;
+    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cb, &err), &err);
     bool ok = CHECK(cb != NULL) && CHECK_OK(kvtc_calibrator_add(cb, g.train[0], &err), &err) &&
               CHECK_OK(kvtc_calibrator_add(cb, g.train[1], &err), &err) &&
               CHECK_OK(kvtc_calibrator_finish(cb, &g.cal, &err), &err);
@@ -376,8 +377,8 @@ static bool make_inputs(void)
     g.copt.k_ratio = 4.0;
     g.copt.v_ratio = 3.0;
     g.copt.block_tokens = 8;
-    kvtc_decompress_options dopt = {.n_threads = 1};
-    kvtc_stream_info info;
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
+    kvtc_stream_info info = {.struct_size = sizeof info};
     ok = CHECK_OK(kvtc_compress(g.cal, g.cache, &g.copt, &g.stream, &g.stream_len, &err), &err) &&
          CHECK_OK(kvtc_decompress(g.cal, g.stream, g.stream_len, &dopt, &g.decoded, &err), &err) &&
          CHECK_OK(kvtc_stream_info_get(g.stream, g.stream_len, &info, &err), &err) &&

@@ -23,7 +23,8 @@ static kvtc_calibration *make_calibration(void)
     opt.window = 16;
     opt.rank = RANK;
     kvtc_error err;
-    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    kvtc_calibrator *cal;
+    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cal, &err), &err);
     if (!cal)
         return NULL;
     for (uint64_t i = 0; i < 3; i++) {

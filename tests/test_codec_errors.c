@@ -77,7 +77,7 @@ static void test_truncation_and_flips(const uint8_t *data, size_t len, const kvt
     int bad_truncations = 0, silent_flips = 0;
     for (size_t n = 0; n < len; n++) {
         memcpy(copy, data, n);
-        kvtc_stream_info info;
+        kvtc_stream_info info = {.struct_size = sizeof info};
         kvtc_cache *out = NULL;
         if (kvtc_decompress(g_cal, copy, n, NULL, &out, NULL) == KVTC_OK ||
             kvtc_stream_info_get(copy, n, &info, NULL) == KVTC_OK || out != NULL)
@@ -121,7 +121,7 @@ static void test_hostile_header(const uint8_t *data, size_t len, const kvtc_cach
             fix_header_crc(copy);
             /* Some edits stay valid (pos0, dtype F16 <-> BF16, fp8 <-> int8 groups,
              * the ratios): then info and decoder must agree on what the stream is. */
-            kvtc_stream_info info;
+            kvtc_stream_info info = {.struct_size = sizeof info};
             kvtc_status info_st = kvtc_stream_info_get(copy, len, &info, NULL);
             kvtc_cache *got = NULL;
             kvtc_status st = kvtc_decompress(g_cal, copy, len, NULL, &got, NULL);
@@ -299,14 +299,15 @@ static void test_position_limit(void)
     void *buf = NULL, *more_buf = NULL;
     size_t len = 0, more_len = 0;
     if (CHECK(last && beyond) && CHECK_OK(kvtc_compress(g_cal, last, &opt, &buf, &len, &err), &err)) {
-        kvtc_stream_info info;
+        kvtc_stream_info info = {.struct_size = sizeof info};
         CHECK_OK(kvtc_stream_info_get(buf, len, &info, &err), &err);
         for (uint32_t b = 0; b < info.n_blocks; b++) {
             kvtc_cache *one = NULL;
             CHECK_OK(kvtc_decompress_block(g_cal, buf, len, b, NULL, &one, &err), &err);
             kvtc_cache_free(one);
         }
-        kvtc_cache *more = kvtc_cache_create(&g_shape, KVTC_F16, 1, KVTC_MAX_POSITION + 1, NULL);
+        kvtc_cache *more = NULL;
+        kvtc_cache_create(&g_shape, KVTC_F16, 1, KVTC_MAX_POSITION + 1, &more, NULL);
         CHECK(more == NULL); /* no cache can continue it */
         CHECK_STATUS(kvtc_compress(g_cal, beyond, &opt, &more_buf, &more_len, &err),
                      KVTC_E_INVALID, &err);
@@ -460,7 +461,7 @@ static void test_output_limit(const void *data, size_t len, const kvtc_cache *wa
 {
     uint64_t size = (uint64_t)kvtc_cache_tokens(want) * kvtc_shape_features(&g_shape) *
                     kvtc_dtype_size(KVTC_F16) * 2;
-    kvtc_decompress_options opt = {.n_threads = 1, .max_output_bytes = size};
+    kvtc_decompress_options opt = {.struct_size = sizeof opt, .n_threads = 1, .max_output_bytes = size};
     kvtc_cache *out = NULL;
     kvtc_error err;
     if (CHECK_OK(kvtc_decompress(g_cal, data, len, &opt, &out, &err), &err))

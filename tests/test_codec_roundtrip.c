@@ -81,7 +81,7 @@ static void test_ratios(void)
                   prev);
         prev = e;
 
-        kvtc_stream_info info;
+        kvtc_stream_info info = {.struct_size = sizeof info};
         if (CHECK_OK(kvtc_stream_info_get(data, len, &info, &err), &err)) {
             uint32_t coded = TOKENS - SINKS - WINDOW;
             uint32_t budget = (uint32_t)(16.0 * p / ratios[i]);
@@ -160,7 +160,7 @@ static void test_dtypes_and_decoders(void)
             CHECK(lc.equal);
             CHECK_EQ(lc.next_layer, g_shape.n_layer);
 
-            kvtc_stream_info info;
+            kvtc_stream_info info = {.struct_size = sizeof info};
             CHECK_OK(kvtc_stream_info_get(data, len, &info, &err), &err);
             CHECK_EQ(info.n_blocks, 1 + 7 + 1);
             uint32_t first = 0;
@@ -189,7 +189,8 @@ static void test_dtypes_and_decoders(void)
 /* A copy of tokens [t0, t0+n) of c as a cache of its own. */
 static kvtc_cache *slice(const kvtc_cache *c, uint32_t t0, uint32_t n)
 {
-    kvtc_cache *s = kvtc_cache_create(&c->shape, c->dtype, n, c->pos0 + t0, NULL);
+    kvtc_cache *s = NULL;
+    kvtc_cache_create(&c->shape, c->dtype, n, c->pos0 + t0, &s, NULL);
     if (s)
         kvtc_cache_copy_tokens(s, 0, c, t0, n);
     return s;
@@ -274,7 +275,8 @@ static void test_append(void)
     kvtc_cache_free(tail);
 
     /* Appending nothing changes nothing. */
-    kvtc_cache *empty = kvtc_cache_create(&g_shape, KVTC_F16, 0, 50 + n, NULL);
+    kvtc_cache *empty = NULL;
+    kvtc_cache_create(&g_shape, KVTC_F16, 0, 50 + n, &empty, NULL);
     void *same = NULL;
     size_t same_len = 0;
     if (CHECK(empty) && append(s3, len3, empty, 4, &same, &same_len))
@@ -317,7 +319,7 @@ static void test_short_caches(void)
             kvtc_error err;
             if (CHECK(c) && CHECK_OK(kvtc_compress(g_cal, c, &opt, &data, &len, &err), &err)) {
                 check_roundtrip(c, data, len, 0);
-                kvtc_stream_info info;
+                kvtc_stream_info info = {.struct_size = sizeof info};
                 if (CHECK_OK(kvtc_stream_info_get(data, len, &info, &err), &err)) {
                     CHECK_EQ(info.compressed_tokens, 0);
                     CHECK_EQ(info.compressed_bytes, 0);

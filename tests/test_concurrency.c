@@ -96,7 +96,7 @@ static void *run_worker(void *arg)
         const reference *r = &g_refs[(w->id * 7 + i) % N_CACHES];
         kvtc_compress_options opt = r->opt;
         opt.n_threads = 1 + (i + w->id) % 2; /* the library's own pool runs too */
-        kvtc_decompress_options dopt = {.n_threads = 1 + i % 2};
+        kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1 + i % 2};
         kvtc_error err;
         void *stream = NULL;
         size_t len = 0;
@@ -149,13 +149,13 @@ static bool make_references(void)
         r->opt.k_ratio = ratios[i % 3];
         r->opt.v_ratio = ratios[(i / 3) % 3];
         r->opt.block_tokens = 4 + (i % 4) * 4;
-        kvtc_decompress_options dopt = {.n_threads = 1};
+        kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
         if (!CHECK_OK(kvtc_compress(g_cal, r->cache, &r->opt, &r->stream, &r->stream_len, &err),
                       &err) ||
             !CHECK_OK(kvtc_decompress(g_cal, r->stream, r->stream_len, &dopt, &r->decoded, &err),
                       &err))
             return false;
-        kvtc_stream_info info;
+        kvtc_stream_info info = {.struct_size = sizeof info};
         if (!CHECK_OK(kvtc_stream_info_get(r->stream, r->stream_len, &info, &err), &err))
             return false;
         r->n_blocks = info.n_blocks;

@@ -71,10 +71,10 @@ static void count_error(counts *c, kvtc_status st)
 static void try_stream(counts *c, const kvtc_calibration *cal, const uint8_t *data, size_t len,
                        const kvtc_cache *ref, const char *what, size_t where)
 {
-    kvtc_decompress_options dopt = {.n_threads = 1};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     kvtc_error err;
     kvtc_cache *out = NULL;
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     c->cases++;
     kvtc_stream_info_get(data, len, &info, &err); /* must not crash either */
     kvtc_status st = kvtc_decompress(cal, data, len, &dopt, &out, &err);
@@ -117,10 +117,10 @@ static void corrupt_stream(const kvtc_calibration *cal)
     void *stream = NULL;
     size_t len = 0;
     kvtc_cache *ref = NULL;
-    kvtc_decompress_options dopt = {.n_threads = 1};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     if (CHECK_OK(kvtc_compress(cal, cache, &copt, &stream, &len, &err), &err) &&
         CHECK_OK(kvtc_decompress(cal, stream, len, &dopt, &ref, &err), &err)) {
-        kvtc_stream_info info;
+        kvtc_stream_info info = {.struct_size = sizeof info};
         CHECK_OK(kvtc_stream_info_get(stream, len, &info, &err), &err);
         printf("stream: %zu bytes, %u tokens in %u blocks (%u raw sinks, %u raw window)\n", len,
                info.n_tokens, info.n_blocks, info.sinks, info.window);
@@ -197,7 +197,7 @@ static void wrong_calibration(const kvtc_calibration *cal, const kvtc_calibratio
     size_t len = 0;
     if (CHECK(cache != NULL) &&
         CHECK_OK(kvtc_compress(cal, cache, &copt, &stream, &len, &err), &err)) {
-        kvtc_decompress_options dopt = {.n_threads = 1};
+        kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
         kvtc_cache *out = NULL;
         CHECK_STATUS(kvtc_decompress(other, stream, len, &dopt, &out, &err), KVTC_E_MISMATCH,
                      &err);

@@ -69,7 +69,7 @@ int main(void)
             if (with_progress)
                 CHECK(log.monotonic && log.calls >= 1 && log.last_done == log.total);
 
-            kvtc_decompress_options dopt = {.n_threads = threads[i]};
+            kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = threads[i]};
             progress_log dlog = {0, 0, 0, true};
             if (with_progress) {
                 dopt.progress = record_progress;

@@ -133,7 +133,8 @@ static void check_budget_and_monotonicity(void)
     kvtc_calib_options_default(&opt);
     opt.window = 16;
     kvtc_error err;
-    kvtc_calibrator *cal = kvtc_calibrator_create(&s, &opt, &err);
+    kvtc_calibrator *cal;
+    CHECK_OK(kvtc_calibrator_create(&s, &opt, &cal, &err), &err);
     if (!CHECK(cal != NULL))
         return;
     for (uint64_t i = 0; i < 6; i++) {

@@ -190,8 +190,8 @@ static float *continue_with(session *s, const int32_t *cont, uint32_t n_cont)
 static void check_moved_window(session *s, const kvtc_cache *c)
 {
     kvtc_error err;
-    kvtc_cache *moved = kvtc_cache_create(kvtc_cache_shape(c), KVTC_F32, kvtc_cache_tokens(c), 7,
-                                          &err);
+    kvtc_cache *moved;
+    CHECK_OK(kvtc_cache_create(kvtc_cache_shape(c), KVTC_F32, kvtc_cache_tokens(c), 7, &moved, &err), &err);
     kvtc_cache *back = NULL;
     if (!CHECK(moved != NULL))
         return;
@@ -288,11 +288,12 @@ static void check_refusals(const model *m)
     /* a cache of another shape, too many tokens, layers out of order */
     kvtc_model_shape other = model_kv_shape(m);
     other.n_layer++;
-    kvtc_cache *c = kvtc_cache_create(&other, KVTC_F16, 2, 0, &err);
+    kvtc_cache *c;
+    CHECK_OK(kvtc_cache_create(&other, KVTC_F16, 2, 0, &c, &err), &err);
     CHECK_STATUS(session_import_cache(s, c, &err), KVTC_E_MISMATCH, NULL);
     kvtc_cache_free(c);
     kvtc_model_shape shape = model_kv_shape(m);
-    c = kvtc_cache_create(&shape, KVTC_F16, 5, 0, &err);
+    CHECK_OK(kvtc_cache_create(&shape, KVTC_F16, 5, 0, &c, &err), &err);
     CHECK_STATUS(session_import_cache(s, c, &err), KVTC_E_INVALID, NULL);
     CHECK_OK(session_begin_import(s, KVTC_F16, 2, 0, &err), &err);
     CHECK_STATUS(session_forward(s, ids, 1, logits, false, &err), KVTC_E_INVALID, NULL);

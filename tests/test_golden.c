@@ -194,7 +194,7 @@ int main(void)
         !CHECK_OK(kvtc_read_file(kvtc_path, &data, &len, &err), &err))
         goto done;
 
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_model_shape shape = golden_shape();
     if (CHECK_OK(kvtc_stream_info_get(data, len, &info, &err), &err)) {
         CHECK_EQ(info.format_version, 1);

@@ -30,8 +30,9 @@ static size_t cache_floats(const kvtc_cache *c)
 
 static kvtc_cache *clone(const kvtc_cache *c)
 {
-    kvtc_cache *d = kvtc_cache_create(kvtc_cache_shape(c), kvtc_cache_dtype(c),
-                                      kvtc_cache_tokens(c), kvtc_cache_pos0(c), NULL);
+    kvtc_cache *d = NULL;
+    kvtc_cache_create(kvtc_cache_shape(c), kvtc_cache_dtype(c),
+                                      kvtc_cache_tokens(c), kvtc_cache_pos0(c), &d, NULL);
     if (d)
         memcpy(d->data, c->data, cache_floats(c) * kvtc_dtype_size(c->dtype));
     return d;
@@ -261,7 +262,8 @@ static void check_kvtc(kvtc_cache *orig)
     opt.sinks = SINKS;
     opt.window = WINDOW;
     kvtc_error err;
-    kvtc_calibrator *cal = kvtc_calibrator_create(&shape, &opt, &err);
+    kvtc_calibrator *cal;
+    CHECK_OK(kvtc_calibrator_create(&shape, &opt, &cal, &err), &err);
     if (!CHECK_OK(cal ? KVTC_OK : err.status, &err))
         return;
     for (uint64_t seed = 100; seed < 108; seed++) {
@@ -295,7 +297,7 @@ static void check_kvtc(kvtc_cache *orig)
         copt.k_ratio = copt.v_ratio = 4;
         void *stream = NULL;
         size_t len = 0;
-        kvtc_stream_info info;
+        kvtc_stream_info info = {.struct_size = sizeof info};
         if (CHECK_OK(kvtc_compress(calib, orig, &copt, &stream, &len, &err), &err) &&
             CHECK_OK(kvtc_stream_info_get(stream, len, &info, &err), &err))
             CHECK_EQ(res.stored_bytes, len - info.raw_bytes);

@@ -75,7 +75,8 @@ static void make_truth(truth *t, test_rng *r)
 static kvtc_cache *sample_cache(const truth *t, uint32_t n, int64_t pos0, test_rng *r)
 {
     kvtc_error err;
-    kvtc_cache *c = kvtc_cache_create(&SHAPE, KVTC_F32, n, pos0, &err);
+    kvtc_cache *c;
+    CHECK_OK(kvtc_cache_create(&SHAPE, KVTC_F32, n, pos0, &c, &err), &err);
     if (!c)
         return NULL;
     const kvtc_model_shape *s = kvtc_cache_shape(c);
@@ -113,7 +114,8 @@ static void test_known_covariance(void)
     kvtc_calib_options_default(&opt);
     opt.rank = 12;
     kvtc_error err;
-    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    kvtc_calibrator *cal;
+    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cal, &err), &err);
     if (!CHECK(cal != NULL))
         return;
     for (int i = 0; i < 8; i++) {
@@ -176,13 +178,14 @@ static void test_known_covariance(void)
 static kvtc_status calibrate_sample(const truth *t, uint32_t n, const kvtc_calib_options *opt,
                                     uint64_t seed, kvtc_calibration **out, kvtc_error *err)
 {
-    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, opt, err);
-    if (!cal)
-        return err->status;
+    kvtc_calibrator *cal;
+    kvtc_status st = kvtc_calibrator_create(&SHAPE, opt, &cal, err);
+    if (st != KVTC_OK)
+        return st;
     test_rng r;
     rng_seed(&r, seed);
     kvtc_cache *c = sample_cache(t, n, 0, &r);
-    kvtc_status st = c ? kvtc_calibrator_add(cal, c, err) : KVTC_E_NOMEM;
+    st = c ? kvtc_calibrator_add(cal, c, err) : KVTC_E_NOMEM;
     if (st == KVTC_OK)
         st = kvtc_calibrator_finish(cal, out, err);
     kvtc_cache_free(c);
@@ -253,15 +256,17 @@ static void test_split_equals_whole(void)
     const int n_cuts[2] = {4, 6};
     kvtc_error err;
     kvtc_calibration *ref = NULL;
-    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    kvtc_calibrator *cal;
+    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cal, &err), &err);
     CHECK_OK(kvtc_calibrator_add(cal, whole, &err), &err);
     CHECK_OK(kvtc_calibrator_finish(cal, &ref, &err), &err);
     kvtc_calibrator_free(cal);
     for (int set = 0; set < 2 && ref; set++) {
-        cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+        kvtc_calibrator_create(&SHAPE, &opt, &cal, &err);
         for (int i = 0; i + 1 < n_cuts[set]; i++) {
             uint32_t a = cut_sets[set][i], b = cut_sets[set][i + 1];
-            kvtc_cache *piece = kvtc_cache_create(&SHAPE, KVTC_F32, b - a, a, &err);
+            kvtc_cache *piece;
+            CHECK_OK(kvtc_cache_create(&SHAPE, KVTC_F32, b - a, a, &piece, &err), &err);
             kvtc_cache_copy_tokens(piece, 0, whole, a, b - a);
             CHECK_OK(kvtc_calibrator_add(cal, piece, &err), &err);
             kvtc_cache_free(piece);
@@ -311,7 +316,8 @@ static void test_heldout_selection(void)
     const uint32_t lengths[5] = {10, 12, 9, 5, 2};
     for (int capped = 0; capped < 2; capped++) {
         opt.max_heldout = capped ? 2 : 4096;
-        kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+        kvtc_calibrator *cal;
+        CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cal, &err), &err);
         if (!CHECK(cal != NULL))
             return;
         for (int i = 0; i < 5; i++) {
@@ -340,7 +346,8 @@ static void test_rejections(void)
     kvtc_error err;
     kvtc_calib_options opt;
     kvtc_calib_options_default(&opt);
-    kvtc_calibrator *cal = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    kvtc_calibrator *cal;
+    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cal, &err), &err);
     if (!CHECK(cal != NULL))
         return;
     kvtc_calibration *out = NULL;
@@ -366,7 +373,8 @@ static void test_rejections(void)
 
     /* One eligible token: a held-out row but no covariance yet. */
     opt.heldout_every = 1;
-    kvtc_calibrator *one = kvtc_calibrator_create(&SHAPE, &opt, &err);
+    kvtc_calibrator *one;
+    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &one, &err), &err);
     kvtc_cache *c = make_random_cache(&SHAPE, KVTC_F16, 133, 0, 2, 1);
     CHECK_OK(kvtc_calibrator_add(one, c, &err), &err);
     CHECK_STATUS(kvtc_calibrator_finish(one, &out, &err), KVTC_E_INVALID, &err);
@@ -374,8 +382,9 @@ static void test_rejections(void)
     kvtc_calibrator_free(one);
 
     opt.heldout_every = 0;
-    CHECK(kvtc_calibrator_create(&SHAPE, &opt, &err) == NULL);
-    CHECK_EQ(err.status, KVTC_E_INVALID);
+    kvtc_calibrator *refused = NULL;
+    CHECK_STATUS(kvtc_calibrator_create(&SHAPE, &opt, &refused, &err), KVTC_E_INVALID, &err);
+    CHECK(refused == NULL);
     kvtc_calibrator_free(cal);
 }
 

@@ -57,7 +57,8 @@ static void check_gather_undoes_rope(void)
     const uint32_t n = 5;
     const int64_t pos0 = 1234;
     kvtc_error err;
-    kvtc_cache *c = kvtc_cache_create(&s, KVTC_F32, n, pos0, &err);
+    kvtc_cache *c;
+    CHECK_OK(kvtc_cache_create(&s, KVTC_F32, n, pos0, &c, &err), &err);
     if (!CHECK(c != NULL))
         return;
     const kvtc_model_shape *cs = kvtc_cache_shape(c);

@@ -401,7 +401,8 @@ static void test_files(void)
     /* A failed write names the file and creates nothing. */
     kvtc_model_shape s = {.n_layer = 1, .n_kv_head = 1, .head_dim = 4,
                           .rope_style = KVTC_ROPE_NONE};
-    kvtc_cache *cache = kvtc_cache_create(&s, KVTC_F16, 3, 0, &err);
+    kvtc_cache *cache;
+    CHECK_OK(kvtc_cache_create(&s, KVTC_F16, 3, 0, &cache, &err), &err);
     if (!CHECK(cache))
         return;
     snprintf(path, sizeof path, "%s/no-such-folder/out.safetensors", temp_dir());

@@ -201,7 +201,7 @@ int cmd_calibrate(int argc, char **argv)
         if (!cache)
             goto done;
         if (!calibrator &&
-            !(calibrator = kvtc_calibrator_create(kvtc_cache_shape(cache), opt, &err))) {
+            kvtc_calibrator_create(kvtc_cache_shape(cache), opt, &calibrator, &err) != KVTC_OK) {
             kvtc_cache_free(cache);
             cli_fail_err(argv[i], &err);
             goto done;

@@ -77,7 +77,7 @@ int cmd_compress(int argc, char **argv)
         goto done;
     }
     double seconds = cli_now() - start;
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     if (kvtc_stream_info_get(out, out_len, &info, &err) != KVTC_OK) {
         cli_fail_err(input, &err);
         goto done;

@@ -52,6 +52,7 @@ int cmd_decompress(int argc, char **argv)
         {0},
     };
     decompress_args a = {0};
+    kvtc_decompress_options_default(&a.opt);
     a.opt.n_threads = cli_default_threads();
     int first;
     int rc = cli_parse_options(argc, argv, "c:o:", longs, usage, handle_option, &a, &first);

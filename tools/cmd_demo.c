@@ -184,8 +184,8 @@ static kvtc_status restore(conversation *c, session *s, kvtc_error *err)
 {
     void *data = NULL;
     size_t len = 0;
-    kvtc_stream_info info;
-    kvtc_decompress_options dopt = {.n_threads = c->threads};
+    kvtc_stream_info info = {.struct_size = sizeof info};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = c->threads};
     session_reset(s);
     kvtc_status st = kvtc_read_file(c->path, &data, &len, err);
     if (st == KVTC_OK)
@@ -212,10 +212,8 @@ static kvtc_status save(conversation *c, session *s, uint32_t stored, kvtc_error
         st = kvtc_compress(c->cal, all, &c->copt, &out, &out_len, err);
     } else if (st == KVTC_OK) {
         uint32_t n_new = kvtc_cache_tokens(all) - stored;
-        more = kvtc_cache_create(kvtc_cache_shape(all), KVTC_F16, n_new,
-                                 kvtc_cache_pos0(all) + stored, err);
-        if (!more)
-            st = err ? err->status : KVTC_E_NOMEM;
+        st = kvtc_cache_create(kvtc_cache_shape(all), KVTC_F16, n_new,
+                               kvtc_cache_pos0(all) + stored, &more, err);
         if (st == KVTC_OK) {
             kvtc_cache_copy_tokens(more, 0, all, stored, n_new);
             st = kvtc_read_file(c->path, &prev, &prev_len, err);
@@ -242,15 +240,14 @@ static void print_line(const char *label, const char *text, size_t max)
     printf("%s\n", text[i] ? " [...]" : "");
 }
 
-static char *reply_text(const conversation *c, const reply *r, kvtc_error *err)
+/* The reply's text without its end-of-turn token. */
+static kvtc_status reply_text(const conversation *c, const reply *r, char **text,
+                              kvtc_error *err)
 {
     uint32_t n = r->n;
     if (n > 0 && r->ids[n - 1] == tokenizer_eos(c->tok))
         n--;
-    char *text = NULL;
-    if (tokenizer_decode(c->tok, r->ids, n, &text, err) != KVTC_OK)
-        return NULL;
-    return text;
+    return tokenizer_decode(c->tok, r->ids, n, text, err);
 }
 
 /* Totals over the restored turns. */
@@ -346,9 +343,9 @@ static kvtc_status run_turn(conversation *c, size_t turn, session *live, session
     }
     if (turn == 0 && st == KVTC_OK)
         printf("  first turn: prefill of %zu tokens in %.0f ms\n", n_prompt, 1e3 * t_live);
-    char *text = st == KVTC_OK ? reply_text(c, &live_reply, err) : NULL;
-    if (st == KVTC_OK && !text)
-        st = err ? err->status : KVTC_E_NOMEM;
+    char *text = NULL;
+    if (st == KVTC_OK)
+        st = reply_text(c, &live_reply, &text, err);
     if (st == KVTC_OK) {
         print_line("assistant: ", text, 400);
         st = add_message(c, "assistant", text, err);
@@ -398,7 +395,7 @@ static void print_summary(const conversation *c, const demo_totals *t, uint64_t 
 {
     void *data = NULL;
     size_t len = 0;
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_error err;
     if (kvtc_read_file(c->path, &data, &len, &err) != KVTC_OK ||
         kvtc_stream_info_get(data, len, &info, &err) != KVTC_OK) {
@@ -517,7 +514,7 @@ int cmd_demo(int argc, char **argv)
         if (st == KVTC_OK)
             st = run_turn(&c, turn, live, exact, &totals, &err);
         if (st == KVTC_OK) {
-            kvtc_stream_info info;
+            kvtc_stream_info info = {.struct_size = sizeof info};
             void *data = NULL;
             size_t len = 0;
             st = kvtc_read_file(c.path, &data, &len, &err);

@@ -71,7 +71,7 @@ static uint32_t group_runs(const kvtc_plan *plan, group_run *runs)
 
 static int info_stream(const char *path, const void *data, size_t len, bool json)
 {
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_stream s = {0};
     kvtc_error err;
     if (kvtc_stream_info_get(data, len, &info, &err) != KVTC_OK ||

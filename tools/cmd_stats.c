@@ -115,13 +115,13 @@ int cmd_stats(int argc, char **argv)
         goto done;
     }
     double t1 = cli_now();
-    kvtc_decompress_options dopt = {.n_threads = opt.n_threads};
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = opt.n_threads};
     if (kvtc_decompress(cal, stream, stream_len, &dopt, &restored, &err) != KVTC_OK) {
         cli_fail_err(input, &err);
         goto done;
     }
     double t2 = cli_now();
-    kvtc_stream_info info;
+    kvtc_stream_info info = {.struct_size = sizeof info};
     if (kvtc_stream_info_get(stream, stream_len, &info, &err) != KVTC_OK) {
         cli_fail_err(input, &err);
         goto done;

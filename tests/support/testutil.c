@@ -171,8 +171,8 @@ kvtc_cache *make_random_cache(const kvtc_model_shape *shape, kvtc_dtype dtype,
 {
     enum { BATCH = 256 };
     kvtc_error err;
-    kvtc_cache *c = kvtc_cache_create(shape, dtype, n_tokens, pos0, &err);
-    if (!c) {
+    kvtc_cache *c;
+    if (kvtc_cache_create(shape, dtype, n_tokens, pos0, &c, &err) != KVTC_OK) {
         fprintf(stderr, "make_random_cache: %s\n", err.message);
         return NULL;
     }
@@ -210,8 +210,8 @@ kvtc_calibration *make_random_calibration(const kvtc_model_shape *shape,
 {
     kvtc_error err;
     kvtc_calibration *out = NULL;
-    kvtc_calibrator *cal = kvtc_calibrator_create(shape, opt, &err);
-    if (!cal) {
+    kvtc_calibrator *cal;
+    if (kvtc_calibrator_create(shape, opt, &cal, &err) != KVTC_OK) {
         fprintf(stderr, "calibrator_create: %s\n", err.message);
         return NULL;
     }
