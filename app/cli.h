@@ -62,11 +62,14 @@ enum { CLI_OPT_K_RATIO = 1000, CLI_OPT_V_RATIO, CLI_OPT_BLOCK_TOKENS, CLI_OPT_LE
     {"level", required_argument, NULL, CLI_OPT_LEVEL},                \
     {"threads", required_argument, NULL, CLI_OPT_THREADS}
 #define CLI_COMPRESS_HELP                                                              \
-    "  -r, --ratio R           target ratio vs fp16 for keys and values (default 16)\n" \
+    "  -r, --ratio R           target ratio vs fp16 for keys and values (default "       \
+    CLI_STR(KVTC_DEFAULT_RATIO) ")\n"                                                 \
     "      --k-ratio R         target ratio for keys only\n"                            \
     "      --v-ratio R         target ratio for values only\n"                          \
-    "      --block-tokens N    tokens per independently decodable block (default 256)\n" \
-    "      --level L           DEFLATE level 1..12 (default 6)\n"                       \
+    "      --block-tokens N    tokens per independently decodable block (default "    \
+    CLI_STR(KVTC_DEFAULT_BLOCK_TOKENS) ")\n"                                          \
+    "      --level L           DEFLATE level 1..12 (default "                         \
+    CLI_STR(KVTC_DEFAULT_DEFLATE_LEVEL) ")\n"                                         \
     "      --threads N         worker threads (default: all CPUs)\n"
 
 typedef struct cli_compress_args {

@@ -11,7 +11,6 @@
 
 #define BATCH 512u       /* tokens per pass through the layers */
 #define QUERY_CHUNK 128u /* queries per attention step: bounds the score buffer */
-#define MAX_THREADS 64u  /* as kvtc_parallel_for and OpenBLAS */
 
 static uint32_t q_dim(const model_config *c) { return c->n_head * c->head_dim; }
 static uint32_t kv_dim(const model_config *c) { return c->n_kv_head * c->head_dim; }
@@ -30,7 +29,7 @@ kvtc_status session_create(const model *m, uint32_t capacity, uint32_t n_threads
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     s->m = m;
     s->capacity = capacity;
-    s->n_threads = n_threads == 0 ? 1 : n_threads > MAX_THREADS ? MAX_THREADS : n_threads;
+    s->n_threads = n_threads == 0 ? 1 : n_threads > KVTC_MAX_THREADS ? KVTC_MAX_THREADS : n_threads;
     size_t cache = (size_t)c->n_layer * kv_dim(c) * capacity;
     s->keys = kvtc_malloc_array(cache, sizeof(float));
     s->values = kvtc_malloc_array(cache, sizeof(float));

@@ -107,50 +107,13 @@ static char_class classify(uint32_t cp)
  * counts as one byte of class OTHER (byte-level BPE encodes any bytes). */
 static uint32_t utf8_next(const unsigned char *s, size_t n, size_t *len)
 {
-    unsigned char c = s[0];
-    size_t need = c < 0x80 ? 0 : c >= 0xc2 && c < 0xe0 ? 1 : c >= 0xe0 && c < 0xf0 ? 2
-                             : c >= 0xf0 && c < 0xf5 ? 3 : 4;
-    *len = 1;
-    if (need == 0)
-        return c;
-    if (need > 3 || need >= n)
+    uint32_t cp;
+    *len = kvtc_utf8_decode(s, n, &cp);
+    if (*len == 0) {
+        *len = 1;
         return 0xfffd;
-    uint32_t cp = c & (0x3f >> need);
-    for (size_t i = 1; i <= need; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0xfffd;
-        cp = (cp << 6) | (s[i] & 0x3f);
     }
-    /* Overlong forms, surrogates and values past U+10FFFF are invalid. */
-    static const uint32_t min_cp[4] = {0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[need] || (cp >= 0xd800 && cp < 0xe000) || cp > 0x10ffff)
-        return 0xfffd;
-    *len = need + 1;
     return cp;
-}
-
-static size_t utf8_put(uint32_t cp, unsigned char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (unsigned char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (unsigned char)(0xc0 | (cp >> 6));
-        out[1] = (unsigned char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (unsigned char)(0xe0 | (cp >> 12));
-        out[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (unsigned char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (unsigned char)(0xf0 | (cp >> 18));
-    out[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (unsigned char)(0x80 | (cp & 0x3f));
-    return 4;
 }
 
 static bool byte_is_printable(unsigned b)
@@ -329,7 +292,7 @@ static kvtc_status load_vocab(tokenizer *t, const kvtc_gguf_file *f, const int32
     /* SmolLM2 lacks a few control bytes (0x04, 0x06, ...): those stay -1. */
     for (unsigned b = 0; b < 256; b++) {
         unsigned char u[4];
-        t->byte_token[b] = vocab_find(t, (const char *)u, utf8_put(byte_to_cp(b), u));
+        t->byte_token[b] = vocab_find(t, (const char *)u, kvtc_utf8_encode(byte_to_cp(b), (char *)u));
     }
     return KVTC_OK;
 }

@@ -110,12 +110,18 @@ typedef enum kvtc_rope_style {
     KVTC_ROPE_NEOX = 2         /* pairs (x[i], x[i + rope_dims/2]): NeoX, qwen2 */
 } kvtc_rope_style;
 
+/* Limits every function checks (one definition each). */
+#define KVTC_MAX_ROPE_DIMS 1024              /* rotated dims per head */
+#define KVTC_MAX_POSITION ((int64_t)1 << 40) /* largest token position */
+#define KVTC_MAX_THREADS 64                  /* larger n_threads act as this */
+
 typedef struct kvtc_model_shape {
     uint32_t n_layer;
     uint32_t n_kv_head;
     uint32_t head_dim;
     kvtc_rope_style rope_style;
-    uint32_t rope_dims;     /* rotated dims per head, even, <= head_dim; 0 means head_dim */
+    uint32_t rope_dims;     /* rotated dims per head, even, <= head_dim and
+                               KVTC_MAX_ROPE_DIMS; 0 means head_dim */
     double rope_theta;      /* frequency base, e.g. 10000 */
     double rope_freq_scale; /* angle = pos * rope_freq_scale * theta^(-2i/rope_dims); 0 means 1 */
 } kvtc_model_shape;
@@ -174,13 +180,23 @@ KVTC_API kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const
 /* ------------------------------------------------------------------------ */
 /* Calibration                                                               */
 
+/* Defaults of the _default functions, for help texts that state them. */
+#define KVTC_DEFAULT_SINKS 4
+#define KVTC_DEFAULT_WINDOW 128
+#define KVTC_DEFAULT_MAX_RANK 2048
+#define KVTC_DEFAULT_HELDOUT_EVERY 8
+#define KVTC_DEFAULT_MAX_HELDOUT 4096
+#define KVTC_DEFAULT_RATIO 16
+#define KVTC_DEFAULT_BLOCK_TOKENS 256
+#define KVTC_DEFAULT_DEFLATE_LEVEL 6
+
 typedef struct kvtc_calib_options {
     size_t struct_size;     /* sizeof(kvtc_calib_options), set by the _default function */
-    uint32_t sinks;         /* first tokens never compressed (default 4) */
-    uint32_t window;        /* last tokens never compressed (default 128) */
-    uint32_t rank;          /* max basis columns kept per kind; 0 = min(p, 2048) */
-    uint32_t heldout_every; /* every k-th eligible token is held out for the DP (default 8) */
-    uint32_t max_heldout;   /* cap on held-out rows per kind (default 4096) */
+    uint32_t sinks;         /* first tokens never compressed */
+    uint32_t window;        /* last tokens never compressed */
+    uint32_t rank;          /* max basis columns kept per kind; 0 = min(p, KVTC_DEFAULT_MAX_RANK) */
+    uint32_t heldout_every; /* every k-th eligible token is held out for the DP */
+    uint32_t max_heldout;   /* cap on held-out rows per kind */
     uint32_t n_threads;     /* 0 = 1 */
     kvtc_progress_fn progress;
     void *progress_user;
@@ -274,11 +290,11 @@ KVTC_API double kvtc_plan_predicted_error(const kvtc_plan *plan);
 
 typedef struct kvtc_compress_options {
     size_t struct_size;      /* sizeof(kvtc_compress_options), set by the _default function */
-    double k_ratio;          /* target ratio for keys (> 1); default 16 */
-    double v_ratio;          /* target ratio for values (> 1); default 16 */
-    uint32_t block_tokens;   /* tokens per independently decodable block (default 256) */
+    double k_ratio;          /* target ratio for keys (> 1); see KVTC_DEFAULT_RATIO */
+    double v_ratio;          /* target ratio for values (> 1); see KVTC_DEFAULT_RATIO */
+    uint32_t block_tokens;   /* tokens per independently decodable block */
     uint32_t n_threads;      /* 0 = 1 */
-    int deflate_level;       /* 1..12, default 6 */
+    int deflate_level;       /* 1..12 */
     kvtc_progress_fn progress;
     void *progress_user;
 } kvtc_compress_options;

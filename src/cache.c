@@ -7,7 +7,6 @@
 #define MAX_LAYERS 4096u
 #define MAX_HEADS 4096u
 #define MAX_HEAD_DIM 8192u
-#define MAX_ROPE_DIMS 1024u
 #define MAX_FEATURES (1u << 24)
 
 uint64_t kvtc_shape_features(const kvtc_model_shape *s)
@@ -46,7 +45,7 @@ kvtc_status kvtc_shape_check(const kvtc_model_shape *shape, kvtc_error *err)
     if ((unsigned)s.rope_style > KVTC_ROPE_NEOX)
         return kvtc_fail(err, KVTC_E_UNSUPPORTED, "unknown rope style %d", (int)s.rope_style);
     if (s.rope_style != KVTC_ROPE_NONE) {
-        if (s.rope_dims % 2 || s.rope_dims > s.head_dim || s.rope_dims > MAX_ROPE_DIMS)
+        if (s.rope_dims % 2 || s.rope_dims > s.head_dim || s.rope_dims > KVTC_MAX_ROPE_DIMS)
             return kvtc_fail(err, KVTC_E_INVALID,
                              "rope_dims %u must be even and at most head_dim %u", s.rope_dims,
                              s.head_dim);
@@ -91,7 +90,7 @@ kvtc_status kvtc_cache_create(const kvtc_model_shape *shape, kvtc_dtype dtype,
         return st;
     if (!kvtc_dtype_valid(dtype))
         return kvtc_fail(err, KVTC_E_UNSUPPORTED, "unknown dtype %d", (int)dtype);
-    if (pos0 < 0 || pos0 > (int64_t)1 << 40)
+    if (pos0 < 0 || pos0 > KVTC_MAX_POSITION)
         return kvtc_fail(err, KVTC_E_INVALID, "pos0 %lld out of range", (long long)pos0);
     kvtc_cache *c = kvtc_calloc(1, sizeof *c);
     if (!c)
@@ -162,8 +161,8 @@ void kvtc_cache_gather_rows(const kvtc_cache *c, kvtc_kind kind, uint32_t t0, ui
     const kvtc_model_shape *s = &c->shape;
     size_t p = (size_t)kvtc_shape_features(s);
     bool rope = kind == KVTC_KEY && s->rope_style != KVTC_ROPE_NONE;
-    float cs[MAX_ROPE_DIMS / 2], sn[MAX_ROPE_DIMS / 2];
-    double freq[MAX_ROPE_DIMS / 2];
+    float cs[KVTC_MAX_ROPE_DIMS / 2], sn[KVTC_MAX_ROPE_DIMS / 2];
+    double freq[KVTC_MAX_ROPE_DIMS / 2];
     if (rope)
         kvtc_rope_freqs(s, freq);
     for (uint32_t t = 0; t < n; t++) {
@@ -187,8 +186,8 @@ void kvtc_cache_scatter_rows(kvtc_cache *c, kvtc_kind kind, uint32_t t0, uint32_
     const kvtc_model_shape *s = &c->shape;
     size_t p = (size_t)kvtc_shape_features(s);
     bool rope = kind == KVTC_KEY && s->rope_style != KVTC_ROPE_NONE;
-    float cs[MAX_ROPE_DIMS / 2], sn[MAX_ROPE_DIMS / 2];
-    double freq[MAX_ROPE_DIMS / 2];
+    float cs[KVTC_MAX_ROPE_DIMS / 2], sn[KVTC_MAX_ROPE_DIMS / 2];
+    double freq[KVTC_MAX_ROPE_DIMS / 2];
     if (rope)
         kvtc_rope_freqs(s, freq);
     float head[MAX_HEAD_DIM];

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #define BATCH_TOKENS 256u
-#define DEFAULT_MAX_RANK 2048u
 #define TABLE_SLICE 64u /* error-table items per parallel_for, between progress reports */
 
 typedef struct kind_state {
@@ -29,11 +28,11 @@ void kvtc_calib_options_default(kvtc_calib_options *opt)
 {
     memset(opt, 0, sizeof *opt);
     opt->struct_size = sizeof *opt;
-    opt->sinks = 4;
-    opt->window = 128;
+    opt->sinks = KVTC_DEFAULT_SINKS;
+    opt->window = KVTC_DEFAULT_WINDOW;
     opt->rank = 0;
-    opt->heldout_every = 8;
-    opt->max_heldout = 4096;
+    opt->heldout_every = KVTC_DEFAULT_HELDOUT_EVERY;
+    opt->max_heldout = KVTC_DEFAULT_MAX_HELDOUT;
     opt->n_threads = 1;
 }
 
@@ -80,7 +79,7 @@ kvtc_status kvtc_calibrator_create(const kvtc_model_shape *shape, const kvtc_cal
     if (cal->opt.n_threads == 0)
         cal->opt.n_threads = 1;
     cal->p = (uint32_t)kvtc_shape_features(&cal->shape);
-    uint32_t rank = o.rank ? o.rank : DEFAULT_MAX_RANK;
+    uint32_t rank = o.rank ? o.rank : KVTC_DEFAULT_MAX_RANK;
     cal->rank = rank < cal->p ? rank : cal->p;
     cal->rows = kvtc_malloc_array((size_t)BATCH_TOKENS * cal->p, sizeof(float));
     if (!cal->rows)

@@ -25,11 +25,11 @@ void kvtc_compress_options_default(kvtc_compress_options *opt)
         return;
     memset(opt, 0, sizeof *opt);
     opt->struct_size = sizeof *opt;
-    opt->k_ratio = 16.0;
-    opt->v_ratio = 16.0;
-    opt->block_tokens = 256;
+    opt->k_ratio = KVTC_DEFAULT_RATIO;
+    opt->v_ratio = KVTC_DEFAULT_RATIO;
+    opt->block_tokens = KVTC_DEFAULT_BLOCK_TOKENS;
     opt->n_threads = 1;
-    opt->deflate_level = 6;
+    opt->deflate_level = KVTC_DEFAULT_DEFLATE_LEVEL;
 }
 
 void kvtc_decompress_options_default(kvtc_decompress_options *opt)
@@ -62,7 +62,7 @@ static kvtc_status run_items(uint32_t n, uint32_t n_threads, kvtc_task_fn fn, vo
                              uint64_t done_before, uint64_t total, kvtc_error *err)
 {
     n_threads = n_threads ? n_threads : 1;
-    uint32_t per_batch = progress ? (n_threads < 64 ? n_threads : 64) * 4 : n;
+    uint32_t per_batch = progress ? (n_threads < KVTC_MAX_THREADS ? n_threads : KVTC_MAX_THREADS) * 4 : n;
     for (uint32_t start = 0; start < n; start += per_batch) {
         batch b = {fn, user, start};
         uint32_t count = n - start < per_batch ? n - start : per_batch;

@@ -10,7 +10,6 @@
 #define KVTC_BLOCK_ENTRY_BYTES 36u
 /* Largest token position a stream may hold: kvtc_cache_create's limit on pos0,
  * so that every block of a stream can be decoded into a cache of its own. */
-#define KVTC_MAX_POSITION ((int64_t)1 << 40)
 
 typedef enum kvtc_block_encoding {
     KVTC_BLOCK_RAW = 0,  /* tokens bit-exact in the cache dtype */

@@ -14,67 +14,6 @@ struct kvtc_json {
     char *strings;          /* decoded strings and number texts, NUL-separated */
 };
 
-/* ---- UTF-8 ------------------------------------------------------------------ */
-
-/* Length of the valid UTF-8 sequence at s (at most n bytes), storing its code
- * point; 0 if invalid (overlong, surrogate, above U+10FFFF, cut short). */
-static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    if (n == 0)
-        return 0;
-    unsigned c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    size_t len;
-    uint32_t v, min;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2, v = c & 0x1f, min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3, v = c & 0x0f, min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4, v = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        v = (v << 6) | (s[i] & 0x3f);
-    }
-    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-        return 0;
-    *cp = v;
-    return len;
-}
-
-static size_t utf8_encode(uint32_t cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
 /* ---- numbers ---------------------------------------------------------------- */
 
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }
@@ -312,7 +251,7 @@ static kvtc_status parse_string(parser *ps, const char **out, size_t *out_len)
             return syntax_error(ps, "control character in string");
         if (c != '\\') {
             uint32_t cp;
-            size_t k = utf8_decode((const unsigned char *)ps->s + ps->pos, ps->len - ps->pos, &cp);
+            size_t k = kvtc_utf8_decode((const unsigned char *)ps->s + ps->pos, ps->len - ps->pos, &cp);
             if (k == 0)
                 return syntax_error(ps, "invalid UTF-8 in string");
             memcpy(dst + n, ps->s + ps->pos, k);
@@ -352,7 +291,7 @@ static kvtc_status parse_string(parser *ps, const char **out, size_t *out_len)
         }
         if (cp == 0)
             return syntax_error(ps, "\\u0000 is not supported");
-        n += utf8_encode(cp, dst + n);
+        n += kvtc_utf8_encode(cp, dst + n);
     }
     dst[n] = '\0';
     ps->strings_len += n + 1;
@@ -693,7 +632,7 @@ static void put_escaped(kvtc_json_writer *jw, const char *s, size_t len)
             i++;
         } else {
             uint32_t cp;
-            size_t k = utf8_decode(u + i, len - i, &cp);
+            size_t k = kvtc_utf8_decode(u + i, len - i, &cp);
             if (k == 0) {
                 put_str(jw, "\xef\xbf\xbd"); /* U+FFFD for a byte that is not UTF-8 */
                 i++;

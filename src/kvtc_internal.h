@@ -175,6 +175,14 @@ void kvtc_sha256(const void *data, size_t len, uint8_t out[32]);
 /* Lower-case hex of the first n bytes into out (2n+1 chars). */
 void kvtc_hex(const uint8_t *bytes, size_t n, char *out);
 
+/* ---- UTF-8 (utf8.c) ------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), storing its code
+ * point; 0 if invalid (overlong, surrogate, above U+10FFFF, cut short). */
+size_t kvtc_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
+/* Writes cp (<= U+10FFFF) as 1 to 4 bytes; returns how many. */
+size_t kvtc_utf8_encode(uint32_t cp, char *out);
+
 /* ---- public structs that grow (versioned.c) ------------------------------- */
 
 /* The smallest struct_size each growing struct had in a release: the size of

@@ -199,7 +199,7 @@ static kvtc_status parse_metadata(const kvtc_json_value *meta, kvtc_model_shape 
     if ((st = meta_double(meta, "rope_theta", &shape->rope_theta, err)) != KVTC_OK ||
         (st = meta_double(meta, "rope_freq_scale", &shape->rope_freq_scale, err)) != KVTC_OK ||
         (st = meta_u64(meta, "rope_dims", UINT32_MAX, &rope_dims, err)) != KVTC_OK ||
-        (st = meta_u64(meta, "pos0", (uint64_t)1 << 40, &start, err)) != KVTC_OK)
+        (st = meta_u64(meta, "pos0", (uint64_t)KVTC_MAX_POSITION, &start, err)) != KVTC_OK)
         return st;
     shape->rope_dims = (uint32_t)rope_dims;
     *pos0 = (int64_t)start;

@@ -57,9 +57,9 @@ kvtc_status kvtc_parallel_for(uint32_t n, uint32_t n_threads, kvtc_task_fn fn, v
         n_threads = 1;
     if (n_threads > n)
         n_threads = n ? n : 1;
-    if (n_threads > 64)
-        n_threads = 64;
-    pthread_t threads[64];
+    if (n_threads > KVTC_MAX_THREADS)
+        n_threads = KVTC_MAX_THREADS;
+    pthread_t threads[KVTC_MAX_THREADS];
     uint32_t started = 0;
     for (uint32_t t = 1; t < n_threads; t++) {
         if (pthread_create(&threads[started], NULL, worker, &j) != 0)

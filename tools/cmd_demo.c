@@ -32,7 +32,7 @@ static const char usage[] =
     "options:\n"
     "      --model PATH   GGUF model with a chat template (default: the default model)\n"
     "  -c, --calibration FILE  calibration (default: the model's default one)\n"
-    "  -r, --ratio R      target compression ratio (default 16)\n"
+    "  -r, --ratio R      target compression ratio (default " CLI_STR(KVTC_DEFAULT_RATIO) ")\n"
     "      --threads N    threads (default: all CPUs)\n"
     "  -h, --help         this help\n";
 
@@ -435,7 +435,7 @@ int cmd_demo(int argc, char **argv)
         {"threads", required_argument, NULL, OPT_THREADS},
         {0},
     };
-    demo_args a = {NULL, NULL, 16, cli_default_threads()};
+    demo_args a = {NULL, NULL, KVTC_DEFAULT_RATIO, cli_default_threads()};
     int first;
     int rc = cli_parse_options(argc, argv, "c:r:", longs, usage, handle_option, &a, &first);
     if (rc != CLI_OK)

@@ -35,7 +35,8 @@ static const char usage[] =
     "  -c, --calibration FILE     default: the model's default calibration, built on\n"
     "                             first use and cached next to the model\n"
     "  -m, --method LIST          methods, comma-separated (required)\n"
-    "  -r, --ratio R              target ratio of kvtc and h2o without ':R' (default 16)\n"
+    "  -r, --ratio R              target ratio of kvtc and h2o without ':R' (default "
+    CLI_STR(KVTC_DEFAULT_RATIO) ")\n"
     "      --tasks LIST           nll, passkey or both (default nll,passkey)\n"
     "      --contexts N           continuation contexts (default 4)\n"
     "      --context-tokens N     tokens per context (default 1024)\n"
@@ -211,7 +212,7 @@ int cmd_eval(int argc, char **argv)
         {0},
     };
     eval_args a = {0};
-    a.ratio = 16;
+    a.ratio = KVTC_DEFAULT_RATIO;
     eval_options_default(&a.opt);
     a.opt.n_threads = cli_default_threads();
     int first;
