@@ -86,7 +86,6 @@ int cmd_compress(int argc, char **argv)
         cli_fail_err(a.output, &err);
         goto done;
     }
-    uint64_t fp16_bytes = 4 * kvtc_shape_features(&info.shape) * info.n_tokens;
     printf("wrote %s: %zu bytes in %.3f s\n", a.output, out_len, seconds);
     printf("  %u tokens: %u compressed, %u sinks and %u window tokens raw\n", info.n_tokens,
            info.compressed_tokens, info.sinks, info.window);
@@ -94,9 +93,8 @@ int cmd_compress(int argc, char **argv)
            info.k_bits_per_token, info.k_ratio, info.v_bits_per_token, info.v_ratio);
     if (info.compressed_tokens)
         printf("  compressed tokens: %.2fx smaller than fp16\n",
-               (double)(4 * kvtc_shape_features(&info.shape) * info.compressed_tokens) /
-                   (double)info.compressed_bytes);
-    printf("  whole file: %.2fx smaller than fp16\n", (double)fp16_bytes / (double)out_len);
+               (double)info.compressed_fp16_bytes / (double)info.compressed_bytes);
+    printf("  whole file: %.2fx smaller than fp16\n", (double)info.fp16_bytes / (double)out_len);
     rc = CLI_OK;
 done:
     kvtc_buffer_free(out);

@@ -2,7 +2,6 @@
  * .safetensors cache, recognized by its first bytes, as text or JSON. */
 #include "cli.h"
 #include "commands.h"
-#include "container.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -45,7 +44,54 @@ static bool looks_like_safetensors(const unsigned char *d, size_t len)
     return n <= len - 8;
 }
 
+/* The shape lines every kind prints as text (dtype NULL: none). */
+static void print_shape(const kvtc_model_shape *s, const char *dtype)
+{
+    printf("  shape          %u layers x %u kv heads x %u dims = %llu features%s%s\n",
+           s->n_layer, s->n_kv_head, s->head_dim, (unsigned long long)kvtc_shape_features(s),
+           dtype ? ", " : "", dtype ? dtype : "");
+    printf("  rope           %s", cli_rope_style_name(s->rope_style));
+    if (s->rope_style != KVTC_ROPE_NONE)
+        printf(", %u dims, theta %g, freq scale %g", s->rope_dims, s->rope_theta,
+               s->rope_freq_scale);
+    printf("\n");
+}
+
 /* ---- .kvtc ------------------------------------------------------------------------- */
+
+typedef struct stream_report {
+    const char *path;
+    kvtc_stream_info info;
+    kvtc_plan *plans[2];
+    double ratio;      /* compressed tokens vs fp16; NAN when there are none */
+    double file_ratio; /* the whole file vs fp16 */
+    char fingerprint[65];
+} stream_report;
+
+static kvtc_status stream_report_make(const char *path, const void *data, size_t len,
+                                      stream_report *r, kvtc_error *err)
+{
+    memset(r, 0, sizeof *r);
+    r->path = path;
+    r->info.struct_size = sizeof r->info;
+    kvtc_status st = kvtc_stream_info_get(data, len, &r->info, err);
+    for (int k = 0; k < 2 && st == KVTC_OK; k++)
+        st = kvtc_stream_plan(data, len, (kvtc_kind)k, &r->plans[k], err);
+    if (st != KVTC_OK)
+        return st;
+    const kvtc_stream_info *i = &r->info;
+    r->ratio = i->compressed_tokens ? (double)i->compressed_fp16_bytes / (double)i->compressed_bytes
+                                    : NAN;
+    r->file_ratio = (double)i->fp16_bytes / (double)i->total_bytes;
+    kvtc_hex(i->calib_fingerprint, 32, r->fingerprint);
+    return KVTC_OK;
+}
+
+static void stream_report_free(stream_report *r)
+{
+    for (int k = 0; k < 2; k++)
+        kvtc_plan_free(r->plans[k]);
+}
 
 /* Consecutive groups of the same size and type, shown as one run. */
 typedef struct group_run {
@@ -69,186 +115,137 @@ static uint32_t group_runs(const kvtc_plan *plan, group_run *runs)
     return n;
 }
 
-static int info_stream(const char *path, const void *data, size_t len, bool json)
+static void json_plan(cli_json *j, const kvtc_plan *plan, group_run *runs)
 {
-    kvtc_stream_info info = {.struct_size = sizeof info};
-    kvtc_stream s = {0};
-    kvtc_error err;
-    if (kvtc_stream_info_get(data, len, &info, &err) != KVTC_OK ||
-        kvtc_stream_parse(data, len, &s, &err) != KVTC_OK)
-        return cli_fail_err(path, &err);
-    const kvtc_plan *plans[2] = {s.plan[0], s.plan[1]};
-    uint32_t max_groups = 0;
-    for (int k = 0; k < 2; k++)
-        if (plans[k] && kvtc_plan_group_count(plans[k]) > max_groups)
-            max_groups = kvtc_plan_group_count(plans[k]);
-    group_run *runs = kvtc_malloc_array(max_groups ? max_groups : 1, sizeof *runs);
-    if (!runs) {
-        kvtc_stream_release(&s);
-        return cli_fail(path, "out of memory");
+    kvtc_jw_begin_object(&j->jw);
+    cli_json_u64(j, "bits_per_token", kvtc_plan_bits_per_token(plan));
+    cli_json_u64(j, "budget_bits", kvtc_plan_budget_bits(plan));
+    cli_json_u64(j, "groups", kvtc_plan_group_count(plan));
+    kvtc_jw_key(&j->jw, "runs");
+    kvtc_jw_begin_array(&j->jw);
+    uint32_t n = group_runs(plan, runs);
+    for (uint32_t i = 0; i < n; i++) {
+        kvtc_jw_begin_object(&j->jw);
+        cli_json_str(j, "type", kvtc_qtype_name(runs[i].type));
+        cli_json_u64(j, "group_size", runs[i].size);
+        cli_json_u64(j, "start", runs[i].start);
+        cli_json_u64(j, "end", runs[i].end);
+        cli_json_u64(j, "groups", runs[i].count);
+        kvtc_jw_end_object(&j->jw);
     }
-    uint64_t p = kvtc_shape_features(&info.shape);
-    double ratio = info.compressed_tokens
-                       ? (double)(4 * p * info.compressed_tokens) / (double)info.compressed_bytes
-                       : 0;
-    double file_ratio = (double)(4 * p * info.n_tokens) / (double)info.total_bytes;
-    char fingerprint[65];
-    kvtc_hex(info.calib_fingerprint, 32, fingerprint);
-    static const char *const kind_names[2] = {"keys", "values"};
-    int rc = CLI_OK;
+    kvtc_jw_end_array(&j->jw);
+    kvtc_jw_end_object(&j->jw);
+}
 
+static void print_plan(const kvtc_plan *plan, kvtc_kind kind, double target, group_run *runs)
+{
+    printf("  plan %-6s    %u bits per token (budget %u, target %gx), %u groups:\n",
+           kvtc_kind_name(kind), kvtc_plan_bits_per_token(plan), kvtc_plan_budget_bits(plan),
+           target, kvtc_plan_group_count(plan));
+    uint32_t n = group_runs(plan, runs);
+    for (uint32_t i = 0; i < n; i++) {
+        char range[40];
+        snprintf(range, sizeof range, "[%u, %u)", runs[i].start, runs[i].end);
+        printf("    %-16s %4u x %-4u %s\n", range, runs[i].count, runs[i].size,
+               kvtc_qtype_name(runs[i].type));
+    }
+}
+
+static int print_stream_report(const stream_report *r, bool json)
+{
+    const kvtc_stream_info *info = &r->info;
+    uint32_t max_groups = 1;
+    for (int k = 0; k < 2; k++)
+        if (kvtc_plan_group_count(r->plans[k]) > max_groups)
+            max_groups = kvtc_plan_group_count(r->plans[k]);
+    group_run *runs = kvtc_malloc_array(max_groups, sizeof *runs);
+    if (!runs)
+        return cli_fail(r->path, "out of memory");
+    double targets[2] = {info->k_ratio, info->v_ratio};
+    int rc = CLI_OK;
     if (json) {
         cli_json j;
         cli_json_begin(&j);
-        cli_json_str(&j, "file", path);
+        cli_json_str(&j, "file", r->path);
         cli_json_str(&j, "kind", "kvtc");
-        cli_json_u64(&j, "format_version", info.format_version);
-        cli_json_str(&j, "model", info.model_name);
-        cli_json_shape(&j, &info.shape);
-        cli_json_str(&j, "dtype", kvtc_dtype_name(info.dtype));
-        cli_json_i64(&j, "pos0", info.pos0);
-        cli_json_u64(&j, "tokens", info.n_tokens);
-        cli_json_u64(&j, "compressed_tokens", info.compressed_tokens);
-        cli_json_u64(&j, "sinks", info.sinks);
-        cli_json_u64(&j, "window", info.window);
-        cli_json_u64(&j, "blocks", info.n_blocks);
-        cli_json_u64(&j, "block_tokens", info.block_tokens);
-        cli_json_u64(&j, "k_bits_per_token", info.k_bits_per_token);
-        cli_json_u64(&j, "v_bits_per_token", info.v_bits_per_token);
-        cli_json_f64(&j, "k_ratio_target", info.k_ratio);
-        cli_json_f64(&j, "v_ratio_target", info.v_ratio);
-        cli_json_u64(&j, "compressed_bytes", info.compressed_bytes);
-        cli_json_u64(&j, "raw_bytes", info.raw_bytes);
-        cli_json_u64(&j, "total_bytes", info.total_bytes);
-        cli_json_f64(&j, "ratio", info.compressed_tokens ? ratio : NAN);
-        cli_json_f64(&j, "file_ratio", file_ratio);
-        cli_json_str(&j, "calibration_fingerprint", fingerprint);
+        cli_json_u64(&j, "format_version", info->format_version);
+        cli_json_str(&j, "model", info->model_name);
+        cli_json_shape(&j, &info->shape);
+        cli_json_str(&j, "dtype", kvtc_dtype_name(info->dtype));
+        cli_json_i64(&j, "pos0", info->pos0);
+        cli_json_u64(&j, "tokens", info->n_tokens);
+        cli_json_u64(&j, "compressed_tokens", info->compressed_tokens);
+        cli_json_u64(&j, "sinks", info->sinks);
+        cli_json_u64(&j, "window", info->window);
+        cli_json_u64(&j, "blocks", info->n_blocks);
+        cli_json_u64(&j, "block_tokens", info->block_tokens);
+        cli_json_u64(&j, "k_bits_per_token", info->k_bits_per_token);
+        cli_json_u64(&j, "v_bits_per_token", info->v_bits_per_token);
+        cli_json_f64(&j, "k_ratio_target", info->k_ratio);
+        cli_json_f64(&j, "v_ratio_target", info->v_ratio);
+        cli_json_u64(&j, "compressed_bytes", info->compressed_bytes);
+        cli_json_u64(&j, "raw_bytes", info->raw_bytes);
+        cli_json_u64(&j, "total_bytes", info->total_bytes);
+        cli_json_f64(&j, "ratio", r->ratio);
+        cli_json_f64(&j, "file_ratio", r->file_ratio);
+        cli_json_str(&j, "calibration_fingerprint", r->fingerprint);
         kvtc_jw_key(&j.jw, "plans");
         kvtc_jw_begin_object(&j.jw);
         for (int k = 0; k < 2; k++) {
-            kvtc_jw_key(&j.jw, kind_names[k]);
-            if (!plans[k]) {
-                kvtc_jw_null(&j.jw);
-                continue;
-            }
-            kvtc_jw_begin_object(&j.jw);
-            cli_json_u64(&j, "bits_per_token", kvtc_plan_bits_per_token(plans[k]));
-            cli_json_u64(&j, "budget_bits", kvtc_plan_budget_bits(plans[k]));
-            cli_json_u64(&j, "groups", kvtc_plan_group_count(plans[k]));
-            kvtc_jw_key(&j.jw, "runs");
-            kvtc_jw_begin_array(&j.jw);
-            uint32_t n = group_runs(plans[k], runs);
-            for (uint32_t i = 0; i < n; i++) {
-                kvtc_jw_begin_object(&j.jw);
-                cli_json_str(&j, "type", kvtc_qtype_name(runs[i].type));
-                cli_json_u64(&j, "group_size", runs[i].size);
-                cli_json_u64(&j, "start", runs[i].start);
-                cli_json_u64(&j, "end", runs[i].end);
-                cli_json_u64(&j, "groups", runs[i].count);
-                kvtc_jw_end_object(&j.jw);
-            }
-            kvtc_jw_end_array(&j.jw);
-            kvtc_jw_end_object(&j.jw);
+            kvtc_jw_key(&j.jw, kvtc_kind_name((kvtc_kind)k));
+            json_plan(&j, r->plans[k], runs);
         }
         kvtc_jw_end_object(&j.jw);
         rc = cli_json_print(&j);
     } else {
-        printf("%s: kvtc stream, format version %u\n", path, info.format_version);
-        if (info.model_name[0])
-            printf("  model          %s\n", info.model_name);
-        printf("  shape          %u layers x %u kv heads x %u dims = %llu features, %s\n",
-               info.shape.n_layer, info.shape.n_kv_head, info.shape.head_dim,
-               (unsigned long long)p, kvtc_dtype_name(info.dtype));
-        printf("  rope           %s", cli_rope_style_name(info.shape.rope_style));
-        if (info.shape.rope_style != KVTC_ROPE_NONE)
-            printf(", %u dims, theta %g, freq scale %g", info.shape.rope_dims,
-                   info.shape.rope_theta, info.shape.rope_freq_scale);
-        printf("\n  tokens         %u at positions %lld.. (%u compressed, %u sinks and %u "
+        printf("%s: kvtc stream, format version %u\n", r->path, info->format_version);
+        if (info->model_name[0])
+            printf("  model          %s\n", info->model_name);
+        print_shape(&info->shape, kvtc_dtype_name(info->dtype));
+        printf("  tokens         %u at positions %lld.. (%u compressed, %u sinks and %u "
                "window raw)\n",
-               info.n_tokens, (long long)info.pos0, info.compressed_tokens, info.sinks,
-               info.window);
-        printf("  blocks         %u of up to %u tokens\n", info.n_blocks, info.block_tokens);
+               info->n_tokens, (long long)info->pos0, info->compressed_tokens, info->sinks,
+               info->window);
+        printf("  blocks         %u of up to %u tokens\n", info->n_blocks, info->block_tokens);
         printf("  sizes          %llu bytes: %llu compressed, %llu raw\n",
-               (unsigned long long)info.total_bytes, (unsigned long long)info.compressed_bytes,
-               (unsigned long long)info.raw_bytes);
-        if (info.compressed_tokens)
+               (unsigned long long)info->total_bytes, (unsigned long long)info->compressed_bytes,
+               (unsigned long long)info->raw_bytes);
+        if (info->compressed_tokens)
             printf("  ratio          %.2fx on compressed tokens, %.2fx for the file (vs fp16)\n",
-                   ratio, file_ratio);
+                   r->ratio, r->file_ratio);
         else
-            printf("  ratio          %.2fx for the file (vs fp16)\n", file_ratio);
-        printf("  calibration    %s\n", fingerprint);
-        for (int k = 0; k < 2; k++) {
-            if (!plans[k])
-                continue;
-            printf("  plan %-6s    %u bits per token (budget %u, target %gx), %u groups:\n",
-                   kind_names[k], kvtc_plan_bits_per_token(plans[k]),
-                   kvtc_plan_budget_bits(plans[k]), k ? info.v_ratio : info.k_ratio,
-                   kvtc_plan_group_count(plans[k]));
-            uint32_t n = group_runs(plans[k], runs);
-            for (uint32_t i = 0; i < n; i++) {
-                char range[40];
-                snprintf(range, sizeof range, "[%u, %u)", runs[i].start, runs[i].end);
-                printf("    %-16s %4u x %-4u %s\n", range, runs[i].count, runs[i].size,
-                       kvtc_qtype_name(runs[i].type));
-            }
-        }
+            printf("  ratio          %.2fx for the file (vs fp16)\n", r->file_ratio);
+        printf("  calibration    %s\n", r->fingerprint);
+        for (int k = 0; k < 2; k++)
+            print_plan(r->plans[k], (kvtc_kind)k, targets[k], runs);
     }
     kvtc_free(runs);
-    kvtc_stream_release(&s);
+    return rc;
+}
+
+static int info_stream(const char *path, const void *data, size_t len, bool json)
+{
+    stream_report r;
+    kvtc_error err;
+    int rc = stream_report_make(path, data, len, &r, &err) == KVTC_OK
+                 ? print_stream_report(&r, json)
+                 : cli_fail_err(path, &err);
+    stream_report_free(&r);
     return rc;
 }
 
 /* ---- .kvtcal ------------------------------------------------------------------------ */
 
-static int info_calibration(const char *path, const void *data, size_t len, bool json)
+static int print_calibration_report(const char *path, const kvtc_calibration *cal, size_t len,
+                                    bool json)
 {
-    kvtc_calibration *cal = NULL;
-    kvtc_error err;
-    if (kvtc_calibration_load(data, len, &cal, &err) != KVTC_OK)
-        return cli_fail_err(path, &err);
     const kvtc_model_shape *s = kvtc_calibration_shape(cal);
     char fingerprint[65];
     kvtc_hex(kvtc_calibration_fingerprint(cal), 32, fingerprint);
-    static const char *const kind_names[2] = {"keys", "values"};
-    int rc = CLI_OK;
-    if (json) {
-        cli_json j;
-        cli_json_begin(&j);
-        cli_json_str(&j, "file", path);
-        cli_json_str(&j, "kind", "kvtcal");
-        cli_json_shape(&j, s);
-        cli_json_u64(&j, "sinks", kvtc_calibration_sinks(cal));
-        cli_json_u64(&j, "window", kvtc_calibration_window(cal));
-        cli_json_u64(&j, "total_bytes", len);
-        cli_json_str(&j, "fingerprint", fingerprint);
-        uint32_t ranks[16], n = cli_variance_ranks(cal, ranks);
-        for (int k = 0; k < 2; k++) {
-            kvtc_jw_key(&j.jw, kind_names[k]);
-            kvtc_jw_begin_object(&j.jw);
-            cli_json_u64(&j, "rows", kvtc_calibration_rows(cal, (kvtc_kind)k));
-            cli_json_u64(&j, "rank", kvtc_calibration_rank(cal, (kvtc_kind)k));
-            cli_json_f64(&j, "total_variance", kvtc_calibration_total_variance(cal, (kvtc_kind)k));
-            kvtc_jw_key(&j.jw, "explained_variance");
-            kvtc_jw_begin_array(&j.jw);
-            for (uint32_t i = 0; i < n; i++) {
-                kvtc_jw_begin_object(&j.jw);
-                cli_json_u64(&j, "rank", ranks[i]);
-                cli_json_f64(&j, "fraction", cli_explained_variance(cal, (kvtc_kind)k, ranks[i]));
-                kvtc_jw_end_object(&j.jw);
-            }
-            kvtc_jw_end_array(&j.jw);
-            kvtc_jw_end_object(&j.jw);
-        }
-        rc = cli_json_print(&j);
-    } else {
+    if (!json) {
         printf("%s: kvtc calibration, %zu bytes\n", path, len);
-        printf("  shape          %u layers x %u kv heads x %u dims = %llu features\n", s->n_layer,
-               s->n_kv_head, s->head_dim, (unsigned long long)kvtc_shape_features(s));
-        printf("  rope           %s", cli_rope_style_name(s->rope_style));
-        if (s->rope_style != KVTC_ROPE_NONE)
-            printf(", %u dims, theta %g, freq scale %g", s->rope_dims, s->rope_theta,
-                   s->rope_freq_scale);
-        printf("\n  raw tokens     %u sinks, %u window\n", kvtc_calibration_sinks(cal),
+        print_shape(s, NULL);
+        printf("  raw tokens     %u sinks, %u window\n", kvtc_calibration_sinks(cal),
                kvtc_calibration_window(cal));
         printf("  fingerprint    %s\n", fingerprint);
         printf("  %-14s %10s %10s\n", "", "keys", "values");
@@ -261,12 +258,82 @@ static int info_calibration(const char *path, const void *data, size_t len, bool
                kvtc_calibration_total_variance(cal, KVTC_KEY),
                kvtc_calibration_total_variance(cal, KVTC_VALUE));
         cli_print_variance_table(cal, "  ");
+        return CLI_OK;
     }
+    cli_json j;
+    cli_json_begin(&j);
+    cli_json_str(&j, "file", path);
+    cli_json_str(&j, "kind", "kvtcal");
+    cli_json_shape(&j, s);
+    cli_json_u64(&j, "sinks", kvtc_calibration_sinks(cal));
+    cli_json_u64(&j, "window", kvtc_calibration_window(cal));
+    cli_json_u64(&j, "total_bytes", len);
+    cli_json_str(&j, "fingerprint", fingerprint);
+    uint32_t ranks[16], n = cli_variance_ranks(cal, ranks);
+    for (int k = 0; k < 2; k++) {
+        kvtc_kind kind = (kvtc_kind)k;
+        kvtc_jw_key(&j.jw, kvtc_kind_name(kind));
+        kvtc_jw_begin_object(&j.jw);
+        cli_json_u64(&j, "rows", kvtc_calibration_rows(cal, kind));
+        cli_json_u64(&j, "rank", kvtc_calibration_rank(cal, kind));
+        cli_json_f64(&j, "total_variance", kvtc_calibration_total_variance(cal, kind));
+        kvtc_jw_key(&j.jw, "explained_variance");
+        kvtc_jw_begin_array(&j.jw);
+        for (uint32_t i = 0; i < n; i++) {
+            kvtc_jw_begin_object(&j.jw);
+            cli_json_u64(&j, "rank", ranks[i]);
+            cli_json_f64(&j, "fraction", cli_explained_variance(cal, kind, ranks[i]));
+            kvtc_jw_end_object(&j.jw);
+        }
+        kvtc_jw_end_array(&j.jw);
+        kvtc_jw_end_object(&j.jw);
+    }
+    return cli_json_print(&j);
+}
+
+static int info_calibration(const char *path, const void *data, size_t len, bool json)
+{
+    kvtc_calibration *cal = NULL;
+    kvtc_error err;
+    if (kvtc_calibration_load(data, len, &cal, &err) != KVTC_OK)
+        return cli_fail_err(path, &err);
+    int rc = print_calibration_report(path, cal, len, json);
     kvtc_calibration_free(cal);
     return rc;
 }
 
 /* ---- .safetensors ------------------------------------------------------------------- */
+
+static int print_cache_report(const char *path, const kvtc_cache *cache, size_t len, bool json)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(cache);
+    const char *dtype = kvtc_dtype_name(kvtc_cache_dtype(cache));
+    uint64_t bytes_per_token =
+        2 * kvtc_shape_features(s) * kvtc_dtype_size(kvtc_cache_dtype(cache));
+    if (!json) {
+        printf("%s: KV cache (safetensors), %zu bytes\n", path, len);
+        if (kvtc_cache_model_name(cache)[0])
+            printf("  model          %s\n", kvtc_cache_model_name(cache));
+        print_shape(s, dtype);
+        printf("  tokens         %u at positions %lld..\n", kvtc_cache_tokens(cache),
+               (long long)kvtc_cache_pos0(cache));
+        printf("  per token      %llu bytes (keys and values)\n",
+               (unsigned long long)bytes_per_token);
+        return CLI_OK;
+    }
+    cli_json j;
+    cli_json_begin(&j);
+    cli_json_str(&j, "file", path);
+    cli_json_str(&j, "kind", "safetensors");
+    cli_json_str(&j, "model", kvtc_cache_model_name(cache));
+    cli_json_shape(&j, s);
+    cli_json_str(&j, "dtype", dtype);
+    cli_json_i64(&j, "pos0", kvtc_cache_pos0(cache));
+    cli_json_u64(&j, "tokens", kvtc_cache_tokens(cache));
+    cli_json_u64(&j, "bytes_per_token", bytes_per_token);
+    cli_json_u64(&j, "total_bytes", len);
+    return cli_json_print(&j);
+}
 
 static int info_cache(const char *path, const void *data, size_t len, bool json)
 {
@@ -274,40 +341,7 @@ static int info_cache(const char *path, const void *data, size_t len, bool json)
     kvtc_error err;
     if (kvtc_cache_load_safetensors(data, len, &cache, &err) != KVTC_OK)
         return cli_fail_err(path, &err);
-    const kvtc_model_shape *s = kvtc_cache_shape(cache);
-    uint64_t bytes_per_token =
-        2 * kvtc_shape_features(s) * kvtc_dtype_size(kvtc_cache_dtype(cache));
-    int rc = CLI_OK;
-    if (json) {
-        cli_json j;
-        cli_json_begin(&j);
-        cli_json_str(&j, "file", path);
-        cli_json_str(&j, "kind", "safetensors");
-        cli_json_str(&j, "model", kvtc_cache_model_name(cache));
-        cli_json_shape(&j, s);
-        cli_json_str(&j, "dtype", kvtc_dtype_name(kvtc_cache_dtype(cache)));
-        cli_json_i64(&j, "pos0", kvtc_cache_pos0(cache));
-        cli_json_u64(&j, "tokens", kvtc_cache_tokens(cache));
-        cli_json_u64(&j, "bytes_per_token", bytes_per_token);
-        cli_json_u64(&j, "total_bytes", len);
-        rc = cli_json_print(&j);
-    } else {
-        printf("%s: KV cache (safetensors), %zu bytes\n", path, len);
-        if (kvtc_cache_model_name(cache)[0])
-            printf("  model          %s\n", kvtc_cache_model_name(cache));
-        printf("  shape          %u layers x %u kv heads x %u dims = %llu features, %s\n",
-               s->n_layer, s->n_kv_head, s->head_dim,
-               (unsigned long long)kvtc_shape_features(s),
-               kvtc_dtype_name(kvtc_cache_dtype(cache)));
-        printf("  rope           %s", cli_rope_style_name(s->rope_style));
-        if (s->rope_style != KVTC_ROPE_NONE)
-            printf(", %u dims, theta %g, freq scale %g", s->rope_dims, s->rope_theta,
-                   s->rope_freq_scale);
-        printf("\n  tokens         %u at positions %lld..\n", kvtc_cache_tokens(cache),
-               (long long)kvtc_cache_pos0(cache));
-        printf("  per token      %llu bytes (keys and values)\n",
-               (unsigned long long)bytes_per_token);
-    }
+    int rc = print_cache_report(path, cache, len, json);
     kvtc_cache_free(cache);
     return rc;
 }

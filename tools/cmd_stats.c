@@ -79,6 +79,114 @@ static void compare_tokens(const kvtc_cache *a, const kvtc_cache *b, uint32_t t0
             }
 }
 
+/* What one round trip measured. */
+typedef struct stats_report {
+    const char *path;
+    kvtc_stream_info info;
+    double ratio, file_ratio; /* vs fp16: the compressed tokens (NAN if none), the file */
+    double rel[2];            /* relative squared error per kind */
+    bool raw_exact;
+    double compress_ms, decompress_ms;
+} stats_report;
+
+/* Compresses and decompresses `cache` in memory and measures the round trip. */
+static kvtc_status stats_measure(const kvtc_calibration *cal, const kvtc_cache *cache,
+                                 const kvtc_compress_options *opt, stats_report *r,
+                                 kvtc_error *err)
+{
+    void *stream = NULL;
+    size_t stream_len = 0;
+    kvtc_cache *restored = NULL;
+    float *x = NULL, *y = NULL;
+    kvtc_decompress_options dopt;
+    kvtc_decompress_options_default(&dopt);
+    dopt.n_threads = opt->n_threads;
+    r->info.struct_size = sizeof r->info;
+    double t0 = cli_now();
+    kvtc_status st = kvtc_compress(cal, cache, opt, &stream, &stream_len, err);
+    double t1 = cli_now();
+    if (st == KVTC_OK)
+        st = kvtc_decompress(cal, stream, stream_len, &dopt, &restored, err);
+    double t2 = cli_now();
+    if (st == KVTC_OK)
+        st = kvtc_stream_info_get(stream, stream_len, &r->info, err);
+    const kvtc_stream_info *info = &r->info;
+    uint32_t n = kvtc_cache_tokens(cache), head_dim = kvtc_cache_shape(cache)->head_dim;
+    if (st == KVTC_OK) {
+        x = kvtc_malloc_array((size_t)(n ? n : 1) * head_dim, sizeof *x);
+        y = kvtc_malloc_array((size_t)(n ? n : 1) * head_dim, sizeof *y);
+        if (!x || !y)
+            st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    }
+    if (st == KVTC_OK) {
+        uint32_t end = n - info->window;
+        if (end < info->sinks) /* all raw: nothing compressed between the two ends */
+            end = info->sinks;
+        error_sums sums = {.raw_exact = true};
+        compare_tokens(cache, restored, 0, info->sinks, true, x, y, &sums);
+        compare_tokens(cache, restored, info->sinks, end, false, x, y, &sums);
+        compare_tokens(cache, restored, end, n, true, x, y, &sums);
+        r->ratio = info->compressed_tokens
+                       ? (double)info->compressed_fp16_bytes / (double)info->compressed_bytes
+                       : NAN;
+        r->file_ratio = (double)info->fp16_bytes / (double)info->total_bytes;
+        for (int k = 0; k < 2; k++)
+            r->rel[k] = sums.energy[k] > 0            ? sums.diff[k] / sums.energy[k]
+                        : info->compressed_tokens ? 0
+                                                  : NAN;
+        r->raw_exact = sums.raw_exact;
+        r->compress_ms = (t1 - t0) * 1e3;
+        r->decompress_ms = (t2 - t1) * 1e3;
+    }
+    kvtc_free(x);
+    kvtc_free(y);
+    kvtc_buffer_free(stream);
+    kvtc_cache_free(restored);
+    return st;
+}
+
+static int print_stats_report(const stats_report *r, bool json)
+{
+    const kvtc_stream_info *info = &r->info;
+    if (json) {
+        cli_json j;
+        cli_json_begin(&j);
+        cli_json_str(&j, "file", r->path);
+        cli_json_f64(&j, "ratio", r->ratio);
+        cli_json_f64(&j, "file_ratio", r->file_ratio);
+        cli_json_f64(&j, "k_rel_error", r->rel[0]);
+        cli_json_f64(&j, "v_rel_error", r->rel[1]);
+        cli_json_u64(&j, "tokens", info->n_tokens);
+        cli_json_u64(&j, "compressed_tokens", info->compressed_tokens);
+        cli_json_u64(&j, "k_bits_per_token", info->k_bits_per_token);
+        cli_json_u64(&j, "v_bits_per_token", info->v_bits_per_token);
+        cli_json_f64(&j, "k_ratio_target", info->k_ratio);
+        cli_json_f64(&j, "v_ratio_target", info->v_ratio);
+        cli_json_u64(&j, "compressed_bytes", info->compressed_bytes);
+        cli_json_u64(&j, "raw_bytes", info->raw_bytes);
+        cli_json_u64(&j, "total_bytes", info->total_bytes);
+        kvtc_jw_key(&j.jw, "raw_exact");
+        kvtc_jw_bool(&j.jw, r->raw_exact);
+        cli_json_f64(&j, "compress_ms", r->compress_ms);
+        cli_json_f64(&j, "decompress_ms", r->decompress_ms);
+        return cli_json_print(&j);
+    }
+    printf("%s: %u tokens, %u compressed (%u sinks and %u window raw)\n", r->path,
+           info->n_tokens, info->compressed_tokens, info->sinks, info->window);
+    if (info->compressed_tokens)
+        printf("  ratio            %.2fx on compressed tokens (vs fp16)\n", r->ratio);
+    printf("  file ratio       %.2fx (%llu bytes for the whole stream)\n", r->file_ratio,
+           (unsigned long long)info->total_bytes);
+    printf("  plan bits/token  keys %u, values %u (targets %gx, %gx)\n", info->k_bits_per_token,
+           info->v_bits_per_token, info->k_ratio, info->v_ratio);
+    if (info->compressed_tokens)
+        printf("  relative error   keys %.4g, values %.4g\n", r->rel[0], r->rel[1]);
+    printf("  raw tokens       %s\n", r->raw_exact ? "bit-exact" : "DIFFER");
+    printf("  time             compress %.1f ms, decompress %.1f ms\n", r->compress_ms,
+           r->decompress_ms);
+    return CLI_OK;
+}
+
 int cmd_stats(int argc, char **argv)
 {
     static const struct option longs[] = {
@@ -98,103 +206,16 @@ int cmd_stats(int argc, char **argv)
     if (argc - first != 1)
         return cli_usage_error("give exactly one cache (got %d)", argc - first);
     kvtc_compress_options opt = cli_compress_options(&a.compress);
-    const char *input = argv[first];
-
+    stats_report r = {.path = argv[first]};
     kvtc_calibration *cal = cli_read_calibration(a.calibration);
-    kvtc_cache *cache = cal ? cli_read_cache(input) : NULL, *restored = NULL;
-    void *stream = NULL;
-    size_t stream_len = 0;
-    float *x = NULL, *y = NULL;
-    rc = CLI_FAIL;
-    if (!cache)
-        goto done;
+    kvtc_cache *cache = cal ? cli_read_cache(r.path) : NULL;
     kvtc_error err;
-    double t0 = cli_now();
-    if (kvtc_compress(cal, cache, &opt, &stream, &stream_len, &err) != KVTC_OK) {
-        cli_fail_err(input, &err);
-        goto done;
-    }
-    double t1 = cli_now();
-    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = opt.n_threads};
-    if (kvtc_decompress(cal, stream, stream_len, &dopt, &restored, &err) != KVTC_OK) {
-        cli_fail_err(input, &err);
-        goto done;
-    }
-    double t2 = cli_now();
-    kvtc_stream_info info = {.struct_size = sizeof info};
-    if (kvtc_stream_info_get(stream, stream_len, &info, &err) != KVTC_OK) {
-        cli_fail_err(input, &err);
-        goto done;
-    }
-
-    const kvtc_model_shape *s = kvtc_cache_shape(cache);
-    uint32_t n = kvtc_cache_tokens(cache), end = n - info.window;
-    if (end < info.sinks) /* all raw: nothing compressed between the two ends */
-        end = info.sinks;
-    x = kvtc_malloc_array((size_t)(n ? n : 1) * s->head_dim, sizeof *x);
-    y = kvtc_malloc_array((size_t)(n ? n : 1) * s->head_dim, sizeof *y);
-    if (!x || !y) {
-        cli_fail(input, "out of memory");
-        goto done;
-    }
-    error_sums sums = {.raw_exact = true};
-    compare_tokens(cache, restored, 0, info.sinks, true, x, y, &sums);
-    compare_tokens(cache, restored, info.sinks, end, false, x, y, &sums);
-    compare_tokens(cache, restored, end, n, true, x, y, &sums);
-    uint64_t p = kvtc_shape_features(s);
-    double ratio = info.compressed_tokens ? (double)(4 * p * info.compressed_tokens) /
-                                                (double)info.compressed_bytes
-                                          : NAN;
-    double file_ratio = (double)(4 * p * n) / (double)info.total_bytes;
-    double rel[2];
-    for (int k = 0; k < 2; k++)
-        rel[k] = sums.energy[k] > 0 ? sums.diff[k] / sums.energy[k] : info.compressed_tokens ? 0 : NAN;
-
-    if (a.json) {
-        cli_json j;
-        cli_json_begin(&j);
-        cli_json_str(&j, "file", input);
-        cli_json_f64(&j, "ratio", ratio);
-        cli_json_f64(&j, "file_ratio", file_ratio);
-        cli_json_f64(&j, "k_rel_error", rel[0]);
-        cli_json_f64(&j, "v_rel_error", rel[1]);
-        cli_json_u64(&j, "tokens", n);
-        cli_json_u64(&j, "compressed_tokens", info.compressed_tokens);
-        cli_json_u64(&j, "k_bits_per_token", info.k_bits_per_token);
-        cli_json_u64(&j, "v_bits_per_token", info.v_bits_per_token);
-        cli_json_f64(&j, "k_ratio_target", info.k_ratio);
-        cli_json_f64(&j, "v_ratio_target", info.v_ratio);
-        cli_json_u64(&j, "compressed_bytes", info.compressed_bytes);
-        cli_json_u64(&j, "raw_bytes", info.raw_bytes);
-        cli_json_u64(&j, "total_bytes", info.total_bytes);
-        kvtc_jw_key(&j.jw, "raw_exact");
-        kvtc_jw_bool(&j.jw, sums.raw_exact);
-        cli_json_f64(&j, "compress_ms", (t1 - t0) * 1e3);
-        cli_json_f64(&j, "decompress_ms", (t2 - t1) * 1e3);
-        rc = cli_json_print(&j);
-    } else {
-        printf("%s: %u tokens, %u compressed (%u sinks and %u window raw)\n", input, n,
-               info.compressed_tokens, info.sinks, info.window);
-        if (info.compressed_tokens)
-            printf("  ratio            %.2fx on compressed tokens (vs fp16)\n", ratio);
-        printf("  file ratio       %.2fx (%llu bytes for the whole stream)\n", file_ratio,
-               (unsigned long long)info.total_bytes);
-        printf("  plan bits/token  keys %u, values %u (targets %gx, %gx)\n",
-               info.k_bits_per_token, info.v_bits_per_token, info.k_ratio, info.v_ratio);
-        if (info.compressed_tokens)
-            printf("  relative error   keys %.4g, values %.4g\n", rel[0], rel[1]);
-        printf("  raw tokens       %s\n", sums.raw_exact ? "bit-exact" : "DIFFER");
-        printf("  time             compress %.1f ms, decompress %.1f ms\n", (t1 - t0) * 1e3,
-               (t2 - t1) * 1e3);
-        rc = CLI_OK;
-    }
-    if (rc == CLI_OK && !sums.raw_exact)
-        rc = cli_fail(input, "raw tokens did not come back bit-exact");
-done:
-    kvtc_free(x);
-    kvtc_free(y);
-    kvtc_buffer_free(stream);
-    kvtc_cache_free(restored);
+    rc = CLI_FAIL;
+    if (cache)
+        rc = stats_measure(cal, cache, &opt, &r, &err) == KVTC_OK ? print_stats_report(&r, a.json)
+                                                                  : cli_fail_err(r.path, &err);
+    if (rc == CLI_OK && !r.raw_exact)
+        rc = cli_fail(r.path, "raw tokens did not come back bit-exact");
     kvtc_cache_free(cache);
     kvtc_calibration_free(cal);
     return rc;
