@@ -8,8 +8,8 @@
 #include "corpus.h"
 #include "kvtc_internal.h"
 #include "session.h"
+#include "transform.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -115,28 +115,23 @@ static kvtc_status add_energy(const kvtc_calibration *cal, const kvtc_cache *exa
                               uint32_t t1, double energy[2], double outside[2], kvtc_error *err)
 {
     size_t p = (size_t)kvtc_shape_features(kvtc_cache_shape(exact));
-    uint32_t rank = cal->kind[0].rank > cal->kind[1].rank ? cal->kind[0].rank : cal->kind[1].rank;
+    uint32_t rank[2] = {kvtc_calibration_rank(cal, KVTC_KEY),
+                        kvtc_calibration_rank(cal, KVTC_VALUE)};
+    uint32_t most = rank[0] > rank[1] ? rank[0] : rank[1];
     float *x = kvtc_malloc_array(ROW_CHUNK * p, sizeof(float));
-    float *coef = kvtc_malloc_array(ROW_CHUNK, (size_t)(rank ? rank : 1) * sizeof(float));
+    float *coef = kvtc_malloc_array(ROW_CHUNK, (size_t)(most ? most : 1) * sizeof(float));
     if (!x || !coef) {
         kvtc_free(x);
         kvtc_free(coef);
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     }
     for (int k = 0; k < 2; k++) {
-        const struct kvtc_calib_kind *ck = &cal->kind[k];
         for (uint32_t c0 = t0; c0 < t1; c0 += ROW_CHUNK) {
             uint32_t n = t1 - c0 < ROW_CHUNK ? t1 - c0 : ROW_CHUNK;
             double e = 0, inside = 0;
             kvtc_cache_gather_rows(exact, (kvtc_kind)k, c0, n, x);
-            for (uint32_t t = 0; t < n; t++)
-                for (size_t i = 0; i < p; i++) {
-                    float c = x[t * p + i] -= ck->mean[i];
-                    e += (double)c * c;
-                }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)ck->rank, (int)p,
-                        1.0f, x, (int)p, ck->basis, (int)ck->rank, 0.0f, coef, (int)ck->rank);
-            for (size_t i = 0; i < (size_t)n * ck->rank; i++)
+            kvtc_transform_project(cal, (kvtc_kind)k, x, n, rank[k], coef, &e);
+            for (size_t i = 0; i < (size_t)n * rank[k]; i++)
                 inside += (double)coef[i] * coef[i];
             energy[k] += e;
             outside[k] += e - inside;

@@ -1,8 +1,8 @@
 /* Calibration: stream caches into a covariance per kind, keep a held-out
  * sample, then produce the mean, the PCA basis and the DP error table. */
 #include "pca.h"
+#include "transform.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -249,26 +249,22 @@ done:
 }
 
 /* Coefficients D = (H - mean) V of the held-out rows, [n_heldout][rank], and
- * their energy over all p features. */
+ * their energy over all p features, for kind k of c (its mean and basis made). */
 static kvtc_status project_heldout(const kvtc_calibrator *cal, const kind_state *ks,
-                                   struct kvtc_calib_kind *out, float *coef, kvtc_error *err)
+                                   kvtc_calibration *c, kvtc_kind k, float *coef,
+                                   kvtc_error *err)
 {
     size_t p = cal->p;
+    struct kvtc_calib_kind *out = &c->kind[k];
     float *centred = kvtc_malloc_array((size_t)BATCH_TOKENS * p, sizeof(float));
     if (!centred)
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory projecting held-out rows");
     out->heldout_energy = 0;
     for (uint32_t r0 = 0; r0 < ks->n_heldout; r0 += BATCH_TOKENS) {
         uint32_t n = ks->n_heldout - r0 < BATCH_TOKENS ? ks->n_heldout - r0 : BATCH_TOKENS;
-        for (size_t t = 0; t < n; t++)
-            for (size_t i = 0; i < p; i++) {
-                float d = ks->heldout[(r0 + t) * p + i] - out->mean[i];
-                centred[t * p + i] = d;
-                out->heldout_energy += (double)d * d;
-            }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)out->rank, (int)p,
-                    1.0f, centred, (int)p, out->basis, (int)out->rank, 0.0f,
-                    coef + (size_t)r0 * out->rank, (int)out->rank);
+        memcpy(centred, ks->heldout + (size_t)r0 * p, (size_t)n * p * sizeof(float));
+        kvtc_transform_project(c, k, centred, n, out->rank, coef + (size_t)r0 * out->rank,
+                               &out->heldout_energy);
     }
     kvtc_free(centred);
     return KVTC_OK;
@@ -321,10 +317,12 @@ static kvtc_status fill_error_table(const kvtc_calibrator *cal, struct kvtc_cali
     return KVTC_OK;
 }
 
+/* Kind k of c from the calibrator's state of that kind. */
 static kvtc_status finish_kind(const kvtc_calibrator *cal, const kind_state *ks,
-                               struct kvtc_calib_kind *out, int kind_index, kvtc_error *err)
+                               kvtc_calibration *c, kvtc_kind k, kvtc_error *err)
 {
     size_t p = cal->p;
+    struct kvtc_calib_kind *out = &c->kind[k];
     out->rank = cal->rank;
     out->rows = ks->cov.n;
     out->n_heldout = ks->n_heldout;
@@ -338,15 +336,15 @@ static kvtc_status finish_kind(const kvtc_calibrator *cal, const kind_state *ks,
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a calibration of %zu x %u", p,
                        cal->rank);
     if (st == KVTC_OK) {
-        report(&cal->opt, "eigen", (uint64_t)kind_index, 2);
+        report(&cal->opt, "eigen", (uint64_t)k, 2);
         st = fit_basis(cal, ks, out, err);
     }
     if (st == KVTC_OK) {
-        report(&cal->opt, "eigen", (uint64_t)kind_index + 1, 2);
-        st = project_heldout(cal, ks, out, coef, err);
+        report(&cal->opt, "eigen", (uint64_t)k + 1, 2);
+        st = project_heldout(cal, ks, c, k, coef, err);
     }
     if (st == KVTC_OK)
-        st = fill_error_table(cal, out, coef, kind_index, err);
+        st = fill_error_table(cal, out, coef, k, err);
     kvtc_free(coef);
     return st;
 }
@@ -375,7 +373,7 @@ kvtc_status kvtc_calibrator_finish(kvtc_calibrator *cal, kvtc_calibration **out,
     c->window = cal->opt.window;
     kvtc_status st = KVTC_OK;
     for (int k = 0; k < 2 && st == KVTC_OK; k++)
-        st = finish_kind(cal, &cal->kind[k], &c->kind[k], k, err);
+        st = finish_kind(cal, &cal->kind[k], c, (kvtc_kind)k, err);
     if (st == KVTC_OK)
         st = kvtc_calibration_compute_fingerprint(c, err);
     if (st != KVTC_OK) {

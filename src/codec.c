@@ -1,20 +1,20 @@
 /* The codec: compress, append and decompress .kvtc streams.
  *
  * Encode, per coded block and kind (independent chunks, run in parallel):
- * gather feature rows (RoPE undone) -> subtract the mean -> project on the
- * plan's basis columns (one sgemm per chunk) -> quantize per token and group
- * -> pack -> DEFLATE -> CRC-32. Raw blocks keep the cache's bytes.
+ * gather feature rows (RoPE undone) -> project them on the plan's basis
+ * columns (transform.c: the mean, one sgemm per chunk) -> quantize per token
+ * and group -> pack -> DEFLATE -> CRC-32. Raw blocks keep the cache's bytes.
  *
  * Decode: verify and inflate every chunk into the coefficients of all coded
  * tokens, then rebuild one layer at a time (per coded block and kind, in
- * parallel: one sgemm with that layer's rows of the basis, the mean, RoPE and
- * the dtype), copying raw tokens in. Whole-cache, layer-by-layer and
+ * parallel: that layer's features from transform.c, one sgemm plus the mean,
+ * then RoPE and the dtype), copying raw tokens in. Whole-cache, layer-by-layer and
  * single-block decoding all go through that one layer loop. */
 #include "codec.h"
 #include "container.h"
 #include "entropy.h"
+#include "transform.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -190,7 +190,6 @@ static void write_groups(const kvtc_plan *plan, const float *coef, uint32_t n, u
 static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvtc_kind kind,
                                       uint8_t **out, size_t *out_len, kvtc_error *err)
 {
-    const struct kvtc_calib_kind *ck = &e->cal->kind[kind];
     const kvtc_plan *plan = e->s->plan[kind];
     uint32_t n = b->n_tokens, nc = plan->n_coords;
     size_t p = (size_t)kvtc_shape_features(&e->cal->shape);
@@ -206,19 +205,13 @@ static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvt
     }
     uint32_t t0 = b->first - e->src_first;
     kvtc_cache_gather_rows(e->src, kind, t0, n, rows);
-    for (uint32_t t = 0; t < n; t++) {
-        float *row = rows + t * p;
-        for (size_t j = 0; j < p; j++) {
-            if (!isfinite(row[j])) {
-                st = kvtc_fail(err, KVTC_E_NUMERIC, "token %u of the %s is not finite",
-                               b->first + t, kvtc_kind_name(kind));
-                goto done;
-            }
-            row[j] -= ck->mean[j];
+    for (size_t i = 0; i < (size_t)n * p; i++)
+        if (!isfinite(rows[i])) {
+            st = kvtc_fail(err, KVTC_E_NUMERIC, "token %zu of the %s is not finite",
+                           b->first + i / p, kvtc_kind_name(kind));
+            goto done;
         }
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)nc, (int)p, 1.0f, rows,
-                (int)p, ck->basis, (int)ck->rank, 0.0f, coef, (int)nc);
+    kvtc_transform_project(e->cal, kind, rows, n, nc, coef, NULL);
     write_groups(plan, coef, n, raw, codes);
     st = kvtc_deflate(e->level, raw, raw_len, out, out_len, err);
 done:
@@ -529,8 +522,8 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
 }
 
 /* Item: one coded block and kind of the current layer: its features from its
- * coefficients (one sgemm), plus the mean, then RoPE (with the angles computed
- * once per decode, not once per layer) and dtype into d->layer. Per-block
+ * coefficients (the transform's one sgemm plus the mean), then RoPE (with the
+ * angles computed once per decode, not once per layer) and dtype into d->layer. Per-block
  * products keep every block's result independent of which other blocks are
  * decoded with it (BLAS rounding can depend on matrix sizes). */
 static kvtc_status rebuild_item(void *user, uint32_t item, kvtc_error *err)
@@ -540,23 +533,18 @@ static kvtc_status rebuild_item(void *user, uint32_t item, kvtc_error *err)
     const kvtc_block *b = &d->s.blocks[d->coded_b0 + item / 2];
     int kind = item % 2;
     const kvtc_model_shape *shape = &d->s.shape;
-    const struct kvtc_calib_kind *ck = &d->cal->kind[kind];
     uint32_t nc = d->s.plan[kind]->n_coords;
     size_t hd = (size_t)shape->n_kv_head * shape->head_dim;
     size_t row0 = b->first - d->coded_first;
-    const float *mean = ck->mean + d->cur_layer * hd;
     float *rows = d->rows[kind] + row0 * hd;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)b->n_tokens, (int)hd, (int)nc, 1.0f,
-                d->coef[kind] + row0 * nc, (int)nc, ck->basis + d->cur_layer * hd * ck->rank,
-                (int)ck->rank, 0.0f, rows, (int)hd);
+    kvtc_transform_reconstruct_layer(d->cal, (kvtc_kind)kind, d->cur_layer,
+                                     d->coef[kind] + row0 * nc, b->n_tokens, nc, rows);
     bool rope = kind == KVTC_KEY && shape->rope_style != KVTC_ROPE_NONE;
     size_t half = shape->rope_dims / 2, elem = kvtc_dtype_size(d->s.dtype);
     uint8_t *out = kvtc_cache_data(d->layer, (kvtc_kind)kind, 0);
     for (uint32_t t = 0; t < b->n_tokens; t++) {
         float *row = rows + t * hd;
         size_t token = b->first - d->first + t;
-        for (size_t j = 0; j < hd; j++)
-            row[j] += mean[j];
         for (uint32_t h = 0; h < shape->n_kv_head; h++) {
             float *head = row + (size_t)h * shape->head_dim;
             if (rope)
