@@ -29,7 +29,8 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 
 configure() { # BUILD SANITIZERS
-  cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE=Release -DKVTC_SANITIZE="$2" >/dev/null
+  # shellcheck disable=SC2086 # CMAKE_FLAGS holds several flags
+  cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE=Release -DKVTC_SANITIZE="$2" ${CMAKE_FLAGS:-} >/dev/null
 }
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer: the whole suite ($asan_build)"

@@ -47,8 +47,9 @@ enum { OPT_MODEL = 256, OPT_THREADS };
 
 #define DOCUMENT_INTRO "Here is a software license:\n\n"
 #define DOCUMENT_QUESTION "What is this document? Answer in two sentences."
+#define FIRST_QUESTION DOCUMENT_INTRO "%s\n" DOCUMENT_QUESTION /* %s: the document */
 static const char *const questions[] = {
-    DOCUMENT_INTRO "%s\n" DOCUMENT_QUESTION,
+    FIRST_QUESTION,
     "Can I use a library under this license in a program I do not publish the source of?",
     "Who publishes this license?",
     "Thanks. Now summarize the license in one sentence.",
@@ -384,7 +385,7 @@ static char *first_question(kvtc_error *err)
     size_t cap = len + strlen(questions[0]) + 1;
     char *text = kvtc_malloc(cap);
     if (text)
-        snprintf(text, cap, questions[0], doc);
+        snprintf(text, cap, FIRST_QUESTION, doc);
     else
         kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     kvtc_free(doc);
