@@ -179,6 +179,7 @@ int bench_codec(int argc, char **argv)
         void *out = NULL;
         size_t len;
         copt.k_ratio = copt.v_ratio = memory_ratios[i];
+        mem[i] = (kvtc_stream_info){.struct_size = sizeof mem[i]};
         st = kvtc_compress(e.cal, cache, &copt, &out, &len, &err);
         if (st == KVTC_OK)
             st = kvtc_stream_info_get(out, len, &mem[i], &err);
