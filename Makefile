@@ -17,8 +17,8 @@ build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
 # The default model (SmolLM2-135M-Instruct), fetched once into ~/.cache/kvtc.
-model: deps
-	@bash scripts/fetch-model.sh >/dev/null
+model: build
+	@$(BUILD)/kvtc fetch >/dev/null
 
 # The whole test suite: unit and integration tests, then the suite again under
 # ASan+UBSan and the threaded tests under TSan, then each fuzz target briefly.

