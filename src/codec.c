@@ -142,6 +142,15 @@ static kvtc_status check_chunk_crc(const kvtc_block *b, uint32_t index, int kind
     return KVTC_OK;
 }
 
+/* The fp16 shifts and scales of a coded chunk are little-endian. */
+static void put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static uint16_t get_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
 static uint32_t max_group_size(const kvtc_plan *plan)
 {
     uint32_t m = 0;
@@ -162,29 +171,22 @@ typedef struct encoder {
     uint8_t **owned;       /* [2 * (n_blocks - first_new)] chunks made here */
 } encoder;
 
-/* Quantizes coefficients [n][nc] group by group into a chunk's bytes. */
-static void write_groups(const kvtc_plan *plan, const float *coef, uint32_t n, uint8_t *out,
-                         uint8_t *codes)
+/* Quantizes group g of n tokens' coefficients (rows of nc) into its bytes of a
+ * coded chunk: n fp16 shifts, n fp16 scales, then the packed codes (none for a
+ * group of KVTC_Q_NONE). codes: scratch for n * g->size codes. */
+static void quantize_group(const kvtc_group *g, const float *coef, uint32_t nc, uint32_t n,
+                           uint8_t *out, uint8_t *codes)
 {
-    uint32_t nc = plan->n_coords;
-    for (uint32_t i = 0; i < plan->n_groups; i++) {
-        const kvtc_group *g = &plan->groups[i];
-        uint32_t bits = kvtc_qtype_bits(g->type);
-        if (!bits)
-            continue;
-        uint8_t *shifts = out, *scales = out + 2 * (size_t)n;
-        for (uint32_t t = 0; t < n; t++) {
-            uint16_t shift, scale;
-            kvtc_quant_group(g->type, coef + (size_t)t * nc + g->start, g->size, &shift, &scale,
-                             codes + (size_t)t * g->size);
-            shifts[2 * t] = (uint8_t)shift;
-            shifts[2 * t + 1] = (uint8_t)(shift >> 8);
-            scales[2 * t] = (uint8_t)scale;
-            scales[2 * t + 1] = (uint8_t)(scale >> 8);
-        }
-        kvtc_pack_bits(codes, (size_t)n * g->size, bits, out + 4 * (size_t)n);
-        out += kvtc_group_chunk_bytes(g, n);
+    uint32_t bits = kvtc_qtype_bits(g->type);
+    for (uint32_t t = 0; t < n && bits; t++) {
+        uint16_t shift, scale;
+        kvtc_quant_group(g->type, coef + (size_t)t * nc + g->start, g->size, &shift, &scale,
+                         codes + (size_t)t * g->size);
+        put_le16(out + 2 * (size_t)t, shift);
+        put_le16(out + 2 * ((size_t)n + t), scale);
     }
+    if (bits)
+        kvtc_pack_bits(codes, (size_t)n * g->size, bits, out + 4 * (size_t)n);
 }
 
 static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvtc_kind kind,
@@ -212,7 +214,11 @@ static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvt
             goto done;
         }
     kvtc_transform_project(e->cal, kind, rows, n, nc, coef, NULL);
-    write_groups(plan, coef, n, raw, codes);
+    uint8_t *group_bytes = raw;
+    for (uint32_t i = 0; i < plan->n_groups; i++) {
+        quantize_group(&plan->groups[i], coef, nc, n, group_bytes, codes);
+        group_bytes += kvtc_group_chunk_bytes(&plan->groups[i], n);
+    }
     st = kvtc_deflate(e->level, raw, raw_len, out, out_len, err);
 done:
     kvtc_free(rows);
@@ -310,23 +316,31 @@ done:
     return st;
 }
 
-/* The caller's options (NULL: the defaults) in *o, checked. */
-static kvtc_status compress_options_in(const kvtc_compress_options *opt,
-                                       kvtc_compress_options *o, kvtc_error *err)
+/* What kvtc_compress and kvtc_append check first: the outputs (cleared), the
+ * calibration and cache, and the caller's options (NULL: the defaults), which
+ * go into *o over the defaults. */
+static kvtc_status compress_begin(const kvtc_calibration *cal, const kvtc_cache *cache,
+                                  const kvtc_compress_options *opt, kvtc_compress_options *o,
+                                  void **out, size_t *out_len, kvtc_error *err)
 {
+    if (!out || !out_len)
+        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
+    *out = NULL;
+    *out_len = 0;
+    if (!cal || !cache)
+        return kvtc_fail(err, KVTC_E_INVALID, "no calibration or cache given");
     kvtc_compress_options_default(o);
     kvtc_status st = opt ? kvtc_struct_in(o, sizeof *o, KVTC_COMPRESS_OPTIONS_V1_SIZE, opt,
                                           "compress options", err)
                          : KVTC_OK;
     if (st != KVTC_OK)
         return st;
-    opt = o;
-    if (opt->block_tokens < 1 || opt->block_tokens > KVTC_MAX_BLOCK_TOKENS)
+    if (o->block_tokens < 1 || o->block_tokens > KVTC_MAX_BLOCK_TOKENS)
         return kvtc_fail(err, KVTC_E_INVALID, "block_tokens %u out of range 1..%u",
-                         opt->block_tokens, KVTC_MAX_BLOCK_TOKENS);
-    if (opt->deflate_level < 1 || opt->deflate_level > 12)
+                         o->block_tokens, KVTC_MAX_BLOCK_TOKENS);
+    if (o->deflate_level < 1 || o->deflate_level > 12)
         return kvtc_fail(err, KVTC_E_INVALID, "deflate_level %d out of range 1..12",
-                         opt->deflate_level);
+                         o->deflate_level);
     return KVTC_OK;
 }
 
@@ -345,19 +359,13 @@ kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
                           const kvtc_compress_options *opt, void **out, size_t *out_len,
                           kvtc_error *err)
 {
-    if (!out || !out_len)
-        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
-    *out = NULL;
-    *out_len = 0;
-    if (!cal || !cache)
-        return kvtc_fail(err, KVTC_E_INVALID, "no calibration or cache given");
     kvtc_compress_options o;
-    kvtc_status st = compress_options_in(opt, &o, err);
-    opt = &o;
+    kvtc_status st = compress_begin(cal, cache, opt, &o, out, out_len, err);
     if (st == KVTC_OK)
         st = check_cache(cal, cache, err);
     if (st != KVTC_OK)
         return st;
+    opt = &o;
 
     kvtc_stream s;
     memset(&s, 0, sizeof s);
@@ -387,20 +395,12 @@ kvtc_status kvtc_append(const kvtc_calibration *cal, const void *prev, size_t pr
                         const kvtc_cache *more, const kvtc_compress_options *opt, void **out,
                         size_t *out_len, kvtc_error *err)
 {
-    if (!out || !out_len)
-        return kvtc_fail(err, KVTC_E_INVALID, "no output given");
-    *out = NULL;
-    *out_len = 0;
-    if (!cal || !more)
-        return kvtc_fail(err, KVTC_E_INVALID, "no calibration or cache given");
     kvtc_compress_options o;
-    kvtc_status st = compress_options_in(opt, &o, err);
-    opt = &o;
-    if (st != KVTC_OK)
-        return st;
     kvtc_stream s;
-    if ((st = kvtc_stream_parse(prev, prev_len, &s, err)) != KVTC_OK)
+    kvtc_status st = compress_begin(cal, more, opt, &o, out, out_len, err);
+    if (st != KVTC_OK || (st = kvtc_stream_parse(prev, prev_len, &s, err)) != KVTC_OK)
         return st;
+    opt = &o;
     kvtc_cache *tail = NULL;
     if ((st = check_calibration(cal, &s, err)) != KVTC_OK || (st = check_cache(cal, more, err)))
         goto done;
@@ -470,25 +470,18 @@ typedef struct decoder {
     kvtc_decompress_options opt; /* the caller's, over the defaults */
 } decoder;
 
-/* Dequantizes a coded chunk's bytes into coefficients [n][nc]. */
-static void read_groups(const kvtc_plan *plan, const uint8_t *in, uint32_t n, float *coef,
-                        uint8_t *codes)
+/* The inverse of quantize_group: group g's coefficients of n tokens (rows of
+ * nc) from its bytes of a coded chunk; zeros for a group of KVTC_Q_NONE. */
+static void dequantize_group(const kvtc_group *g, const uint8_t *in, uint32_t n, float *coef,
+                             uint32_t nc, uint8_t *codes)
 {
-    uint32_t nc = plan->n_coords;
-    for (uint32_t i = 0; i < plan->n_groups; i++) {
-        const kvtc_group *g = &plan->groups[i];
-        uint32_t bits = kvtc_qtype_bits(g->type);
-        const uint8_t *shifts = in, *scales = in + 2 * (size_t)n;
-        if (bits)
-            kvtc_unpack_bits(in + 4 * (size_t)n, (size_t)n * g->size, bits, codes);
-        for (uint32_t t = 0; t < n; t++) {
-            uint16_t shift = bits ? (uint16_t)(shifts[2 * t] | shifts[2 * t + 1] << 8) : 0;
-            uint16_t scale = bits ? (uint16_t)(scales[2 * t] | scales[2 * t + 1] << 8) : 0;
-            kvtc_dequant_group(g->type, shift, scale, codes + (size_t)t * g->size, g->size,
-                               coef + (size_t)t * nc + g->start);
-        }
-        in += kvtc_group_chunk_bytes(g, n);
-    }
+    uint32_t bits = kvtc_qtype_bits(g->type);
+    if (bits)
+        kvtc_unpack_bits(in + 4 * (size_t)n, (size_t)n * g->size, bits, codes);
+    for (uint32_t t = 0; t < n; t++)
+        kvtc_dequant_group(g->type, bits ? get_le16(in + 2 * (size_t)t) : 0,
+                           bits ? get_le16(in + 2 * ((size_t)n + t)) : 0,
+                           codes + (size_t)t * g->size, g->size, coef + (size_t)t * nc + g->start);
 }
 
 /* Item: one chunk of the decoded blocks. Raw chunks are only checked here. */
@@ -514,7 +507,12 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
         kvtc_fail_prefix(err, where);
     } else {
         float *coef = d->coef[kind] + (size_t)(b->first - d->coded_first) * plan->n_coords;
-        read_groups(plan, raw, b->n_tokens, coef, codes);
+        const uint8_t *group_bytes = raw;
+        for (uint32_t i = 0; i < plan->n_groups; i++) {
+            dequantize_group(&plan->groups[i], group_bytes, b->n_tokens, coef, plan->n_coords,
+                             codes);
+            group_bytes += kvtc_group_chunk_bytes(&plan->groups[i], b->n_tokens);
+        }
     }
     kvtc_free(raw);
     kvtc_free(codes);
