@@ -394,9 +394,20 @@ KVTC_API kvtc_status kvtc_stream_plan(const void *data, size_t len, kvtc_kind ki
 /* Reads a whole file into a buffer freed with kvtc_buffer_free. */
 KVTC_API kvtc_status kvtc_read_file(const char *path, void **out, size_t *out_len,
                                     kvtc_error *err);
-/* Writes a buffer through a temporary file renamed into place. */
+/* Writes a buffer to `path` so that a failure never leaves a partial file
+ * there: through a temporary file ".kvtc-tmp.<pid>.<tag>" in the same folder,
+ * synced and renamed into place. An existing file keeps its permissions; a
+ * symbolic link is written through; a device or FIFO (e.g. /dev/null) is
+ * written directly, never replaced; a directory is refused. Temporaries that
+ * a killed process left in that folder are removed. Every function that
+ * writes a file (kvtc_*_write*) works this way. */
 KVTC_API kvtc_status kvtc_write_file_atomic(const char *path, const void *data, size_t len,
                                             kvtc_error *err);
+
+/* Removes the temporary files of writes in progress. Async-signal-safe: call
+ * it from a SIGINT/SIGTERM handler before the process dies, so that no
+ * temporary is left behind (the library installs no handler itself). */
+KVTC_API void kvtc_remove_temporaries(void);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,18 @@ const char *kvtc_status_string(kvtc_status status)
     return "unknown error";
 }
 
+/* Control characters (C0, DEL, and C1 as UTF-8) become '?', so that a name
+ * read from a crafted file cannot move a terminal's cursor or split a line. */
+static void sanitize(char *m)
+{
+    for (unsigned char *p = (unsigned char *)m; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            *p = '?';
+        else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            p[0] = p[1] = '?';
+    }
+}
+
 kvtc_status kvtc_fail(kvtc_error *err, kvtc_status status, const char *fmt, ...)
 {
     if (err) {
@@ -33,6 +45,46 @@ kvtc_status kvtc_fail(kvtc_error *err, kvtc_status status, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
+        sanitize(err->message);
+        err->status = status;
+    }
+    return status;
+}
+
+/* "<prefix>: <problem>" in the message. A prefix too long to leave the
+ * problem whole (a deep path) loses its middle, keeping its start and its
+ * end, where the file's name is. */
+static void join(kvtc_error *err, const char *prefix, const char *problem)
+{
+    enum { CAP = sizeof err->message, MIN_PREFIX = 40 };
+    size_t np = strlen(prefix), nq = strnlen(problem, CAP - 1 - MIN_PREFIX - 2);
+    size_t room = CAP - 1 - 2 - nq; /* for the prefix */
+    char *m = err->message;
+    if (np <= room) {
+        memcpy(m, prefix, np);
+    } else {
+        size_t head = (room - 3) / 3, tail = room - 3 - head;
+        memcpy(m, prefix, head);
+        memcpy(m + head, "...", 3);
+        memcpy(m + head + 3, prefix + np - tail, tail);
+        np = room;
+    }
+    memcpy(m + np, ": ", 2);
+    memcpy(m + np + 2, problem, nq);
+    m[np + 2 + nq] = '\0';
+    sanitize(m);
+}
+
+kvtc_status kvtc_fail_path(kvtc_error *err, kvtc_status status, const char *path,
+                           const char *fmt, ...)
+{
+    if (err) {
+        char problem[sizeof err->message];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(problem, sizeof problem, fmt, ap);
+        va_end(ap);
+        join(err, path, problem);
         err->status = status;
     }
     return status;
@@ -44,14 +96,6 @@ kvtc_status kvtc_fail_prefix(kvtc_error *err, const char *prefix)
         return KVTC_E_INVALID;
     char old[sizeof err->message];
     memcpy(old, err->message, sizeof old);
-    size_t n = strlen(prefix);
-    if (n > sizeof err->message - 3)
-        n = sizeof err->message - 3;
-    memcpy(err->message, prefix, n);
-    memcpy(err->message + n, ": ", 2);
-    size_t room = sizeof err->message - n - 3;
-    size_t m = strnlen(old, room);
-    memcpy(err->message + n + 2, old, m);
-    err->message[n + 2 + m] = '\0';
+    join(err, prefix, old);
     return err->status;
 }

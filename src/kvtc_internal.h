@@ -13,7 +13,12 @@
  * returns status so call sites can `return kvtc_fail(err, ...)`. */
 kvtc_status kvtc_fail(kvtc_error *err, kvtc_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Prefixes an existing message: "what: <old message>". */
+/* "path: <problem>", the path shortened in its middle when the whole would
+ * not fit, so that the problem is never cut off. */
+kvtc_status kvtc_fail_path(kvtc_error *err, kvtc_status status, const char *path,
+                           const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Prefixes an existing message: "what: <old message>", shortened like
+ * kvtc_fail_path's. Messages never carry control characters (they become '?'). */
 kvtc_status kvtc_fail_prefix(kvtc_error *err, const char *prefix);
 static inline void kvtc_error_clear(kvtc_error *err)
 {
@@ -244,6 +249,21 @@ typedef struct kvtc_span {
     const void *data;
     size_t len;
 } kvtc_span;
+
+/* An output file written piece by piece (see fileio.c for where the bytes
+ * go until commit). open, then write any number of times, then commit or
+ * abort; a failed write or commit aborts by itself. */
+typedef struct kvtc_outfile {
+    const char *path; /* as given, for messages */
+    char *dest;       /* where it lands (symbolic links resolved) */
+    char *tmp;        /* the temporary file; NULL when written directly */
+    int fd, slot;
+    bool direct;      /* a device or FIFO, written in place */
+} kvtc_outfile;
+kvtc_status kvtc_outfile_open(kvtc_outfile *f, const char *path, kvtc_error *err);
+kvtc_status kvtc_outfile_write(kvtc_outfile *f, const void *data, size_t len, kvtc_error *err);
+kvtc_status kvtc_outfile_commit(kvtc_outfile *f, kvtc_error *err);
+void kvtc_outfile_abort(kvtc_outfile *f);
 
 /* kvtc_write_file_atomic for a file made of n consecutive parts, written
  * without first copying them into one buffer. */

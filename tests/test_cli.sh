@@ -365,7 +365,7 @@ expect_fail 2 "--chunks" bad.kvtcal -- "$KVTC" calibrate -o bad.kvtcal --corpus 
 expect_fail 1 "tokenizer" bad.kvtcal -- \
   "$KVTC" calibrate -o bad.kvtcal --corpus --model "$DATA/tiny-qwen2.gguf"
 
-leftovers=$(find . -name '*.tmp.*' | head -5)
+leftovers=$(find . -name '.kvtc-tmp.*' | head -5)
 [ -z "$leftovers" ] || fail "temporary files left: $leftovers"
 
 if [ $failures -ne 0 ]; then

@@ -4,11 +4,13 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static bool exists(const char *path)
@@ -17,7 +19,7 @@ static bool exists(const char *path)
     return stat(path, &st) == 0;
 }
 
-/* Files in dir whose name contains ".tmp." (leftover temporaries). */
+/* Files in dir that are kvtc temporaries (".kvtc-tmp.<pid>.<tag>"). */
 static int count_temporaries(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -25,7 +27,7 @@ static int count_temporaries(const char *dir)
         return -1;
     int n = 0;
     for (struct dirent *e; (e = readdir(d));)
-        n += strstr(e->d_name, ".tmp.") != NULL;
+        n += strncmp(e->d_name, ".kvtc-tmp.", 10) == 0;
     closedir(d);
     return n;
 }
@@ -138,6 +140,99 @@ static void test_write_failures(const char *dir)
     CHECK_STATUS(kvtc_write_file_atomic("", "x", 1, &err), KVTC_E_INVALID, NULL);
 }
 
+/* What the destination already is decides how it is written. */
+static void test_destinations(const char *dir)
+{
+    char path[4200], link[4200];
+    kvtc_error err;
+    struct stat st;
+
+    /* An existing file keeps its permission bits. */
+    snprintf(path, sizeof path, "%s/private.bin", dir);
+    CHECK_OK(kvtc_write_file_atomic(path, "one", 3, &err), &err);
+    CHECK(chmod(path, 0600) == 0);
+    CHECK_OK(kvtc_write_file_atomic(path, "two", 3, &err), &err);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0600);
+    CHECK(file_equals(path, "two", 3));
+
+    /* A symbolic link is written through and stays a link. */
+    snprintf(link, sizeof link, "%s/link.bin", dir);
+    CHECK(symlink("private.bin", link) == 0);
+    CHECK_OK(kvtc_write_file_atomic(link, "three", 5, &err), &err);
+    CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+    CHECK(file_equals(path, "three", 5));
+    snprintf(link, sizeof link, "%s/dangling.bin", dir);
+    CHECK(symlink("no-such-target", link) == 0);
+    CHECK_STATUS(kvtc_write_file_atomic(link, "x", 1, &err), KVTC_E_IO, NULL);
+
+    /* A device is written, never replaced by a regular file. */
+    CHECK_OK(kvtc_write_file_atomic("/dev/null", "gone", 4, &err), &err);
+    CHECK(stat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode));
+    /* So is a FIFO (with a reader on the other end). */
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    CHECK(mkfifo(path, 0600) == 0);
+    int rd = open(path, O_RDONLY | O_NONBLOCK);
+    if (CHECK(rd >= 0)) {
+        CHECK_OK(kvtc_write_file_atomic(path, "pipe", 4, &err), &err);
+        char got[8] = {0};
+        CHECK(read(rd, got, sizeof got) == 4 && memcmp(got, "pipe", 4) == 0);
+        close(rd);
+    }
+    CHECK(stat(path, &st) == 0 && S_ISFIFO(st.st_mode));
+
+    /* The longest valid file name works: the temporary's name is short. */
+    char name[256];
+    memset(name, 'n', 250);
+    name[250] = '\0';
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    CHECK_OK(kvtc_write_file_atomic(path, "long", 4, &err), &err);
+    CHECK(file_equals(path, "long", 4));
+
+    /* A temporary left by a process that no longer runs is removed by the
+     * next write into its folder; one of a running process is not. */
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    waitpid(child, NULL, 0);
+    char stale[4200], live[4200];
+    snprintf(stale, sizeof stale, "%s/.kvtc-tmp.%ld.abcdef", dir, (long)child);
+    snprintf(live, sizeof live, "%s/.kvtc-tmp.1.abcdef", dir); /* pid 1 runs */
+    CHECK_OK(kvtc_write_file_atomic(stale, "s", 1, &err), &err);
+    CHECK_OK(kvtc_write_file_atomic(live, "l", 1, &err), &err);
+    snprintf(path, sizeof path, "%s/after.bin", dir);
+    CHECK_OK(kvtc_write_file_atomic(path, "x", 1, &err), &err);
+    CHECK(!exists(stale));
+    CHECK(exists(live));
+    unlink(live);
+
+    /* A message about a very long path keeps the problem and the file name. */
+    char deep[4096];
+    int n = snprintf(deep, sizeof deep, "%s/", dir);
+    while (n < 600)
+        n += snprintf(deep + n, sizeof deep - (size_t)n, "folder-%d/", n);
+    snprintf(deep + n, sizeof deep - (size_t)n, "the-file.bin");
+    CHECK_STATUS(kvtc_write_file_atomic(deep, "x", 1, &err), KVTC_E_IO, NULL);
+    CHECK_MSG(strstr(err.message, "the-file.bin: cannot create a temporary file") != NULL,
+              "message \"%s\" lost the file name or the problem", err.message);
+}
+
+/* A signal handler's cleanup removes a write's temporary file. */
+static void test_signal_cleanup(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/interrupted.bin", dir);
+    kvtc_outfile f;
+    kvtc_error err;
+    if (!CHECK_OK(kvtc_outfile_open(&f, path, &err), &err))
+        return;
+    CHECK_OK(kvtc_outfile_write(&f, "partial", 7, &err), &err);
+    CHECK_EQ(count_temporaries(dir), 1);
+    kvtc_remove_temporaries();
+    CHECK_EQ(count_temporaries(dir), 0);
+    kvtc_outfile_abort(&f);
+    CHECK(!exists(path));
+}
+
 static void test_read_failures(const char *dir)
 {
     char path[4096];
@@ -162,6 +257,8 @@ int main(void)
         return 1;
     test_round_trip(dir);
     test_write_failures(dir);
+    test_destinations(dir);
+    test_signal_cleanup(dir);
     test_read_failures(dir);
     return test_summary("test_fileio");
 }

@@ -39,8 +39,8 @@ expect_write_failure() {
   elif [ -e "$out" ]; then
     bad "$label: $out exists after the failure"
   fi
-  if compgen -G "$out.tmp*" >/dev/null; then
-    bad "$label: temporary files left: $(echo "$out".tmp*)"
+  if compgen -G "$(dirname "$out")/.kvtc-tmp.*" >/dev/null; then
+    bad "$label: temporary files left: $(echo "$(dirname "$out")"/.kvtc-tmp.*)"
   fi
   echo "  $label: status $rc, stderr: $(head -n 1 "$errf")"
   rm -f "$errf"
