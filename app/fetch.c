@@ -24,7 +24,25 @@ extern char **environ;
 #define TEMP_PREFIX ".kvtc-fetch-"
 #define COPY_CHUNK ((size_t)1 << 20)
 
-kvtc_status fetch_cache_dir(char *buf, size_t cap, kvtc_error *err)
+static kvtc_status mkdir_p(char *dir, kvtc_error *err)
+{
+    for (char *p = dir + 1;; p++) {
+        char c = *p;
+        if (c == '/' || c == '\0') {
+            *p = '\0';
+            int r = mkdir(dir, 0755);
+            int e = errno;
+            *p = c;
+            if (r != 0 && e != EEXIST)
+                return kvtc_fail(err, KVTC_E_IO, "cannot create the cache folder %.*s: %s",
+                                 (int)(p - dir), dir, strerror(e));
+        }
+        if (c == '\0')
+            return KVTC_OK;
+    }
+}
+
+kvtc_status fetch_cache_dir(char *buf, size_t cap, bool create, kvtc_error *err)
 {
     const char *dir = getenv("KVTC_CACHE_DIR"), *home = getenv("HOME");
     int n;
@@ -37,7 +55,7 @@ kvtc_status fetch_cache_dir(char *buf, size_t cap, kvtc_error *err)
                          "no model cache folder: neither KVTC_CACHE_DIR nor HOME is set");
     if (n < 0 || (size_t)n >= cap)
         return kvtc_fail(err, KVTC_E_INVALID, "model cache folder path too long");
-    return KVTC_OK;
+    return create ? mkdir_p(buf, err) : KVTC_OK;
 }
 
 static kvtc_status join(char *buf, const char *dir, const char *name, kvtc_error *err)
@@ -46,24 +64,6 @@ static kvtc_status join(char *buf, const char *dir, const char *name, kvtc_error
     if (n < 0 || n >= PATH_CAP)
         return kvtc_fail(err, KVTC_E_INVALID, "%s: path too long", dir);
     return KVTC_OK;
-}
-
-static kvtc_status mkdir_p(char *dir, kvtc_error *err)
-{
-    for (char *p = dir + 1;; p++) {
-        char c = *p;
-        if (c == '/' || c == '\0') {
-            *p = '\0';
-            int r = mkdir(dir, 0755);
-            int e = errno;
-            *p = c;
-            if (r != 0 && e != EEXIST)
-                return kvtc_fail(err, KVTC_E_IO, "cannot create the model cache folder %.*s: %s",
-                                 (int)(p - dir), dir, strerror(e));
-        }
-        if (c == '\0')
-            return KVTC_OK;
-    }
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -341,7 +341,7 @@ kvtc_status fetch_model(const model_entry *m, const fetch_options *opt, char *pa
                         kvtc_error *err)
 {
     char dir[PATH_CAP], dest[PATH_CAP], why[96];
-    kvtc_status st = fetch_cache_dir(dir, sizeof dir, err);
+    kvtc_status st = fetch_cache_dir(dir, sizeof dir, false, err);
     if (st == KVTC_OK)
         st = join(dest, dir, m->file, err);
     if (st != KVTC_OK)

@@ -13,8 +13,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* The cache folder: $KVTC_CACHE_DIR, else $HOME/.cache/kvtc (not created). */
-kvtc_status fetch_cache_dir(char *buf, size_t cap, kvtc_error *err);
+/* The cache folder: $KVTC_CACHE_DIR, else $HOME/.cache/kvtc; with create,
+ * made (with its parents) when missing. */
+kvtc_status fetch_cache_dir(char *buf, size_t cap, bool create, kvtc_error *err);
 
 typedef struct fetch_options {
     bool download; /* fetch a missing or damaged copy; false: fail instead */

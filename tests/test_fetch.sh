@@ -54,7 +54,7 @@ expect 2 "at most one model" "two names" -- "$KVTC" fetch smollm2-135m smollm2-1
 
 # ---- the cache folder -----------------------------------------------------------
 touch "$work/a-file"
-expect 1 "cannot create the model cache folder $work/a-file/cache" "cache folder under a file" -- \
+expect 1 "cannot create the cache folder $work/a-file/cache" "cache folder under a file" -- \
   env KVTC_CACHE_DIR="$work/a-file/cache" "$KVTC" fetch
 env -u KVTC_CACHE_DIR -u HOME "$KVTC" fetch >/dev/null 2>"$work/err"
 [ $? -eq 1 ] && grep -q "neither KVTC_CACHE_DIR nor HOME" "$work/err" ||
