@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -144,13 +145,35 @@ int cli_parse_options(int argc, char **argv, const char *shorts, const struct op
                 return cli_usage_error("unknown option '-%c'", optopt);
             return cli_usage_error("unknown option '%s'", written);
         }
-        if (opt == ':')
+        if (opt == ':' || (optarg && !*optarg))
             return cli_usage_error("option '%s' needs a value", written);
         int rc = handle(user, opt, optarg);
         if (rc != CLI_OK)
             return rc;
     }
     *first_operand = optind;
+    return CLI_OK;
+}
+
+const char *cli_printable(const char *s, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", s);
+    kvtc_text_sanitize(buf);
+    return buf;
+}
+
+int cli_check_output(const char *output, const char *const *inputs, size_t n_inputs)
+{
+    struct stat out;
+    if (!output || stat(output, &out) != 0 || !S_ISREG(out.st_mode))
+        return CLI_OK; /* a new file, or a device or FIFO written as it is */
+    for (size_t i = 0; i < n_inputs; i++) {
+        struct stat in;
+        if (inputs[i] && stat(inputs[i], &in) == 0 && in.st_dev == out.st_dev &&
+            in.st_ino == out.st_ino)
+            return cli_usage_error("the output '%s' is the input '%s': write it elsewhere",
+                                   output, inputs[i]);
+    }
     return CLI_OK;
 }
 

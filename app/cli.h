@@ -43,6 +43,15 @@ typedef int (*cli_option_fn)(void *user, int opt, const char *arg);
 int cli_parse_options(int argc, char **argv, const char *shorts, const struct option *longs,
                       const char *usage, cli_option_fn handle, void *user, int *first_operand);
 
+/* CLI_OK, or a usage error when `output` names an existing regular file that
+ * is one of the inputs (the same file, by any name): writing would destroy
+ * it before, or instead of, it is read. Commands call it before any work. */
+int cli_check_output(const char *output, const char *const *inputs, size_t n_inputs);
+
+/* s made safe to print on a terminal (control characters as '?'), in buf:
+ * for names read from files. Returns buf. */
+const char *cli_printable(const char *s, char *buf, size_t cap);
+
 /* A numeric macro as a string literal, for usage texts. */
 #define CLI_STR_(x) #x
 #define CLI_STR(x) CLI_STR_(x)

@@ -338,6 +338,15 @@ KVTC_API kvtc_status kvtc_decompress(const kvtc_calibration *cal, const void *da
                                      const kvtc_decompress_options *opt, kvtc_cache **out,
                                      kvtc_error *err);
 
+/* Restores a stream straight into a safetensors file at `path` (written like
+ * kvtc_write_file_atomic), one layer at a time: memory stays near the
+ * coefficients and one layer, not the whole restored cache. The file is
+ * byte for byte what kvtc_decompress + kvtc_cache_write_safetensors give. */
+KVTC_API kvtc_status kvtc_decompress_to_safetensors(const kvtc_calibration *cal,
+                                                    const void *data, size_t len,
+                                                    const kvtc_decompress_options *opt,
+                                                    const char *path, kvtc_error *err);
+
 /* Called once per layer, in order 0..n_layer-1, as soon as that layer is
  * restored; key and value are [n_kv_head][n_tokens][head_dim] of the stream's
  * dtype, valid only during the call. Return non-zero to stop (KVTC_E_CANCELLED). */

@@ -28,7 +28,7 @@ const char *kvtc_status_string(kvtc_status status)
 
 /* Control characters (C0, DEL, and C1 as UTF-8) become '?', so that a name
  * read from a crafted file cannot move a terminal's cursor or split a line. */
-static void sanitize(char *m)
+void kvtc_text_sanitize(char *m)
 {
     for (unsigned char *p = (unsigned char *)m; *p; p++) {
         if (*p < 0x20 || *p == 0x7f)
@@ -45,7 +45,7 @@ kvtc_status kvtc_fail(kvtc_error *err, kvtc_status status, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
-        sanitize(err->message);
+        kvtc_text_sanitize(err->message);
         err->status = status;
     }
     return status;
@@ -72,7 +72,7 @@ static void join(kvtc_error *err, const char *prefix, const char *problem)
     memcpy(m + np, ": ", 2);
     memcpy(m + np + 2, problem, nq);
     m[np + 2 + nq] = '\0';
-    sanitize(m);
+    kvtc_text_sanitize(m);
 }
 
 kvtc_status kvtc_fail_path(kvtc_error *err, kvtc_status status, const char *path,

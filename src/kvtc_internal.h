@@ -20,6 +20,8 @@ kvtc_status kvtc_fail_path(kvtc_error *err, kvtc_status status, const char *path
 /* Prefixes an existing message: "what: <old message>", shortened like
  * kvtc_fail_path's. Messages never carry control characters (they become '?'). */
 kvtc_status kvtc_fail_prefix(kvtc_error *err, const char *prefix);
+/* Replaces control characters (C0, DEL, C1 in UTF-8) with '?' in place. */
+void kvtc_text_sanitize(char *s);
 static inline void kvtc_error_clear(kvtc_error *err)
 {
     if (err) {

@@ -592,3 +592,58 @@ kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const char *pa
     kvtc_writer_free(&w);
     return st;
 }
+
+/* ---- decompressing straight into a file ------------------------------------ */
+
+typedef struct layer_writer {
+    kvtc_outfile *f;
+    size_t layer_bytes;
+    kvtc_error *err;
+    kvtc_status st;
+} layer_writer;
+
+static int write_layer(void *user, uint32_t layer, const void *key, const void *value)
+{
+    (void)layer;
+    layer_writer *lw = user;
+    lw->st = kvtc_outfile_write(lw->f, key, lw->layer_bytes, lw->err);
+    if (lw->st == KVTC_OK)
+        lw->st = kvtc_outfile_write(lw->f, value, lw->layer_bytes, lw->err);
+    return lw->st != KVTC_OK;
+}
+
+kvtc_status kvtc_decompress_to_safetensors(const kvtc_calibration *cal, const void *data,
+                                           size_t len, const kvtc_decompress_options *opt,
+                                           const char *path, kvtc_error *err)
+{
+    if (!path)
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_decompress_to_safetensors: no path");
+    kvtc_stream_info info = {.struct_size = sizeof info};
+    kvtc_status st = kvtc_stream_info_get(data, len, &info, err);
+    if (st != KVTC_OK)
+        return st;
+    /* The header needs the cache's description, not its data. */
+    kvtc_cache described = {.shape = info.shape, .dtype = info.dtype, .n_tokens = info.n_tokens,
+                            .pos0 = info.pos0};
+    memcpy(described.model, info.model_name, sizeof described.model);
+    kvtc_writer w;
+    kvtc_writer_init(&w);
+    if ((st = build_header(&described, &w, err)) != KVTC_OK) {
+        kvtc_writer_free(&w);
+        return st;
+    }
+    kvtc_outfile f;
+    if ((st = kvtc_outfile_open(&f, path, err)) == KVTC_OK &&
+        (st = kvtc_outfile_write(&f, w.buf, w.len, err)) == KVTC_OK) {
+        layer_writer lw = {&f, layer_bytes(&described), err, KVTC_OK};
+        st = kvtc_decompress_layers(cal, data, len, opt, write_layer, &lw, err);
+        if (st == KVTC_E_CANCELLED && lw.st != KVTC_OK)
+            st = lw.st; /* the write failed, and said why */
+        if (st == KVTC_OK)
+            st = kvtc_outfile_commit(&f, err);
+        else
+            kvtc_outfile_abort(&f);
+    }
+    kvtc_writer_free(&w);
+    return st;
+}

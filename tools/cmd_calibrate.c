@@ -187,6 +187,11 @@ int cmd_calibrate(int argc, char **argv)
                                a.corpus_option);
     if (!a.corpus && first >= argc)
         return cli_usage_error("no caches given");
+    if (a.corpus && (rc = cli_check_output(a.output, &a.model, 1)) != CLI_OK)
+        return rc;
+    if ((rc = cli_check_output(a.output, (const char *const *)argv + first,
+                               (size_t)(argc - first))) != CLI_OK)
+        return rc;
 
     cli_progress_state progress;
     cli_progress_init(&progress);

@@ -178,6 +178,9 @@ int cmd_capture(int argc, char **argv)
         return cli_usage_error("-o CACHE.safetensors is required");
     if ((a.text_file != NULL) + (a.prompt != NULL) + (a.sample != 0) != 1)
         return cli_usage_error("give exactly one of --text, --prompt and --sample");
+    const char *inputs[] = {a.model, a.text_file};
+    if ((rc = cli_check_output(a.output, inputs, 2)) != CLI_OK)
+        return rc;
     if (a.sample && a.max_tokens && a.sample > a.max_tokens)
         a.sample = a.max_tokens;
 
@@ -222,8 +225,9 @@ int cmd_capture(int argc, char **argv)
         goto done;
     }
     const model_config *c = &m->cfg;
+    char name[sizeof c->name];
     printf("wrote %s: %zu tokens of %s, %u layers x %u kv heads x %u dims, %s\n", a.output, n,
-           c->name, c->n_layer, c->n_kv_head, c->head_dim, kvtc_dtype_name(a.dtype));
+           cli_printable(c->name, name, sizeof name), c->n_layer, c->n_kv_head, c->head_dim, kvtc_dtype_name(a.dtype));
     printf("  %s %zu tokens in %.2f s (%.0f tokens/s)\n", a.sample ? "sampled" : "prefilled", n,
            seconds, (double)n / seconds);
     rc = CLI_OK;

@@ -55,6 +55,9 @@ int cmd_compress(int argc, char **argv)
         return cli_usage_error("give exactly one cache (got %d)", argc - first);
     kvtc_compress_options opt = cli_compress_options(&a.compress);
     const char *input = argv[first];
+    const char *inputs[] = {a.calibration, input};
+    if ((rc = cli_check_output(a.output, inputs, 2)) != CLI_OK)
+        return rc;
 
     kvtc_calibration *cal = cli_read_calibration(a.calibration);
     kvtc_cache *cache = cal ? cli_read_cache(input) : NULL;

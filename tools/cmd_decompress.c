@@ -6,6 +6,7 @@
 
 #include <getopt.h>
 #include <stdio.h>
+#include <string.h>
 
 static const char usage[] =
     "usage: kvtc decompress -c CALIB.kvtcal -o OUT.safetensors IN.kvtc\n"
@@ -65,11 +66,13 @@ int cmd_decompress(int argc, char **argv)
     if (argc - first != 1)
         return cli_usage_error("give exactly one .kvtc stream (got %d)", argc - first);
     const char *input = argv[first];
+    const char *inputs[] = {a.calibration, input};
+    if ((rc = cli_check_output(a.output, inputs, 2)) != CLI_OK)
+        return rc;
 
     kvtc_calibration *cal = cli_read_calibration(a.calibration);
     size_t len = 0;
     void *data = cal ? cli_read_file(input, &len) : NULL;
-    kvtc_cache *cache = NULL;
     rc = CLI_FAIL;
     if (!data)
         goto done;
@@ -79,24 +82,25 @@ int cmd_decompress(int argc, char **argv)
     a.opt.progress_user = &progress;
     kvtc_error err;
     double start = cli_now();
-    kvtc_status st = kvtc_decompress(cal, data, len, &a.opt, &cache, &err);
+    kvtc_status st = kvtc_decompress_to_safetensors(cal, data, len, &a.opt, a.output, &err);
     cli_progress_end(&progress);
     if (st != KVTC_OK) {
-        cli_fail_err(input, &err);
+        /* write errors name the output; the others are about the stream */
+        bool about_output = strncmp(err.message, a.output, strlen(a.output)) == 0;
+        cli_fail_err(about_output ? NULL : input, &err);
         goto done;
     }
     double seconds = cli_now() - start;
-    if (kvtc_cache_write_safetensors(cache, a.output, &err) != KVTC_OK) {
-        cli_fail_err(a.output, &err);
+    kvtc_stream_info info = {.struct_size = sizeof info};
+    if (kvtc_stream_info_get(data, len, &info, &err) != KVTC_OK) {
+        cli_fail_err(input, &err);
         goto done;
     }
-    const kvtc_model_shape *s = kvtc_cache_shape(cache);
     printf("wrote %s: %u tokens, %u layers x %u kv heads x %u dims, %s, in %.3f s\n",
-           a.output, kvtc_cache_tokens(cache), s->n_layer, s->n_kv_head, s->head_dim,
-           kvtc_dtype_name(kvtc_cache_dtype(cache)), seconds);
+           a.output, info.n_tokens, info.shape.n_layer, info.shape.n_kv_head,
+           info.shape.head_dim, kvtc_dtype_name(info.dtype), seconds);
     rc = CLI_OK;
 done:
-    kvtc_cache_free(cache);
     kvtc_buffer_free(data);
     kvtc_calibration_free(cal);
     return rc;

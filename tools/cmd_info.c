@@ -162,6 +162,7 @@ static int print_stream_report(const stream_report *r, bool json)
     if (!runs)
         return cli_fail(r->path, "out of memory");
     double targets[2] = {info->k_ratio, info->v_ratio};
+    char name[sizeof info->model_name];
     int rc = CLI_OK;
     if (json) {
         cli_json j;
@@ -200,7 +201,8 @@ static int print_stream_report(const stream_report *r, bool json)
     } else {
         printf("%s: kvtc stream, format version %u\n", r->path, info->format_version);
         if (info->model_name[0])
-            printf("  model          %s\n", info->model_name);
+            printf("  model          %s\n",
+                   cli_printable(info->model_name, name, sizeof name));
         print_shape(&info->shape, kvtc_dtype_name(info->dtype));
         printf("  tokens         %u at positions %lld.. (%u compressed, %u sinks and %u "
                "window raw)\n",
@@ -311,9 +313,11 @@ static int print_cache_report(const char *path, const kvtc_cache *cache, size_t 
     uint64_t bytes_per_token =
         2 * kvtc_shape_features(s) * kvtc_dtype_size(kvtc_cache_dtype(cache));
     if (!json) {
+        char name[256];
         printf("%s: KV cache (safetensors), %zu bytes\n", path, len);
         if (kvtc_cache_model_name(cache)[0])
-            printf("  model          %s\n", kvtc_cache_model_name(cache));
+            printf("  model          %s\n",
+                   cli_printable(kvtc_cache_model_name(cache), name, sizeof name));
         print_shape(s, dtype);
         printf("  tokens         %u at positions %lld..\n", kvtc_cache_tokens(cache),
                (long long)kvtc_cache_pos0(cache));

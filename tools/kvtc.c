@@ -6,6 +6,8 @@
 #include "commands.h"
 
 #include <cblas.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -57,33 +59,65 @@ static const command *find_command(const char *name)
     return NULL;
 }
 
+/* An interrupted write leaves no temporary file: remove them, then die of
+ * the signal as if there had been no handler. */
+static void on_fatal_signal(int sig)
+{
+    kvtc_remove_temporaries();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void remove_temporaries_on_signals(void)
+{
+    static const int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_fatal_signal;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++) {
+        struct sigaction old;
+        /* keep a signal ignored by whoever started us ignored (nohup) */
+        if (sigaction(signals[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(signals[i], &sa, NULL);
+    }
+}
+
+/* Output that did not reach stdout (a full disk, a closed pipe) is a failure. */
+static int check_stdout(int rc)
+{
+    if (fflush(stdout) == 0 && !ferror(stdout))
+        return rc;
+    int e = errno;
+    return cli_fail("<stdout>", "write failed: %s", e ? strerror(e) : "error");
+}
+
 static int run_command(const command *c, int argc, char **argv)
 {
     cli_set_command(c->name);
-    return c->run(argc, argv);
+    return check_stdout(c->run(argc, argv));
 }
 
 int main(int argc, char **argv)
 {
     cli_choose_blas_kernels(argv);
-    if (argc < 2) {
-        print_help(stderr);
-        return CLI_USAGE;
-    }
+    remove_temporaries_on_signals();
+    if (argc < 2)
+        return cli_usage_error("no command given");
     const char *name = argv[1];
     if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) {
         print_help(stdout);
-        return CLI_OK;
+        return check_stdout(CLI_OK);
     }
     if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
         printf("kvtc %s (libkvtc %s, OpenBLAS kernels %s)\n", KVTC_VERSION_STRING,
                kvtc_version(), openblas_get_corename());
-        return CLI_OK;
+        return check_stdout(CLI_OK);
     }
     if (strcmp(name, "help") == 0) {
         if (argc < 3) {
             print_help(stdout);
-            return CLI_OK;
+            return check_stdout(CLI_OK);
         }
         const command *c = find_command(argv[2]);
         if (!c)
