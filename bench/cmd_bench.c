@@ -42,13 +42,18 @@ int cmd_bench(int argc, char **argv)
                 cli_set_command(name);
                 return benches[i].run(argc - 1, argv + 1);
             }
-    bool help = argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
-    FILE *out = help ? stdout : stderr;
-    fprintf(out, "usage: kvtc bench <benchmark> [options]   (kvtc bench <benchmark> --help)\n\n"
-                 "benchmarks:\n");
-    for (size_t i = 0; i < n; i++)
-        fprintf(out, "  %-8s %s\n", benches[i].name, benches[i].summary);
-    if (help)
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: kvtc bench <benchmark> [options]   (kvtc bench <benchmark> --help)\n\n"
+               "benchmarks:\n");
+        for (size_t i = 0; i < n; i++)
+            printf("  %-8s %s\n", benches[i].name, benches[i].summary);
         return CLI_OK;
-    return argc >= 2 ? cli_usage_error("no benchmark '%s'", argv[1]) : CLI_USAGE;
+    }
+    char names[128] = "";
+    for (size_t i = 0; i < n; i++)
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                 benches[i].name);
+    if (argc < 2)
+        return cli_usage_error("no benchmark given (one of %s)", names);
+    return cli_usage_error("no benchmark '%s' (one of %s)", argv[1], names);
 }
