@@ -1,6 +1,7 @@
 /* The default calibration of a model: the recipe, the build from the
  * calibration corpus, and the cache next to the model file. */
 #include "default_calib.h"
+#include "fetch.h"
 
 #include "cli.h"
 #include "corpus.h"
@@ -134,35 +135,6 @@ static kvtc_status cache_key(const char *model_path, int fd, char key[17], kvtc_
     return s;
 }
 
-/* $KVTC_CACHE_DIR, else ~/.cache/kvtc, created if missing. */
-static kvtc_status cache_dir(char *buf, size_t cap, kvtc_error *err)
-{
-    const char *env = getenv("KVTC_CACHE_DIR");
-    const char *home = getenv("HOME");
-    int n;
-    if (env && *env)
-        n = snprintf(buf, cap, "%s", env);
-    else if (home && *home)
-        n = snprintf(buf, cap, "%s/.cache/kvtc", home);
-    else
-        return kvtc_fail(err, KVTC_E_IO, "no cache folder: neither KVTC_CACHE_DIR nor HOME is set");
-    if (n < 0 || (size_t)n >= cap)
-        return kvtc_fail(err, KVTC_E_INVALID, "cache folder path too long");
-    for (char *p = buf + 1;; p++) { /* mkdir -p */
-        char c = *p;
-        if (c == '/' || c == '\0') {
-            *p = '\0';
-            int r = mkdir(buf, 0755);
-            *p = c;
-            if (r != 0 && errno != EEXIST)
-                return kvtc_fail(err, KVTC_E_IO, "%s: cannot create: %s", buf, strerror(errno));
-        }
-        if (c == '\0')
-            break;
-    }
-    return KVTC_OK;
-}
-
 static bool readable_file(const char *path)
 {
     struct stat st;
@@ -251,7 +223,7 @@ kvtc_status default_calibration(const char *model_path, uint32_t n_threads, char
         snprintf(dirs[0], sizeof dirs[0], "%.*s", slash == model_path ? 1 : (int)(slash - model_path),
                  model_path);
     if (st == KVTC_OK)
-        st = cache_dir(dirs[1], sizeof dirs[1], err);
+        st = fetch_cache_dir(dirs[1], sizeof dirs[1], true, err);
     char name[1024], paths[2][4096 + 1024];
     if (st == KVTC_OK && snprintf(name, sizeof name, "%s.%s.kvtcal", base, key) >= (int)sizeof name)
         st = kvtc_fail(err, KVTC_E_INVALID, "%s: model file name too long", model_path);
