@@ -160,6 +160,36 @@ int main(void)
     printf("consumer: %zu-byte stream (%.2fx vs fp16), relative error %.2e\n", len,
            (double)info.fp16_bytes / (double)len, rel);
 
+    /* The ABI contract of growing structs, against the installed library. A
+     * caller built with a newer header (a larger struct) or one that never
+     * set struct_size is refused, not read past; an output struct is written
+     * only as far as its struct_size. */
+    struct {
+        kvtc_decompress_options opt;
+        uint64_t field_of_a_later_version;
+    } newer;
+    kvtc_decompress_options_default(&newer.opt);
+    newer.opt.struct_size = sizeof newer;
+    kvtc_cache *none = NULL;
+    CHECK(kvtc_decompress(cal, stream, len, &newer.opt, &none, &err) == KVTC_E_INVALID);
+    CHECK(none == NULL && strstr(err.message, "struct_size") != NULL);
+    kvtc_compress_options unset = opt;
+    unset.struct_size = 0;
+    void *no_stream = NULL;
+    size_t no_len = 0;
+    CHECK(kvtc_compress(cal, cache, &unset, &no_stream, &no_len, &err) == KVTC_E_INVALID);
+    CHECK(no_stream == NULL);
+    union {
+        kvtc_stream_info info;
+        unsigned char bytes[sizeof(kvtc_stream_info) + 64];
+    } guarded;
+    memset(guarded.bytes, 0xa5, sizeof guarded.bytes);
+    guarded.info.struct_size = sizeof guarded.info;
+    CHECK(kvtc_stream_info_get(stream, len, &guarded.info, &err) == KVTC_OK);
+    for (size_t i = sizeof guarded.info; i < sizeof guarded.bytes; i++)
+        CHECK(guarded.bytes[i] == 0xa5);
+    CHECK(guarded.info.total_bytes == info.total_bytes);
+
     kvtc_buffer_free(stream);
     kvtc_cache_free(back);
     kvtc_cache_free(cache);
