@@ -2,11 +2,11 @@
  * project's own writers (and, for GGUF and llama2.c, by the few lines below),
  * each checked to load before it is written.
  *
- *   make_seeds DIR   ->  DIR/{kvtc,kvtcal,safetensors,gguf,llama2c}/seed-*
+ *   make_seeds DIR   ->  DIR/{kvtc,kvtcal,safetensors,gguf,llama2c,compress}/seed-*
  */
 #include "fuzz_common.h"
 
-#include "gguf.h"
+#include "gguf_builder.h"
 #include "kvtc_internal.h"
 #include "llama2c.h"
 #include "testutil.h"
@@ -130,18 +130,14 @@ static void small_calibration_seed(void)
     opt.window = 2;
     opt.rank = 4;
     opt.heldout_every = 3;
+    random_series series = {&SMALL_SHAPE, KVTC_F32, 40, 0, 2, 11};
     kvtc_error err;
-    kvtc_calibrator *cb = NULL;
-    kvtc_calibrator_create(&SMALL_SHAPE, &opt, &cb, &err);
-    kvtc_cache *c = make_random_cache(&SMALL_SHAPE, KVTC_F32, 40, 0, 2, 11);
     kvtc_calibration *cal = NULL;
-    if (!cb || !c || kvtc_calibrator_add(cb, c, &err) || kvtc_calibrator_finish(cb, &cal, &err))
+    if (test_calibrate(&SMALL_SHAPE, &opt, 1, random_series_cache, &series, &cal, &err))
         fail("small calibration", &err);
     else
         kvtcal_seed("seed-small-neox", cal);
     kvtc_calibration_free(cal);
-    kvtc_calibrator_free(cb);
-    kvtc_cache_free(c);
 }
 
 /* ---- safetensors --------------------------------------------------------------------- */
@@ -169,125 +165,97 @@ static void safetensors_seed(const char *name, kvtc_cache *c, const char *model)
     kvtc_cache_free(c);
 }
 
-/* ---- GGUF ------------------------------------------------------------------------------- */
+/* ---- GGUF and llama2.c ------------------------------------------------------------------ */
 
-static void put_str(kvtc_writer *w, const char *s)
+/* Writes a file made by hand once its target passes on it and its loader
+ * accepts it. */
+typedef kvtc_status (*loader_check)(const void *data, size_t len, kvtc_error *err);
+
+static void hand_made_seed(const char *corpus, const char *name, kvtc_writer *w,
+                           int (*target)(const uint8_t *data, size_t len), loader_check load)
 {
-    kvtc_put_u64(w, strlen(s));
-    kvtc_put_bytes(w, s, strlen(s));
+    kvtc_error err;
+    if (w->failed || target(w->buf, w->len))
+        fail(name, NULL);
+    else if (load(w->buf, w->len, &err) != KVTC_OK)
+        fail(name, &err);
+    else
+        write_seed(corpus, name, w->buf, w->len);
+    kvtc_writer_free(w);
 }
 
-static void put_key(kvtc_writer *w, const char *key, kvtc_gguf_value_type type)
+static kvtc_status gguf_loads(const void *data, size_t len, kvtc_error *err)
 {
-    put_str(w, key);
-    kvtc_put_u32(w, type);
+    kvtc_gguf_file *f = NULL;
+    kvtc_status st = kvtc_gguf_load(data, len, &f, err);
+    kvtc_gguf_close(f);
+    return st;
 }
 
-typedef struct seed_tensor {
-    const char *name;
-    uint32_t type;
-    uint32_t n_dims;
-    uint64_t dims[2];
-} seed_tensor;
-
-static uint64_t tensor_bytes(const seed_tensor *t)
+static kvtc_status llama2c_loads(const void *data, size_t len, kvtc_error *err)
 {
-    uint32_t block_elems, block_bytes;
-    if (!kvtc_ggml_type_block(t->type, &block_elems, &block_bytes))
-        return 0;
-    uint64_t n = t->dims[0] * (t->n_dims > 1 ? t->dims[1] : 1);
-    return n / block_elems * block_bytes;
+    llama2c_file *f = NULL;
+    kvtc_status st = llama2c_load(data, len, &f, err);
+    llama2c_close(f);
+    return st;
 }
 
-/* Tensor data: small values that are finite in every format, including the
- * fp16 block scales of quantized types (0x3c00 = 1.0). */
-static void put_tensor_data(kvtc_writer *w, const seed_tensor *t, uint64_t bytes)
-{
-    for (uint64_t i = 0; i < bytes; i++)
-        kvtc_put_u8(w, t->type == KVTC_GGML_F32 ? (i % 4 == 3 ? 0x3f : (uint8_t)(i * 7))
-                       : (i % 2 ? 0x3c : (uint8_t)(i * 13)));
-}
-
-static void kvtc_gguf_seed(const char *name, uint32_t version, bool with_alignment,
-                      const seed_tensor *tensors, uint32_t n_tensors)
+static void gguf_seed(const char *name, uint32_t version, bool with_alignment,
+                      const test_gguf_tensor *given, uint32_t n_tensors)
 {
     static const char *tokens[] = {"<unk>", "<s>", "</s>", "hello", " world"};
+    test_gguf_tensor tensors[8];
+    if (n_tensors)
+        memcpy(tensors, given, n_tensors * sizeof *tensors);
+    uint64_t align = with_alignment ? 64 : 32;
+    test_gguf_pack_offsets(tensors, n_tensors, align);
     kvtc_writer w;
     kvtc_writer_init(&w);
-    kvtc_put_bytes(&w, "GGUF", 4);
-    kvtc_put_u32(&w, version);
-    kvtc_put_u64(&w, n_tensors);
-    kvtc_put_u64(&w, with_alignment ? 9 : 8);
-    put_key(&w, "general.architecture", KVTC_GGUF_STRING);
-    put_str(&w, "llama");
-    put_key(&w, "llama.block_count", KVTC_GGUF_UINT32);
+    test_gguf_put_header(&w, version, n_tensors, with_alignment ? 9 : 8);
+    test_gguf_put_key(&w, "general.architecture", KVTC_GGUF_STRING);
+    test_gguf_put_str(&w, "llama");
+    test_gguf_put_key(&w, "llama.block_count", KVTC_GGUF_UINT32);
     kvtc_put_u32(&w, 1);
-    put_key(&w, "llama.context_length", KVTC_GGUF_UINT64);
+    test_gguf_put_key(&w, "llama.context_length", KVTC_GGUF_UINT64);
     kvtc_put_u64(&w, 128);
-    put_key(&w, "llama.attention.head_count", KVTC_GGUF_INT32);
+    test_gguf_put_key(&w, "llama.attention.head_count", KVTC_GGUF_INT32);
     kvtc_put_u32(&w, 2);
-    put_key(&w, "llama.rope.freq_base", KVTC_GGUF_FLOAT32);
+    test_gguf_put_key(&w, "llama.rope.freq_base", KVTC_GGUF_FLOAT32);
     kvtc_put_f32(&w, 10000.0f);
-    put_key(&w, "tokenizer.ggml.add_bos_token", KVTC_GGUF_BOOL);
+    test_gguf_put_key(&w, "tokenizer.ggml.add_bos_token", KVTC_GGUF_BOOL);
     kvtc_put_u8(&w, 1);
-    put_key(&w, "tokenizer.ggml.tokens", KVTC_GGUF_ARRAY);
-    kvtc_put_u32(&w, KVTC_GGUF_STRING);
-    kvtc_put_u64(&w, 5);
+    test_gguf_put_key(&w, "tokenizer.ggml.tokens", KVTC_GGUF_ARRAY);
+    test_gguf_put_array(&w, KVTC_GGUF_STRING, 5);
     for (int i = 0; i < 5; i++)
-        put_str(&w, tokens[i]);
-    put_key(&w, "tokenizer.ggml.scores", KVTC_GGUF_ARRAY);
-    kvtc_put_u32(&w, KVTC_GGUF_FLOAT32);
-    kvtc_put_u64(&w, 5);
+        test_gguf_put_str(&w, tokens[i]);
+    test_gguf_put_key(&w, "tokenizer.ggml.scores", KVTC_GGUF_ARRAY);
+    test_gguf_put_array(&w, KVTC_GGUF_FLOAT32, 5);
     for (int i = 0; i < 5; i++)
         kvtc_put_f32(&w, -(float)i);
     if (with_alignment) {
-        put_key(&w, "general.alignment", KVTC_GGUF_UINT32);
+        test_gguf_put_key(&w, "general.alignment", KVTC_GGUF_UINT32);
         kvtc_put_u32(&w, 64);
     }
-    uint64_t align = with_alignment ? 64 : 32, offset = 0;
-    for (uint32_t i = 0; i < n_tensors; i++) {
-        put_str(&w, tensors[i].name);
-        kvtc_put_u32(&w, tensors[i].n_dims);
-        for (uint32_t d = 0; d < tensors[i].n_dims; d++)
-            kvtc_put_u64(&w, tensors[i].dims[d]);
-        kvtc_put_u32(&w, tensors[i].type);
-        kvtc_put_u64(&w, offset);
-        offset = (offset + tensor_bytes(&tensors[i]) + align - 1) / align * align;
-    }
-    for (uint32_t i = 0; i < n_tensors; i++) {
-        while (w.len % align)
-            kvtc_put_u8(&w, 0);
-        put_tensor_data(&w, &tensors[i], tensor_bytes(&tensors[i]));
-    }
-    if (w.failed || fuzz_one_gguf(w.buf, w.len))
-        fail(name, NULL);
-    kvtc_gguf_file *f = NULL;
-    kvtc_error err;
-    if (!w.failed && kvtc_gguf_load(w.buf, w.len, &f, &err) != KVTC_OK)
-        fail(name, &err);
-    else if (!w.failed)
-        write_seed("gguf", name, w.buf, w.len);
-    kvtc_gguf_close(f);
-    kvtc_writer_free(&w);
+    test_gguf_put_tensor_infos(&w, tensors, n_tensors);
+    test_gguf_put_tensor_data(&w, tensors, n_tensors, align, 0);
+    hand_made_seed("gguf", name, &w, fuzz_one_gguf, gguf_loads);
 }
 
-static void kvtc_gguf_seeds(void)
+static void gguf_seeds(void)
 {
-    static const seed_tensor tensors[] = {
-        {"token_embd.weight", KVTC_GGML_F32, 2, {8, 5}},
-        {"blk.0.attn_norm.weight", KVTC_GGML_F16, 1, {8, 1}},
-        {"blk.0.attn_q.weight", KVTC_GGML_BF16, 2, {8, 2}},
-        {"blk.0.attn_k.weight", KVTC_GGML_Q4_0, 1, {32, 1}},
-        {"blk.0.ffn_down.weight", KVTC_GGML_Q8_0, 2, {32, 2}},
-        {"blk.0.ffn_up.weight", KVTC_GGML_Q4_K, 1, {256, 1}},
-        {"blk.0.ffn_gate.weight", KVTC_GGML_Q6_K, 1, {256, 1}},
+    static const test_gguf_tensor tensors[] = {
+        {"token_embd.weight", 2, {8, 5}, KVTC_GGML_F32, 0},
+        {"blk.0.attn_norm.weight", 1, {8}, KVTC_GGML_F16, 0},
+        {"blk.0.attn_q.weight", 2, {8, 2}, KVTC_GGML_BF16, 0},
+        {"blk.0.attn_k.weight", 1, {32}, KVTC_GGML_Q4_0, 0},
+        {"blk.0.ffn_down.weight", 2, {32, 2}, KVTC_GGML_Q8_0, 0},
+        {"blk.0.ffn_up.weight", 1, {256}, KVTC_GGML_Q4_K, 0},
+        {"blk.0.ffn_gate.weight", 1, {256}, KVTC_GGML_Q6_K, 0},
     };
-    kvtc_gguf_seed("seed-v3-tensors", 3, true, tensors, sizeof tensors / sizeof tensors[0]);
-    kvtc_gguf_seed("seed-v3-f32", 3, false, tensors, 2);
-    kvtc_gguf_seed("seed-v2-metadata-only", 2, false, NULL, 0);
+    gguf_seed("seed-v3-tensors", 3, true, tensors, sizeof tensors / sizeof tensors[0]);
+    gguf_seed("seed-v3-f32", 3, false, tensors, 2);
+    gguf_seed("seed-v2-metadata-only", 2, false, NULL, 0);
 }
-
-/* ---- llama2.c ----------------------------------------------------------------------------- */
 
 static void llama2c_seed(const char *name, int32_t vocab)
 {
@@ -304,16 +272,50 @@ static void llama2c_seed(const char *name, int32_t vocab)
         kvtc_put_u32(&w, (uint32_t)header[i]);
     for (int64_t i = 0; i < floats; i++)
         kvtc_put_f32(&w, (float)((i * 37) % 19 - 9) / 16.0f);
-    if (w.failed || fuzz_one_llama2c(w.buf, w.len))
-        fail(name, NULL);
-    llama2c_file *f = NULL;
-    kvtc_error err;
-    if (!w.failed && llama2c_load(w.buf, w.len, &f, &err) != KVTC_OK)
-        fail(name, &err);
-    else if (!w.failed)
-        write_seed("llama2c", name, w.buf, w.len);
-    llama2c_close(f);
-    kvtc_writer_free(&w);
+    hand_made_seed("llama2c", name, &w, fuzz_one_llama2c, llama2c_loads);
+}
+
+/* ---- compress round trip ----------------------------------------------------------------- */
+
+typedef struct compress_seed {
+    const char *name;
+    uint8_t head[4];   /* dtype, tokens, ratios/pos0, block tokens/seed */
+    uint8_t edits[24]; /* index (2 bytes), value code; raw bits follow FUZZ_VALUE_RAW */
+    size_t n_edits;    /* bytes of edits */
+} compress_seed;
+
+static void compress_seeds(const kvtc_calibration *cal)
+{
+    enum { NAN_CODE = FUZZ_VALUE_SPECIAL, INF_CODE = FUZZ_VALUE_SPECIAL + 2 };
+    /* 40 tokens: element t * 8 of keys layer 0 head 0 is token t (t < 40). */
+    static const compress_seed seeds[] = {
+        {"seed-f32-plain", {0, 40, 0x05, 0x02}, {0}, 0},
+        {"seed-f16-small-values", {1, 30, 0x0a, 0x05}, {8, 0, 0x10, 80, 0, 0xd0, 3, 1, 0x70}, 9},
+        {"seed-bf16-short", {2, 5, 0x0f, 0x13}, {0}, 0},
+        {"seed-f32-nan-sink", {0, 20, 0x05, 0x01}, {1, 0, NAN_CODE}, 3},
+        {"seed-f16-inf-coded", {1, 20, 0x05, 0x02}, {80, 0, INF_CODE}, 3},
+        {"seed-f32-nan-payload-window",
+         {0, 12, 0x25, 0x02},
+         {88, 0, FUZZ_VALUE_RAW, 0x01, 0x00, 0xc0, 0x7f},
+         7},
+        {"seed-f16-extremes", {1, 24, 0x06, 0x01},
+         {40, 0, FUZZ_VALUE_SPECIAL + 6, 48, 0, FUZZ_VALUE_SPECIAL + 9, 56, 0, FUZZ_VALUE_SPECIAL + 20},
+         9},
+        {"seed-f32-huge-finite", {0, 24, 0x0a, 0x02},
+         {40, 0, FUZZ_VALUE_SPECIAL + 4, 48, 0, FUZZ_VALUE_SPECIAL + 9, 57, 0, FUZZ_VALUE_SPECIAL + 20},
+         9},
+        {"seed-bf16-last-positions", {2, 16, 0x80, 0x03}, {0}, 0},
+        {"seed-empty", {0, 0, 0, 0}, {0}, 0},
+    };
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        uint8_t buf[4 + sizeof seeds[i].edits];
+        memcpy(buf, seeds[i].head, 4);
+        memcpy(buf + 4, seeds[i].edits, seeds[i].n_edits);
+        if (fuzz_one_compress(cal, buf, 4 + seeds[i].n_edits))
+            fail(seeds[i].name, NULL);
+        else
+            write_seed("compress", seeds[i].name, buf, 4 + seeds[i].n_edits);
+    }
 }
 
 int main(int argc, char **argv)
@@ -350,9 +352,10 @@ int main(int argc, char **argv)
     safetensors_seed("seed-bf16-neox", make_random_cache(&SMALL_SHAPE, KVTC_BF16, 3, 0, 2, 3),
                      NULL);
     safetensors_seed("seed-empty", fuzz_make_cache(KVTC_F32, 0, 0, 4), NULL);
-    kvtc_gguf_seeds();
+    gguf_seeds();
     llama2c_seed("seed-shared-classifier", 5);
     llama2c_seed("seed-own-classifier", -5);
+    compress_seeds(cal);
     kvtc_calibration_free(cal);
     return g_failed;
 }

@@ -7,14 +7,15 @@
 #
 # Environment: FUZZ_SECONDS (per target, default 60), FUZZ_TARGETS (names,
 # default all), FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT (seconds per input,
-# default 10), FUZZ_BUILD (default build-fuzz), CC (default clang).
+# default 10), FUZZ_BUILD (default build-fuzz), FUZZ_JOBS (build jobs, default
+# nproc), CC (default clang).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${FUZZ_BUILD:-$root/build-fuzz}
 seconds=${FUZZ_SECONDS:-60}
 rss_mb=${FUZZ_RSS_MB:-2048}
 per_input=${FUZZ_TIMEOUT:-10}
-read -r -a targets <<<"${FUZZ_TARGETS:-kvtc_decode kvtcal_load safetensors gguf llama2c}"
+read -r -a targets <<<"${FUZZ_TARGETS:-kvtc_decode kvtcal_load safetensors gguf llama2c compress_roundtrip}"
 regress=$root/tests/data/regress
 
 # OpenBLAS is not instrumented and its threads only add noise here.
@@ -24,12 +25,12 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 cmake -S "$root/fuzz" -B "$build" -DCMAKE_C_COMPILER="${CC:-clang}" \
       -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j "$(nproc)" >/dev/null
+cmake --build "$build" -j "${FUZZ_JOBS:-$(nproc)}" >/dev/null
 rm -rf "$build/seeds"
 "$build/make_seeds" "$build/seeds"
 
 declare -A seed_dir=([kvtc_decode]=kvtc [kvtcal_load]=kvtcal [safetensors]=safetensors
-                     [gguf]=gguf [llama2c]=llama2c)
+                     [gguf]=gguf [llama2c]=llama2c [compress_roundtrip]=compress)
 total_crashes=0
 total_execs=0
 for t in "${targets[@]}"; do

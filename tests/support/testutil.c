@@ -4,12 +4,14 @@
 #include "kvtc_internal.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <ftw.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int test_failures;
@@ -63,6 +65,8 @@ int test_summary(const char *name)
 
 void test_skip(const char *name, const char *why)
 {
+    if (test_failures)
+        exit(test_summary(name));
     printf("%s: skipped: %s\n", name, why);
     exit(77);
 }
@@ -204,31 +208,175 @@ kvtc_cache *make_random_cache(const kvtc_model_shape *shape, kvtc_dtype dtype,
     return c;
 }
 
+kvtc_cache *random_series_cache(void *series, uint32_t i)
+{
+    const random_series *s = series;
+    return make_random_cache(s->shape, s->dtype, s->tokens, (int64_t)i * s->pos0_step,
+                             s->low_rank, s->seed + i);
+}
+
+kvtc_status test_calibrate(const kvtc_model_shape *shape, const kvtc_calib_options *opt,
+                           uint32_t n_caches, test_cache_fn make, void *user,
+                           kvtc_calibration **out, kvtc_error *err)
+{
+    kvtc_calibrator *cal;
+    kvtc_status st = kvtc_calibrator_create(shape, opt, &cal, err);
+    for (uint32_t i = 0; i < n_caches && st == KVTC_OK; i++) {
+        kvtc_cache *c = make(user, i);
+        st = c ? kvtc_calibrator_add(cal, c, err)
+               : kvtc_fail(err, KVTC_E_NOMEM, "cannot make calibration cache %u", i);
+        kvtc_cache_free(c);
+    }
+    if (st == KVTC_OK)
+        st = kvtc_calibrator_finish(cal, out, err);
+    kvtc_calibrator_free(cal);
+    return st;
+}
+
 kvtc_calibration *make_random_calibration(const kvtc_model_shape *shape,
                                           const kvtc_calib_options *opt, uint32_t n_caches,
                                           uint32_t tokens, uint32_t low_rank, uint64_t seed)
 {
+    random_series series = {shape, KVTC_F32, tokens, 0, low_rank, seed};
     kvtc_error err;
     kvtc_calibration *out = NULL;
-    kvtc_calibrator *cal;
-    if (kvtc_calibrator_create(shape, opt, &cal, &err) != KVTC_OK) {
-        fprintf(stderr, "calibrator_create: %s\n", err.message);
-        return NULL;
-    }
-    for (uint32_t i = 0; i < n_caches; i++) {
-        kvtc_cache *c = make_random_cache(shape, KVTC_F32, tokens, 0, low_rank, seed + i);
-        kvtc_status st = c ? kvtc_calibrator_add(cal, c, &err) : KVTC_E_NOMEM;
-        kvtc_cache_free(c);
-        if (st != KVTC_OK) {
-            fprintf(stderr, "calibrator_add: %s\n", err.message);
-            kvtc_calibrator_free(cal);
-            return NULL;
-        }
-    }
-    if (kvtc_calibrator_finish(cal, &out, &err) != KVTC_OK)
-        fprintf(stderr, "calibrator_finish: %s\n", err.message);
-    kvtc_calibrator_free(cal);
+    if (test_calibrate(shape, opt, n_caches, random_series_cache, &series, &out, &err) != KVTC_OK)
+        fprintf(stderr, "make_random_calibration: %s\n", err.message);
     return out;
+}
+
+/* ---- comparisons --------------------------------------------------------------- */
+
+bool test_tokens_equal(const kvtc_cache *a, uint32_t ta, const kvtc_cache *b, uint32_t tb,
+                       uint32_t n)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(a);
+    uint32_t na = kvtc_cache_tokens(a), nb = kvtc_cache_tokens(b);
+    if (kvtc_cache_dtype(a) != kvtc_cache_dtype(b) || !kvtc_shape_equal(s, kvtc_cache_shape(b)) ||
+        ta > na || n > na - ta || tb > nb || n > nb - tb)
+        return false;
+    size_t row = (size_t)s->head_dim * kvtc_dtype_size(kvtc_cache_dtype(a));
+    for (int k = 0; k < 2; k++)
+        for (uint32_t l = 0; l < s->n_layer; l++) {
+            const uint8_t *la = kvtc_cache_data_const(a, (kvtc_kind)k, l);
+            const uint8_t *lb = kvtc_cache_data_const(b, (kvtc_kind)k, l);
+            for (uint32_t h = 0; h < s->n_kv_head && n; h++)
+                if (memcmp(la + ((size_t)h * na + ta) * row, lb + ((size_t)h * nb + tb) * row,
+                           n * row) != 0)
+                    return false;
+        }
+    return true;
+}
+
+bool test_caches_equal(const kvtc_cache *a, const kvtc_cache *b)
+{
+    return kvtc_cache_tokens(a) == kvtc_cache_tokens(b) &&
+           kvtc_cache_pos0(a) == kvtc_cache_pos0(b) &&
+           strcmp(kvtc_cache_model_name(a), kvtc_cache_model_name(b)) == 0 &&
+           test_tokens_equal(a, 0, b, 0, kvtc_cache_tokens(a));
+}
+
+bool test_bytes_equal(const void *a, size_t a_len, const void *b, size_t b_len)
+{
+    return a_len == b_len && (a_len == 0 || memcmp(a, b, a_len) == 0);
+}
+
+bool test_calibrations_equal(const kvtc_calibration *a, const kvtc_calibration *b)
+{
+    void *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    bool same = kvtc_calibration_save(a, &x, &nx, NULL) == KVTC_OK &&
+                kvtc_calibration_save(b, &y, &ny, NULL) == KVTC_OK &&
+                test_bytes_equal(x, nx, y, ny);
+    kvtc_buffer_free(x);
+    kvtc_buffer_free(y);
+    return same;
+}
+
+int test_count_layers(void *user, uint32_t layer, const void *key, const void *value)
+{
+    (void)layer;
+    (void)key;
+    (void)value;
+    ++*(uint32_t *)user;
+    return 0;
+}
+
+void test_put_le(uint8_t *p, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint64_t test_get_le(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* ---- inputs ---------------------------------------------------------------------- */
+
+/* "<dir><sub>/<rel>"; dir NULL means the variable `unset` names is not set. */
+static bool join_path(char *buf, size_t size, const char *dir, const char *sub, const char *rel,
+                      const char *unset)
+{
+    if (!dir) {
+        fprintf(stderr, "test inputs: %s is not set\n", unset);
+        return false;
+    }
+    int n = snprintf(buf, size, "%s%s/%s", dir, sub, rel);
+    if (n < 0 || (size_t)n >= size) {
+        fprintf(stderr, "test input path too long: %s%s/%s\n", dir, sub, rel);
+        return false;
+    }
+    return true;
+}
+
+/* $name when it is set and not empty, else NULL. */
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+static const char *source_dir(void)
+{
+#ifdef KVTC_TEST_SOURCE_DIR
+    return env("KVTC_SOURCE_DIR") ? env("KVTC_SOURCE_DIR") : KVTC_TEST_SOURCE_DIR;
+#else
+    return env("KVTC_SOURCE_DIR");
+#endif
+}
+
+bool test_source_path(char *buf, size_t size, const char *rel)
+{
+    return join_path(buf, size, source_dir(), "", rel, "KVTC_SOURCE_DIR");
+}
+
+bool test_shared_path(char *buf, size_t size, const char *rel)
+{
+    if (env("KVTC_SHARED_DIR"))
+        return join_path(buf, size, env("KVTC_SHARED_DIR"), "", rel, "KVTC_SHARED_DIR");
+    return join_path(buf, size, source_dir(), "/../shared", rel,
+                     "KVTC_SHARED_DIR (nor KVTC_SOURCE_DIR)");
+}
+
+bool test_model_cache_path(char *buf, size_t size, const char *rel)
+{
+    if (env("KVTC_CACHE_DIR"))
+        return join_path(buf, size, env("KVTC_CACHE_DIR"), "", rel, "KVTC_CACHE_DIR");
+    return join_path(buf, size, env("HOME"), "/.cache/kvtc", rel, "KVTC_CACHE_DIR (nor HOME)");
+}
+
+bool test_input_present(const char *test, const char *what, const char *path, const char *hint)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 || (errno != ENOENT && errno != ENOTDIR))
+        return true;
+    printf("%s: %s skipped: %s is absent (%s)\n", test, what, path, hint);
+    return false;
 }
 
 /* ---- temporary files --------------------------------------------------------- */
