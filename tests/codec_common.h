@@ -1,6 +1,7 @@
 /* Helpers shared by the codec tests (test_codec_*.c, test_determinism.c,
  * test_golden.c): a calibration fitted with the public calibrator on random
- * low-rank caches, token comparison, and reconstruction error. */
+ * low-rank caches, and reconstruction error (cache comparisons are in
+ * testutil.h). */
 #ifndef KVTC_CODEC_COMMON_H
 #define KVTC_CODEC_COMMON_H
 
@@ -32,32 +33,6 @@ static inline kvtc_calibration *codec_test_calibration(const kvtc_model_shape *s
     opt.sinks = sinks;
     opt.window = window;
     return make_random_calibration(shape, &opt, n_caches, tokens, CODEC_TEST_LOW_RANK, seed);
-}
-
-/* True if tokens [ta, ta+n) of a and [tb, tb+n) of b have the same bytes
- * (both kinds, every layer and head). */
-static inline bool codec_tokens_equal(const kvtc_cache *a, uint32_t ta, const kvtc_cache *b,
-                                      uint32_t tb, uint32_t n)
-{
-    if (a->dtype != b->dtype || !kvtc_shape_equal(&a->shape, &b->shape))
-        return false;
-    size_t row = (size_t)a->shape.head_dim * kvtc_dtype_size(a->dtype);
-    for (int k = 0; k < 2; k++)
-        for (uint32_t l = 0; l < a->shape.n_layer; l++) {
-            const uint8_t *la = kvtc_cache_data_const(a, (kvtc_kind)k, l);
-            const uint8_t *lb = kvtc_cache_data_const(b, (kvtc_kind)k, l);
-            for (uint32_t h = 0; h < a->shape.n_kv_head; h++)
-                if (n && memcmp(la + ((size_t)h * a->n_tokens + ta) * row,
-                                lb + ((size_t)h * b->n_tokens + tb) * row, n * row) != 0)
-                    return false;
-        }
-    return true;
-}
-
-static inline bool codec_caches_equal(const kvtc_cache *a, const kvtc_cache *b)
-{
-    return a->n_tokens == b->n_tokens && a->pos0 == b->pos0 &&
-           codec_tokens_equal(a, 0, b, 0, a->n_tokens);
 }
 
 /* Relative squared error of tokens [t0, t0+n) of `got` (a decoded cache whose

@@ -6,39 +6,14 @@
  * allocation it made must be freed. LSan (the ASan build) checks the same from
  * the outside. OpenBLAS/LAPACK allocate on their own, not through the hook, so
  * their allocations are not failed here. */
+#include "test_alloc.h"
 #include "testutil.h"
 
 #include <dirent.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static _Atomic uint64_t g_count; /* allocations since the step started */
-static _Atomic uint64_t g_fail_at; /* 1-based index of the one to fail; 0: none */
-static _Atomic int64_t g_live;     /* allocations not freed yet */
-
-static void *failing_malloc(size_t n, void *user)
-{
-    (void)user;
-    uint64_t i = ++g_count;
-    if (i == g_fail_at)
-        return NULL;
-    void *p = malloc(n);
-    if (p)
-        g_live++;
-    return p;
-}
-
-static void counting_free(void *p, void *user)
-{
-    (void)user;
-    if (p) {
-        g_live--;
-        free(p);
-    }
-}
 
 static const kvtc_model_shape SHAPE = {
     .n_layer = 2, .n_kv_head = 2, .head_dim = 8, .rope_style = KVTC_ROPE_INTERLEAVED,
@@ -57,50 +32,31 @@ static struct {
     char out_path[4096];
 } g;
 
-static bool same_bytes(const void *a, size_t a_len, const void *b, size_t b_len)
-{
-    return a_len == b_len && memcmp(a, b, a_len) == 0;
-}
-
-/* Compares through safetensors bytes, with injection paused: the check is not
- * part of the step. */
-static bool same_cache(const kvtc_cache *a, const kvtc_cache *b)
-{
-    uint64_t count = g_count, fail_at = g_fail_at;
-    g_fail_at = 0;
-    void *sa = NULL, *sb = NULL;
-    size_t la = 0, lb = 0;
-    bool same = kvtc_cache_save_safetensors(a, &sa, &la, NULL) == KVTC_OK &&
-                kvtc_cache_save_safetensors(b, &sb, &lb, NULL) == KVTC_OK &&
-                same_bytes(sa, la, sb, lb);
-    kvtc_buffer_free(sa);
-    kvtc_buffer_free(sb);
-    g_count = count;
-    g_fail_at = fail_at;
-    return same;
-}
-
 /* ---- the steps: each frees what it made and reports a wrong result ------------ */
 
-typedef kvtc_status (*step_fn)(kvtc_error *err, bool *wrong);
-
-static kvtc_status step_calibrate(kvtc_error *err, bool *wrong)
+/* The calibration of the two training caches: the step, and how g.cal is made. */
+static kvtc_status calibrate_train(kvtc_calibration **out, kvtc_error *err)
 {
     kvtc_calib_options opt;
     kvtc_calib_options_default(&opt);
     opt.sinks = 2;
     opt.window = 4;
     opt.heldout_every = 4;
-    kvtc_calibration *cal = NULL;
     kvtc_calibrator *cb;
     kvtc_status st = kvtc_calibrator_create(&SHAPE, &opt, &cb, err);
-    if (st != KVTC_OK)
-        return st;
     for (int i = 0; i < 2 && st == KVTC_OK; i++)
         st = kvtc_calibrator_add(cb, g.train[i], err);
     if (st == KVTC_OK)
-        st = kvtc_calibrator_finish(cb, &cal, err);
+        st = kvtc_calibrator_finish(cb, out, err);
     kvtc_calibrator_free(cb);
+    return st;
+}
+
+static kvtc_status step_calibrate(void *arg, kvtc_error *err, bool *wrong)
+{
+    (void)arg;
+    kvtc_calibration *cal = NULL;
+    kvtc_status st = calibrate_train(&cal, err);
     if (st == KVTC_OK)
         *wrong = memcmp(kvtc_calibration_fingerprint(cal), kvtc_calibration_fingerprint(g.cal),
                         32) != 0;
@@ -108,8 +64,9 @@ static kvtc_status step_calibrate(kvtc_error *err, bool *wrong)
     return st;
 }
 
-static kvtc_status step_plan(kvtc_error *err, bool *wrong)
+static kvtc_status step_plan(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     (void)wrong;
     kvtc_status st = KVTC_OK;
     for (int k = 0; k < 2 && st == KVTC_OK; k++) {
@@ -128,54 +85,50 @@ static kvtc_status compress_with(uint32_t n_threads, kvtc_error *err, bool *wron
     size_t len = 0;
     kvtc_status st = kvtc_compress(g.cal, g.cache, &opt, &out, &len, err);
     if (st == KVTC_OK)
-        *wrong = !same_bytes(out, len, g.stream, g.stream_len);
+        *wrong = !test_bytes_equal(out, len, g.stream, g.stream_len);
     kvtc_buffer_free(out);
     return st;
 }
 
-static kvtc_status step_compress(kvtc_error *err, bool *wrong)
+static kvtc_status step_compress(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     return compress_with(1, err, wrong);
 }
 
-static kvtc_status step_compress_2_threads(kvtc_error *err, bool *wrong)
+static kvtc_status step_compress_2_threads(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     return compress_with(2, err, wrong);
 }
 
-static kvtc_status step_decompress(kvtc_error *err, bool *wrong)
+static kvtc_status step_decompress(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 2};
     kvtc_cache *out = NULL;
     kvtc_status st = kvtc_decompress(g.cal, g.stream, g.stream_len, &dopt, &out, err);
     if (st == KVTC_OK)
-        *wrong = !same_cache(out, g.decoded);
+        *wrong = !test_caches_equal(out, g.decoded);
     kvtc_cache_free(out);
     return st;
 }
 
-static int count_layer(void *user, uint32_t layer, const void *key, const void *value)
+static kvtc_status step_decompress_layers(void *arg, kvtc_error *err, bool *wrong)
 {
-    (void)layer;
-    (void)key;
-    (void)value;
-    (*(uint32_t *)user)++;
-    return 0;
-}
-
-static kvtc_status step_decompress_layers(kvtc_error *err, bool *wrong)
-{
+    (void)arg;
     kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     uint32_t layers = 0;
-    kvtc_status st = kvtc_decompress_layers(g.cal, g.stream, g.stream_len, &dopt, count_layer,
+    kvtc_status st = kvtc_decompress_layers(g.cal, g.stream, g.stream_len, &dopt, test_count_layers,
                                             &layers, err);
     if (st == KVTC_OK)
         *wrong = layers != SHAPE.n_layer;
     return st;
 }
 
-static kvtc_status step_decompress_blocks(kvtc_error *err, bool *wrong)
+static kvtc_status step_decompress_blocks(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     kvtc_status st = KVTC_OK;
     uint32_t tokens = 0;
@@ -191,19 +144,21 @@ static kvtc_status step_decompress_blocks(kvtc_error *err, bool *wrong)
     return st;
 }
 
-static kvtc_status step_append(kvtc_error *err, bool *wrong)
+static kvtc_status step_append(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     void *out = NULL;
     size_t len = 0;
     kvtc_status st = kvtc_append(g.cal, g.stream, g.stream_len, g.more, &g.copt, &out, &len, err);
     if (st == KVTC_OK)
-        *wrong = !same_bytes(out, len, g.joined, g.joined_len);
+        *wrong = !test_bytes_equal(out, len, g.joined, g.joined_len);
     kvtc_buffer_free(out);
     return st;
 }
 
-static kvtc_status step_stream_info(kvtc_error *err, bool *wrong)
+static kvtc_status step_stream_info(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_status st = kvtc_stream_info_get(g.stream, g.stream_len, &info, err);
     if (st == KVTC_OK)
@@ -211,19 +166,21 @@ static kvtc_status step_stream_info(kvtc_error *err, bool *wrong)
     return st;
 }
 
-static kvtc_status step_calibration_save(kvtc_error *err, bool *wrong)
+static kvtc_status step_calibration_save(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     void *out = NULL;
     size_t len = 0;
     kvtc_status st = kvtc_calibration_save(g.cal, &out, &len, err);
     if (st == KVTC_OK)
-        *wrong = !same_bytes(out, len, g.calib_file, g.calib_len);
+        *wrong = !test_bytes_equal(out, len, g.calib_file, g.calib_len);
     kvtc_buffer_free(out);
     return st;
 }
 
-static kvtc_status step_calibration_load(kvtc_error *err, bool *wrong)
+static kvtc_status step_calibration_load(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     kvtc_calibration *cal = NULL;
     kvtc_status st = kvtc_calibration_load(g.calib_file, g.calib_len, &cal, err);
     if (st == KVTC_OK)
@@ -233,23 +190,25 @@ static kvtc_status step_calibration_load(kvtc_error *err, bool *wrong)
     return st;
 }
 
-static kvtc_status step_safetensors_save(kvtc_error *err, bool *wrong)
+static kvtc_status step_safetensors_save(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     void *out = NULL;
     size_t len = 0;
     kvtc_status st = kvtc_cache_save_safetensors(g.cache, &out, &len, err);
     if (st == KVTC_OK)
-        *wrong = !same_bytes(out, len, g.st_file, g.st_len);
+        *wrong = !test_bytes_equal(out, len, g.st_file, g.st_len);
     kvtc_buffer_free(out);
     return st;
 }
 
-static kvtc_status step_safetensors_load(kvtc_error *err, bool *wrong)
+static kvtc_status step_safetensors_load(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     kvtc_cache *c = NULL;
     kvtc_status st = kvtc_cache_load_safetensors(g.st_file, g.st_len, &c, err);
     if (st == KVTC_OK)
-        *wrong = !same_cache(c, g.cache);
+        *wrong = !test_caches_equal(c, g.cache);
     kvtc_cache_free(c);
     return st;
 }
@@ -275,8 +234,9 @@ static bool folder_clean(bool expect_file)
     return clean && seen == expect_file;
 }
 
-static kvtc_status step_write_read_calibration(kvtc_error *err, bool *wrong)
+static kvtc_status step_write_read_calibration(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     unlink(g.out_path);
     kvtc_status st = kvtc_calibration_write(g.cal, g.out_path, err);
     *wrong = !folder_clean(st == KVTC_OK);
@@ -289,66 +249,18 @@ static kvtc_status step_write_read_calibration(kvtc_error *err, bool *wrong)
     return st;
 }
 
-static kvtc_status step_write_read_safetensors(kvtc_error *err, bool *wrong)
+static kvtc_status step_write_read_safetensors(void *arg, kvtc_error *err, bool *wrong)
 {
+    (void)arg;
     unlink(g.out_path);
     kvtc_status st = kvtc_cache_write_safetensors(g.cache, g.out_path, err);
     *wrong = !folder_clean(st == KVTC_OK);
     kvtc_cache *back = NULL;
     if (st == KVTC_OK && (st = kvtc_cache_read_safetensors(g.out_path, &back, err)) == KVTC_OK)
-        *wrong |= !same_cache(back, g.cache);
+        *wrong |= !test_caches_equal(back, g.cache);
     kvtc_cache_free(back);
     unlink(g.out_path);
     return st;
-}
-
-/* ---- the driver ------------------------------------------------------------------------------ */
-
-static uint64_t g_points, g_leaks;
-
-/* Fails allocation 1, 2, ... of the step until it runs through without
- * reaching the failing one. */
-static void fail_every_allocation(const char *name, step_fn step)
-{
-    uint64_t points = 0, leaks = 0, fallbacks = 0, other_status = 0;
-    for (uint64_t k = 1;; k++) {
-        kvtc_error err = {0};
-        bool wrong = false;
-        int64_t live_before = g_live;
-        g_count = 0;
-        g_fail_at = k;
-        kvtc_status st = step(&err, &wrong);
-        bool reached = g_count >= k;
-        g_fail_at = 0;
-        if (g_live != live_before) {
-            leaks++;
-            CHECK_MSG(false, "%s, allocation %llu failed: %lld allocations leaked", name,
-                      (unsigned long long)k, (long long)(g_live - live_before));
-        }
-        CHECK_MSG(!wrong, "%s, allocation %llu failed: wrong result or files left behind", name,
-                  (unsigned long long)k);
-        if (!reached) {
-            CHECK_MSG(st == KVTC_OK, "%s fails without an injected failure: %s", name,
-                      err.message);
-            break;
-        }
-        points++;
-        if (st == KVTC_OK)
-            fallbacks++;
-        else {
-            CHECK_MSG(err.status == st && err.message[0] && !strchr(err.message, '\n'),
-                      "%s, allocation %llu failed: status %s without a proper message", name,
-                      (unsigned long long)k, kvtc_status_string(st));
-            other_status += st != KVTC_E_NOMEM;
-        }
-        if (!CHECK_MSG(k < 1000000, "%s never finishes", name))
-            break;
-    }
-    printf("  %-26s %6llu points, %llu leaks, %llu succeeded anyway, %llu other errors\n", name,
-           (unsigned long long)points, (unsigned long long)leaks, (unsigned long long)fallbacks,
-           (unsigned long long)other_status);
-    g_points += points;
-    g_leaks += leaks;
 }
 
 static bool make_inputs(void)
@@ -360,18 +272,7 @@ static bool make_inputs(void)
     g.more = make_random_cache(&SHAPE, KVTC_F16, 7, 30, 4, 21);
     if (!CHECK(g.train[0] && g.train[1] && g.cache && g.more))
         return false;
-    kvtc_calib_options opt;
-    kvtc_calib_options_default(&opt);
-    opt.sinks = 2;
-    opt.window = 4;
-    opt.heldout_every = 4;
-    kvtc_calibrator *cb;
-    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cb, &err), &err);
-    bool ok = CHECK(cb != NULL) && CHECK_OK(kvtc_calibrator_add(cb, g.train[0], &err), &err) &&
-              CHECK_OK(kvtc_calibrator_add(cb, g.train[1], &err), &err) &&
-              CHECK_OK(kvtc_calibrator_finish(cb, &g.cal, &err), &err);
-    kvtc_calibrator_free(cb);
-    if (!ok)
+    if (!CHECK_OK(calibrate_train(&g.cal, &err), &err))
         return false;
     kvtc_compress_options_default(&g.copt);
     g.copt.k_ratio = 4.0;
@@ -379,14 +280,15 @@ static bool make_inputs(void)
     g.copt.block_tokens = 8;
     kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 1};
     kvtc_stream_info info = {.struct_size = sizeof info};
-    ok = CHECK_OK(kvtc_compress(g.cal, g.cache, &g.copt, &g.stream, &g.stream_len, &err), &err) &&
-         CHECK_OK(kvtc_decompress(g.cal, g.stream, g.stream_len, &dopt, &g.decoded, &err), &err) &&
-         CHECK_OK(kvtc_stream_info_get(g.stream, g.stream_len, &info, &err), &err) &&
-         CHECK_OK(kvtc_append(g.cal, g.stream, g.stream_len, g.more, &g.copt, &g.joined,
-                              &g.joined_len, &err), &err) &&
-         CHECK_OK(kvtc_calibration_save(g.cal, &g.calib_file, &g.calib_len, &err), &err) &&
-         CHECK_OK(kvtc_cache_save_safetensors(g.cache, &g.st_file, &g.st_len, &err), &err) &&
-         CHECK(temp_path(g.out_path, sizeof g.out_path, "out.file"));
+    bool ok = CHECK_OK(kvtc_compress(g.cal, g.cache, &g.copt, &g.stream, &g.stream_len, &err), &err) &&
+              CHECK_OK(kvtc_decompress(g.cal, g.stream, g.stream_len, &dopt, &g.decoded, &err),
+                       &err) &&
+              CHECK_OK(kvtc_stream_info_get(g.stream, g.stream_len, &info, &err), &err) &&
+              CHECK_OK(kvtc_append(g.cal, g.stream, g.stream_len, g.more, &g.copt, &g.joined,
+                                   &g.joined_len, &err), &err) &&
+              CHECK_OK(kvtc_calibration_save(g.cal, &g.calib_file, &g.calib_len, &err), &err) &&
+              CHECK_OK(kvtc_cache_save_safetensors(g.cache, &g.st_file, &g.st_len, &err), &err) &&
+              CHECK(temp_path(g.out_path, sizeof g.out_path, "out.file"));
     g.n_blocks = ok ? info.n_blocks : 0;
     return ok;
 }
@@ -408,11 +310,10 @@ static void free_inputs(void)
 int main(void)
 {
     /* Before any other kvtc call, so every library allocation is counted. */
-    kvtc_allocator a = {failing_malloc, counting_free, NULL};
-    kvtc_set_allocator(&a);
+    test_alloc_install();
     static const struct {
         const char *name;
-        step_fn fn;
+        test_alloc_step fn;
     } steps[] = {
         {"calibrate", step_calibrate},
         {"plan", step_plan},
@@ -430,13 +331,19 @@ int main(void)
         {"safetensors load", step_safetensors_load},
         {"safetensors write+read", step_write_read_safetensors},
     };
+    uint64_t points = 0, leaks = 0;
     if (make_inputs())
-        for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++)
-            fail_every_allocation(steps[i].name, steps[i].fn);
+        for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+            test_alloc_tally t = test_alloc_sweep(steps[i].name, steps[i].fn, NULL,
+                                                  TEST_ALLOC_ANY_STATUS | TEST_ALLOC_FALLBACK);
+            points += t.points;
+            leaks += t.leaks;
+        }
     free_inputs();
-    CHECK_MSG(g_live == 0, "%lld allocations still live at the end", (long long)g_live);
-    printf("alloc failure: %llu points tried, %llu leaks\n", (unsigned long long)g_points,
-           (unsigned long long)g_leaks);
-    kvtc_set_allocator(NULL);
+    CHECK_MSG(test_alloc_live() == 0, "%lld allocations still live at the end",
+              (long long)test_alloc_live());
+    printf("alloc failure: %llu points tried, %llu leaks\n", (unsigned long long)points,
+           (unsigned long long)leaks);
+    test_alloc_remove();
     return test_summary("test_alloc_failure");
 }

@@ -23,18 +23,9 @@ static kvtc_calibration *make_calibration(void)
     opt.window = 16;
     opt.rank = RANK;
     kvtc_error err;
-    kvtc_calibrator *cal;
-    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cal, &err), &err);
-    if (!cal)
-        return NULL;
-    for (uint64_t i = 0; i < 3; i++) {
-        kvtc_cache *c = make_random_cache(&SHAPE, KVTC_F16, 200, (int64_t)i * 200, 6, i);
-        CHECK_OK(kvtc_calibrator_add(cal, c, &err), &err);
-        kvtc_cache_free(c);
-    }
+    random_series series = {&SHAPE, KVTC_F16, 200, 200, 6, 0};
     kvtc_calibration *out = NULL;
-    CHECK_OK(kvtc_calibrator_finish(cal, &out, &err), &err);
-    kvtc_calibrator_free(cal);
+    CHECK_OK(test_calibrate(&SHAPE, &opt, 3, random_series_cache, &series, &out, &err), &err);
     return out;
 }
 

@@ -5,6 +5,7 @@
  * end in a clean error (never a crash, a leak or a silently different cache). */
 #include "codec_common.h"
 #include "container.h"
+#include "test_alloc.h"
 
 #include <math.h>
 
@@ -36,7 +37,7 @@ static outcome decode_outcome(const void *data, size_t len, const kvtc_cache *wa
         *status = st;
     if (st != KVTC_OK)
         return got == NULL ? REFUSED : DIFFERENT;
-    outcome o = codec_caches_equal(got, want) ? IDENTICAL : DIFFERENT;
+    outcome o = test_caches_equal(got, want) ? IDENTICAL : DIFFERENT;
     kvtc_cache_free(got);
     return o;
 }
@@ -48,25 +49,11 @@ static kvtc_status decode_status(const void *data, size_t len, const kvtc_cache 
     return st;
 }
 
-static void put_le(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 /* Recomputes the header CRC after an edit, so the edit reaches the field checks. */
 static void fix_header_crc(uint8_t *data)
 {
-    size_t body = (size_t)get_le(data + 16, 8) - 4;
-    put_le(data + body, kvtc_crc32(data, body), 4);
+    size_t body = (size_t)test_get_le(data + 16, 8) - 4;
+    test_put_le(data + body, kvtc_crc32(data, body), 4);
 }
 
 static void test_truncation_and_flips(const uint8_t *data, size_t len, const kvtc_cache *want)
@@ -108,7 +95,7 @@ static void test_hostile_header(const uint8_t *data, size_t len, const kvtc_cach
 {
     static const uint32_t values[] = {0, 1, 2, 3, 7, 255, 256, 65535, 65536, 65537,
                                       0x7fffffffu, 0x80000000u, 0xfffffffeu, 0xffffffffu};
-    size_t header = (size_t)get_le(data + 16, 8);
+    size_t header = (size_t)test_get_le(data + 16, 8);
     uint8_t *copy = malloc(len);
     if (!CHECK(copy))
         return;
@@ -117,7 +104,7 @@ static void test_hostile_header(const uint8_t *data, size_t len, const kvtc_cach
             continue; /* the header length: covered by truncation */
         for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
             memcpy(copy, data, len);
-            put_le(copy + off, values[v], 4);
+            test_put_le(copy + off, values[v], 4);
             fix_header_crc(copy);
             /* Some edits stay valid (pos0, dtype F16 <-> BF16, fp8 <-> int8 groups,
              * the ratios): then info and decoder must agree on what the stream is. */
@@ -136,15 +123,15 @@ static void test_hostile_header(const uint8_t *data, size_t len, const kvtc_cach
 
     /* Specific fields and the status they must give. */
     memcpy(copy, data, len);
-    put_le(copy + 8, 2, 4); /* a newer version is refused before the CRC */
+    test_put_le(copy + 8, 2, 4); /* a newer version is refused before the CRC */
     CHECK_STATUS(decode_status(copy, len, want), KVTC_E_VERSION, NULL);
-    put_le(copy + 8, 0, 4);
+    test_put_le(copy + 8, 0, 4);
     CHECK_STATUS(decode_status(copy, len, want), KVTC_E_FORMAT, NULL);
     memcpy(copy, data, len);
     copy[0] = 'X';
     CHECK_STATUS(decode_status(copy, len, want), KVTC_E_FORMAT, NULL);
     memcpy(copy, data, len);
-    put_le(copy + 72, get_le(copy + 72, 4) + 1, 4); /* n_tokens */
+    test_put_le(copy + 72, test_get_le(copy + 72, 4) + 1, 4); /* n_tokens */
     fix_header_crc(copy);
     CHECK_STATUS(decode_status(copy, len, want), KVTC_E_FORMAT, NULL);
     memcpy(copy, data, len);
@@ -176,15 +163,6 @@ static bool has_hex_prefix(const char *msg, const uint8_t *fingerprint)
     return strstr(msg, hex) != NULL;
 }
 
-static int count_calls(void *user, uint32_t layer, const void *key, const void *value)
-{
-    (void)layer;
-    (void)key;
-    (void)value;
-    (*(int *)user)++;
-    return 0;
-}
-
 static int stop_at_layer_1(void *user, uint32_t layer, const void *key, const void *value)
 {
     (void)key;
@@ -208,8 +186,9 @@ static void test_mismatches(const void *data, size_t len, const kvtc_cache *cach
         CHECK_MSG(has_hex_prefix(err.message, kvtc_calibration_fingerprint(g_cal)) &&
                       has_hex_prefix(err.message, kvtc_calibration_fingerprint(other)),
                   "message does not name both fingerprints: %s", err.message);
-        int calls = 0;
-        CHECK_STATUS(kvtc_decompress_layers(other, data, len, NULL, count_calls, &calls, &err),
+        uint32_t calls = 0;
+        CHECK_STATUS(kvtc_decompress_layers(other, data, len, NULL, test_count_layers, &calls,
+                                            &err),
                      KVTC_E_MISMATCH, &err);
         CHECK_EQ(calls, 0);
         CHECK_STATUS(kvtc_decompress_block(other, data, len, 0, NULL, &out, &err),
@@ -333,7 +312,7 @@ static void test_non_finite(void)
     if (CHECK_OK(kvtc_compress(g_cal, c, &opt, &buf, &len, &err), &err)) {
         kvtc_cache *d = NULL;
         if (CHECK_OK(kvtc_decompress(g_cal, buf, len, NULL, &d, &err), &err))
-            CHECK(codec_tokens_equal(c, 0, d, 0, SINKS));
+            CHECK(test_tokens_equal(c, 0, d, 0, SINKS));
         kvtc_cache_free(d);
         kvtc_buffer_free(buf);
         buf = NULL;
@@ -346,91 +325,31 @@ static void test_non_finite(void)
 
 /* ---- allocation failure injection -------------------------------------------- */
 
-static long g_alloc_left; /* allocations that still succeed; < 0: unlimited */
-static long g_live;
-
-static void *failing_malloc(size_t n, void *user)
-{
-    (void)user;
-    if (g_alloc_left == 0)
-        return NULL;
-    if (g_alloc_left > 0)
-        g_alloc_left--;
-    void *p = malloc(n);
-    g_live += p != NULL;
-    return p;
-}
-
-static void counted_free(void *p, void *user)
-{
-    (void)user;
-    g_live--;
-    free(p);
-}
-
-typedef kvtc_status (*alloc_case_fn)(const void *arg, kvtc_error *err);
-
-/* Runs fn with the k-th allocation failing, k = 0, 1, ... until it succeeds:
- * every failure must be an error that frees everything it allocated. */
-static void check_alloc_failures(const char *what, alloc_case_fn fn, const void *arg)
-{
-    kvtc_allocator a = {failing_malloc, counted_free, NULL};
-    int leaks = 0, wrong_status = 0;
-    long k;
-    for (k = 0; k < 100000; k++) {
-        g_alloc_left = k;
-        g_live = 0;
-        kvtc_set_allocator(&a);
-        kvtc_error err;
-        kvtc_status st = fn(arg, &err);
-        kvtc_set_allocator(NULL);
-        leaks += g_live != 0;
-        if (st == KVTC_OK)
-            break;
-        if (st != KVTC_E_NOMEM && wrong_status++ == 0)
-            fprintf(stderr, "%s: allocation %ld failing gave %s: %s\n", what, k,
-                    kvtc_status_string(st), err.message);
-    }
-    printf("%s: %ld allocations\n", what, k);
-    CHECK_MSG(leaks == 0, "%s: %d runs leaked", what, leaks);
-    CHECK_MSG(wrong_status == 0, "%s: %d failures were not KVTC_E_NOMEM", what, wrong_status);
-    CHECK_MSG(k > 0 && k < 100000, "%s: never succeeded", what);
-}
-
 typedef struct alloc_args {
-    const kvtc_cache *cache;
+    enum { COMPRESS, DECOMPRESS, APPEND } op;
+    const kvtc_cache *cache; /* compressed into data with small_blocks(), or appended */
     const void *data;
     size_t len;
 } alloc_args;
 
-static kvtc_status alloc_compress(const void *arg, kvtc_error *err)
+static kvtc_status alloc_step(void *arg, kvtc_error *err, bool *wrong)
 {
     const alloc_args *a = arg;
     kvtc_compress_options opt = small_blocks();
     void *buf = NULL;
     size_t len = 0;
-    kvtc_status st = kvtc_compress(g_cal, a->cache, &opt, &buf, &len, err);
-    kvtc_buffer_free(buf);
-    return st;
-}
-
-static kvtc_status alloc_decompress(const void *arg, kvtc_error *err)
-{
-    const alloc_args *a = arg;
     kvtc_cache *out = NULL;
-    kvtc_status st = kvtc_decompress(g_cal, a->data, a->len, NULL, &out, err);
-    kvtc_cache_free(out);
-    return st;
-}
-
-static kvtc_status alloc_append(const void *arg, kvtc_error *err)
-{
-    const alloc_args *a = arg;
-    kvtc_compress_options opt = small_blocks();
-    void *buf = NULL;
-    size_t len = 0;
-    kvtc_status st = kvtc_append(g_cal, a->data, a->len, a->cache, &opt, &buf, &len, err);
+    kvtc_status st;
+    if (a->op == COMPRESS) {
+        st = kvtc_compress(g_cal, a->cache, &opt, &buf, &len, err);
+        *wrong = st == KVTC_OK && !test_bytes_equal(buf, len, a->data, a->len);
+    } else if (a->op == DECOMPRESS) {
+        st = kvtc_decompress(g_cal, a->data, a->len, NULL, &out, err);
+    } else {
+        st = kvtc_append(g_cal, a->data, a->len, a->cache, &opt, &buf, &len, err);
+    }
     kvtc_buffer_free(buf);
+    kvtc_cache_free(out);
     return st;
 }
 
@@ -440,23 +359,18 @@ static void test_alloc_failures(const kvtc_cache *cache, const void *data, size_
                                          CODEC_TEST_LOW_RANK, 13);
     if (!CHECK(more))
         return;
-    alloc_args a = {cache, data, len};
-    check_alloc_failures("compress", alloc_compress, &a);
-    check_alloc_failures("decompress", alloc_decompress, &a);
-    alloc_args b = {more, data, len};
-    check_alloc_failures("append", alloc_append, &b);
+    /* Once one allocation fails, every later one fails too: the cleanup paths
+     * must cope with that as well. */
+    alloc_args compress = {COMPRESS, cache, data, len}, decompress = {DECOMPRESS, cache, data, len};
+    alloc_args append = {APPEND, more, data, len};
+    test_alloc_sweep("compress", alloc_step, &compress, TEST_ALLOC_STICKY);
+    test_alloc_sweep("decompress", alloc_step, &decompress, TEST_ALLOC_STICKY);
+    test_alloc_sweep("append", alloc_step, &append, TEST_ALLOC_STICKY);
     kvtc_cache_free(more);
 }
 
 /* max_output_bytes: the exact size passes, one byte less is refused before
  * decoding, for the whole stream, one block and the layer callback. */
-static int count_layer(void *user, uint32_t layer, const void *key, const void *value)
-{
-    (void)layer, (void)key, (void)value;
-    ++*(int *)user;
-    return 0;
-}
-
 static void test_output_limit(const void *data, size_t len, const kvtc_cache *want)
 {
     uint64_t size = (uint64_t)kvtc_cache_tokens(want) * kvtc_shape_features(&g_shape) *
@@ -465,14 +379,14 @@ static void test_output_limit(const void *data, size_t len, const kvtc_cache *wa
     kvtc_cache *out = NULL;
     kvtc_error err;
     if (CHECK_OK(kvtc_decompress(g_cal, data, len, &opt, &out, &err), &err))
-        CHECK(codec_caches_equal(out, want));
+        CHECK(test_caches_equal(out, want));
     kvtc_cache_free(out);
     out = NULL;
     opt.max_output_bytes = size - 1;
     CHECK_STATUS(kvtc_decompress(g_cal, data, len, &opt, &out, &err), KVTC_E_LIMIT, &err);
     CHECK(out == NULL && strstr(err.message, "over the limit") != NULL);
-    int layers = 0;
-    CHECK_STATUS(kvtc_decompress_layers(g_cal, data, len, &opt, count_layer, &layers, &err),
+    uint32_t layers = 0;
+    CHECK_STATUS(kvtc_decompress_layers(g_cal, data, len, &opt, test_count_layers, &layers, &err),
                  KVTC_E_LIMIT, &err);
     CHECK(layers == 0);
     /* a block alone fits a limit the whole stream does not */
@@ -482,6 +396,7 @@ static void test_output_limit(const void *data, size_t len, const kvtc_cache *wa
 
 int main(void)
 {
+    test_alloc_install(); /* before any other kvtc call */
     g_shape = codec_test_shape();
     g_cal = codec_test_calibration(&g_shape, SINKS, WINDOW, 1, 3, 300);
     kvtc_cache *c = make_random_cache(&g_shape, KVTC_F16, 40, 20, CODEC_TEST_LOW_RANK, 3);

@@ -46,12 +46,12 @@ static double check_roundtrip(const kvtc_cache *c, const void *data, size_t len,
     CHECK(strcmp(d->model, c->model) == 0);
     double e = 0;
     if (n > SINKS + WINDOW) {
-        CHECK(codec_tokens_equal(c, 0, d, 0, SINKS));
-        CHECK(codec_tokens_equal(c, n - WINDOW, d, n - WINDOW, WINDOW));
+        CHECK(test_tokens_equal(c, 0, d, 0, SINKS));
+        CHECK(test_tokens_equal(c, n - WINDOW, d, n - WINDOW, WINDOW));
         e = codec_rel_error(c, d, 0, SINKS, n - SINKS - WINDOW);
         CHECK_MSG(e <= max_error, "relative error %g > %g", e, max_error);
     } else {
-        CHECK(codec_caches_equal(c, d));
+        CHECK(test_caches_equal(c, d));
     }
     kvtc_cache_free(d);
     return e;
@@ -169,7 +169,7 @@ static void test_dtypes_and_decoders(void)
                 if (!CHECK_OK(kvtc_decompress_block(g_cal, data, len, b, NULL, &one, &err), &err))
                     break;
                 CHECK_EQ(one->pos0, full->pos0 + first);
-                CHECK_MSG(codec_tokens_equal(full, first, one, 0, one->n_tokens),
+                CHECK_MSG(test_tokens_equal(full, first, one, 0, one->n_tokens),
                           "block %u differs from the whole-cache decode", b);
                 first += one->n_tokens;
                 kvtc_cache_free(one);
@@ -248,11 +248,11 @@ static void test_append(void)
     check_blocks_kept(s2, len2, s3, len3);
     kvtc_cache *one_shot = decompress(whole, whole_len), *appended = decompress(s3, len3);
     if (one_shot && appended) {
-        CHECK(codec_tokens_equal(c, 0, appended, 0, SINKS));
-        CHECK(codec_tokens_equal(c, n - WINDOW, appended, n - WINDOW, WINDOW));
+        CHECK(test_tokens_equal(c, 0, appended, 0, SINKS));
+        CHECK(test_tokens_equal(c, n - WINDOW, appended, n - WINDOW, WINDOW));
         CHECK_EQ(appended->pos0, 50);
         /* The first coded block has the same tokens and boundaries in both. */
-        CHECK(codec_tokens_equal(one_shot, SINKS, appended, SINKS, 64));
+        CHECK(test_tokens_equal(one_shot, SINKS, appended, SINKS, 64));
         double e_one = codec_rel_error(c, one_shot, 0, SINKS, n - SINKS - WINDOW);
         double e_app = codec_rel_error(c, appended, 0, SINKS, n - SINKS - WINDOW);
         printf("append: one-shot error %.5f, appended %.5f\n", e_one, e_app);
@@ -295,15 +295,6 @@ done:
     kvtc_cache_free(c);
 }
 
-static int count_layer(void *user, uint32_t layer, const void *key, const void *value)
-{
-    (void)layer;
-    (void)key;
-    (void)value;
-    (*(int *)user)++;
-    return 0;
-}
-
 /* 0 tokens, fewer than the sinks, and up to sinks + window: all raw. */
 static void test_short_caches(void)
 {
@@ -326,9 +317,9 @@ static void test_short_caches(void)
                     CHECK_EQ(info.sinks + info.window, sizes[i]);
                     CHECK_EQ(info.n_blocks, (info.sinks > 0) + (info.window > 0));
                 }
-                int calls = 0;
-                CHECK_OK(kvtc_decompress_layers(g_cal, data, len, NULL, count_layer, &calls, &err),
-                         &err);
+                uint32_t calls = 0;
+                CHECK_OK(kvtc_decompress_layers(g_cal, data, len, NULL, test_count_layers, &calls,
+                                                &err), &err);
                 CHECK_EQ(calls, g_shape.n_layer);
             }
             kvtc_buffer_free(data);

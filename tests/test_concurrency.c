@@ -41,40 +41,13 @@ typedef struct worker {
     char first_problem[320];
 } worker;
 
-/* Tokens [a0, a0+n) of a equal tokens [b0, b0+n) of b, byte for byte. */
-static bool same_tokens(const kvtc_cache *a, uint32_t a0, const kvtc_cache *b, uint32_t b0,
-                        uint32_t n)
-{
-    if (kvtc_cache_dtype(a) != kvtc_cache_dtype(b))
-        return false;
-    size_t row = (size_t)SHAPE.head_dim * kvtc_dtype_size(kvtc_cache_dtype(a));
-    for (int k = 0; k < 2; k++)
-        for (uint32_t l = 0; l < SHAPE.n_layer; l++)
-            for (uint32_t h = 0; h < SHAPE.n_kv_head; h++) {
-                const uint8_t *ra = (const uint8_t *)kvtc_cache_data_const(a, (kvtc_kind)k, l) +
-                                    ((size_t)h * kvtc_cache_tokens(a) + a0) * row;
-                const uint8_t *rb = (const uint8_t *)kvtc_cache_data_const(b, (kvtc_kind)k, l) +
-                                    ((size_t)h * kvtc_cache_tokens(b) + b0) * row;
-                if (memcmp(ra, rb, n * row) != 0)
-                    return false;
-            }
-    return true;
-}
-
-static bool same_cache_bytes(const kvtc_cache *a, const kvtc_cache *b)
-{
-    return kvtc_cache_tokens(a) == kvtc_cache_tokens(b) &&
-           kvtc_cache_pos0(a) == kvtc_cache_pos0(b) &&
-           same_tokens(a, 0, b, 0, kvtc_cache_tokens(a));
-}
-
 /* One block decoded alone equals the same tokens of the reference decode. */
 static bool block_matches(const reference *r, const kvtc_cache *block)
 {
     int64_t first = kvtc_cache_pos0(block) - kvtc_cache_pos0(r->decoded);
     uint32_t n = kvtc_cache_tokens(block);
     return first >= 0 && first + n <= kvtc_cache_tokens(r->decoded) &&
-           same_tokens(block, 0, r->decoded, (uint32_t)first, n);
+           test_tokens_equal(block, 0, r->decoded, (uint32_t)first, n);
 }
 
 static void note(worker *w, uint32_t *counter, const char *what, uint32_t i, const char *msg)
@@ -107,7 +80,7 @@ static void *run_worker(void *arg)
             note(w, &w->mismatches, "stream differs from the reference", i, "");
         else if (kvtc_decompress(g_cal, stream, len, &dopt, &back, &err) != KVTC_OK)
             note(w, &w->errors, "decompress:", i, err.message);
-        else if (!same_cache_bytes(back, r->decoded))
+        else if (!test_caches_equal(back, r->decoded))
             note(w, &w->mismatches, "decoded cache differs from the reference", i, "");
         kvtc_cache_free(back);
         back = NULL;

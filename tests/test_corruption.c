@@ -33,24 +33,6 @@ static kvtc_calibration *make_calibration(uint64_t seed)
     return cal;
 }
 
-static bool same_cache_bytes(const kvtc_cache *a, const kvtc_cache *b)
-{
-    if (!kvtc_shape_equal(kvtc_cache_shape(a), kvtc_cache_shape(b)) ||
-        kvtc_cache_dtype(a) != kvtc_cache_dtype(b) ||
-        kvtc_cache_tokens(a) != kvtc_cache_tokens(b) || kvtc_cache_pos0(a) != kvtc_cache_pos0(b) ||
-        strcmp(kvtc_cache_model_name(a), kvtc_cache_model_name(b)) != 0)
-        return false;
-    const kvtc_model_shape *s = kvtc_cache_shape(a);
-    size_t bytes = (size_t)s->n_kv_head * kvtc_cache_tokens(a) * s->head_dim *
-                   kvtc_dtype_size(kvtc_cache_dtype(a));
-    for (int k = 0; k < 2; k++)
-        for (uint32_t l = 0; l < s->n_layer; l++)
-            if (memcmp(kvtc_cache_data_const(a, (kvtc_kind)k, l),
-                       kvtc_cache_data_const(b, (kvtc_kind)k, l), bytes) != 0)
-                return false;
-    return true;
-}
-
 /* A damaged file must fail as damaged data, with a one-line message. */
 static bool clean_error(kvtc_status st, const kvtc_error *err)
 {
@@ -79,7 +61,7 @@ static void try_stream(counts *c, const kvtc_calibration *cal, const uint8_t *da
     kvtc_stream_info_get(data, len, &info, &err); /* must not crash either */
     kvtc_status st = kvtc_decompress(cal, data, len, &dopt, &out, &err);
     if (st == KVTC_OK) {
-        if (same_cache_bytes(out, ref))
+        if (test_caches_equal(out, ref))
             c->identical++;
         else {
             c->silent++;

@@ -22,11 +22,6 @@ static void record_progress(void *user, const char *stage, uint64_t done, uint64
     p->calls++;
 }
 
-static bool same_bytes(const void *a, size_t a_len, const void *b, size_t b_len)
-{
-    return a_len == b_len && memcmp(a, b, a_len) == 0;
-}
-
 int main(void)
 {
     kvtc_model_shape shape = codec_test_shape();
@@ -89,13 +84,13 @@ int main(void)
                 printf("stream %zu bytes, after append %zu bytes\n", len, app_len);
                 continue;
             }
-            CHECK_MSG(same_bytes(ref, ref_len, data, len),
+            CHECK_MSG(test_bytes_equal(ref, ref_len, data, len),
                       "compress with %u threads%s gave other bytes", threads[i],
                       with_progress ? " and progress" : "");
-            CHECK_MSG(same_bytes(ref_app, ref_app_len, app, app_len),
+            CHECK_MSG(test_bytes_equal(ref_app, ref_app_len, app, app_len),
                       "append with %u threads%s gave other bytes", threads[i],
                       with_progress ? " and progress" : "");
-            CHECK_MSG(dec && ref_dec && codec_caches_equal(ref_dec, dec),
+            CHECK_MSG(dec && ref_dec && test_caches_equal(ref_dec, dec),
                       "decompress with %u threads gave another cache", threads[i]);
             kvtc_buffer_free(data);
             kvtc_buffer_free(app);

@@ -133,19 +133,9 @@ static void check_budget_and_monotonicity(void)
     kvtc_calib_options_default(&opt);
     opt.window = 16;
     kvtc_error err;
-    kvtc_calibrator *cal;
-    CHECK_OK(kvtc_calibrator_create(&s, &opt, &cal, &err), &err);
-    if (!CHECK(cal != NULL))
-        return;
-    for (uint64_t i = 0; i < 6; i++) {
-        kvtc_cache *c = make_random_cache(&s, KVTC_F16, 300, (int64_t)i * 1000, 10, i);
-        CHECK_OK(kvtc_calibrator_add(cal, c, &err), &err);
-        kvtc_cache_free(c);
-    }
+    random_series series = {&s, KVTC_F16, 300, 1000, 10, 0};
     kvtc_calibration *out = NULL;
-    CHECK_OK(kvtc_calibrator_finish(cal, &out, &err), &err);
-    kvtc_calibrator_free(cal);
-    if (!out)
+    if (!CHECK_OK(test_calibrate(&s, &opt, 6, random_series_cache, &series, &out, &err), &err))
         return;
     uint32_t p = 128;
     for (int kind = 0; kind < 2; kind++) {

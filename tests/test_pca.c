@@ -5,6 +5,7 @@
  * covariance built from known eigenpairs. */
 #include "kvtc_internal.h"
 #include "pca.h"
+#include "test_alloc.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -104,6 +105,21 @@ static kvtc_cache *sample_cache(const truth *t, uint32_t n, int64_t pos0, test_r
     return c;
 }
 
+/* Caches of sample_cache for test_calibrate: cache i holds n tokens at
+ * position i * pos0_step, drawn from r. */
+typedef struct sampler {
+    const truth *t;
+    uint32_t n;
+    int64_t pos0_step;
+    test_rng *r;
+} sampler;
+
+static kvtc_cache *sampled_cache(void *user, uint32_t i)
+{
+    sampler *s = user;
+    return sample_cache(s->t, s->n, (int64_t)i * s->pos0_step, s->r);
+}
+
 static void test_known_covariance(void)
 {
     test_rng r;
@@ -114,19 +130,9 @@ static void test_known_covariance(void)
     kvtc_calib_options_default(&opt);
     opt.rank = 12;
     kvtc_error err;
-    kvtc_calibrator *cal;
-    CHECK_OK(kvtc_calibrator_create(&SHAPE, &opt, &cal, &err), &err);
-    if (!CHECK(cal != NULL))
-        return;
-    for (int i = 0; i < 8; i++) {
-        kvtc_cache *c = sample_cache(&t, 4000, 100 * i, &r);
-        CHECK_OK(kvtc_calibrator_add(cal, c, &err), &err);
-        kvtc_cache_free(c);
-    }
+    sampler caches = {&t, 4000, 100, &r};
     kvtc_calibration *out = NULL;
-    CHECK_OK(kvtc_calibrator_finish(cal, &out, &err), &err);
-    kvtc_calibrator_free(cal);
-    if (!out)
+    if (!CHECK_OK(test_calibrate(&SHAPE, &opt, 8, sampled_cache, &caches, &out, &err), &err))
         return;
     for (int kind = 0; kind < 2; kind++) {
         const struct kvtc_calib_kind *k = &out->kind[kind];
@@ -178,31 +184,10 @@ static void test_known_covariance(void)
 static kvtc_status calibrate_sample(const truth *t, uint32_t n, const kvtc_calib_options *opt,
                                     uint64_t seed, kvtc_calibration **out, kvtc_error *err)
 {
-    kvtc_calibrator *cal;
-    kvtc_status st = kvtc_calibrator_create(&SHAPE, opt, &cal, err);
-    if (st != KVTC_OK)
-        return st;
     test_rng r;
     rng_seed(&r, seed);
-    kvtc_cache *c = sample_cache(t, n, 0, &r);
-    st = c ? kvtc_calibrator_add(cal, c, err) : KVTC_E_NOMEM;
-    if (st == KVTC_OK)
-        st = kvtc_calibrator_finish(cal, out, err);
-    kvtc_cache_free(c);
-    kvtc_calibrator_free(cal);
-    return st;
-}
-
-static bool same_file(const kvtc_calibration *a, const kvtc_calibration *b)
-{
-    void *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    bool same = kvtc_calibration_save(a, &x, &nx, NULL) == KVTC_OK &&
-                kvtc_calibration_save(b, &y, &ny, NULL) == KVTC_OK && nx == ny &&
-                memcmp(x, y, nx) == 0;
-    kvtc_buffer_free(x);
-    kvtc_buffer_free(y);
-    return same;
+    sampler one = {t, n, 0, &r};
+    return test_calibrate(&SHAPE, opt, 1, sampled_cache, &one, out, err);
 }
 
 /* Same data, any n_threads: the same bytes; row counts follow heldout_every. */
@@ -223,7 +208,7 @@ static void test_threads_and_counts(void)
     opt.n_threads = 3;
     CHECK_OK(calibrate_sample(&t, 3000, &opt, 9, &b, &err), &err);
     if (a && b) {
-        CHECK_MSG(same_file(a, b), "n_threads changed the calibration");
+        CHECK_MSG(test_calibrations_equal(a, b), "n_threads changed the calibration");
         for (int kind = 0; kind < 2; kind++) {
             CHECK_EQ(a->kind[kind].n_heldout, 600);
             CHECK_EQ(a->kind[kind].rows, 2400);
@@ -277,7 +262,8 @@ static void test_split_equals_whole(void)
         if (!got)
             continue;
         if (set == 0) {
-            CHECK_MSG(same_file(ref, got), "aligned pieces give a different calibration");
+            CHECK_MSG(test_calibrations_equal(ref, got),
+                      "aligned pieces give a different calibration");
         } else {
             /* Other batch cuts change only rounding. */
             for (int kind = 0; kind < 2; kind++) {
@@ -545,56 +531,38 @@ static void test_eigensolvers_rank_deficient(void)
 
 /* Every allocation of either solver may fail: each gives a clean
  * KVTC_E_NOMEM and frees what it took. */
-static uint64_t g_allocations, g_fail_at;
-static int64_t g_live;
+typedef struct eigen_case {
+    bool randomized;
+    const double *cov;
+    double *a, lambda0;
+} eigen_case;
 
-static void *failing_malloc(size_t n, void *user)
+enum { EIGEN_P = 48, EIGEN_RANK = 6 };
+
+static kvtc_status alloc_eigen(void *arg, kvtc_error *err, bool *wrong)
 {
-    (void)user;
-    if (++g_allocations == g_fail_at)
-        return NULL;
-    void *p = malloc(n);
-    g_live += p != NULL;
-    return p;
+    eigen_case *c = arg;
+    double values[EIGEN_RANK];
+    float vectors[EIGEN_P * EIGEN_RANK];
+    memcpy(c->a, c->cov, EIGEN_P * EIGEN_P * sizeof(double));
+    kvtc_status st = c->randomized ? kvtc_eigen_top_randomized(c->a, EIGEN_P, EIGEN_RANK, 4, 1,
+                                                               values, vectors, err)
+                                   : kvtc_eigen_top_exact(c->a, EIGEN_P, EIGEN_RANK, values,
+                                                          vectors, err);
+    *wrong = st == KVTC_OK && fabs(values[0] - c->lambda0) > 1e-6;
+    return st;
 }
 
-static void counting_free(void *p, void *user)
-{
-    (void)user;
-    g_live -= p != NULL;
-    free(p);
-}
-
-/* Runs first: kvtc_set_allocator must come before other library calls. */
 static void test_eigensolver_alloc_failures(void)
 {
-    enum { p = 48, rank = 6 };
-    double *eigvec = malloc(p * p * sizeof(double)), lambda[p], values[rank];
-    double *cov = eigvec ? make_covariance(p, p, eigvec, lambda, 6) : NULL;
-    double *a = malloc(p * p * sizeof(double));
-    float vectors[p * rank];
-    const kvtc_allocator failing = {failing_malloc, counting_free, NULL};
-    kvtc_set_allocator(&failing);
-    for (int randomized = 0; randomized < 2 && CHECK(cov && a); randomized++)
-        for (g_fail_at = 1;; g_fail_at++) {
-            kvtc_error err;
-            memcpy(a, cov, p * p * sizeof(double));
-            g_allocations = 0;
-            g_live = 0;
-            kvtc_status st = randomized ? kvtc_eigen_top_randomized(a, p, rank, 4, 1, values,
-                                                                    vectors, &err)
-                                        : kvtc_eigen_top_exact(a, p, rank, values, vectors, &err);
-            CHECK_MSG(g_live == 0, "%s solver, allocation %llu failed: %lld not freed",
-                      randomized ? "randomized" : "exact", (unsigned long long)g_fail_at,
-                      (long long)g_live);
-            if (g_allocations < g_fail_at) { /* nothing failed */
-                CHECK_OK(st, &err);
-                CHECK_NEAR(values[0], lambda[0], 1e-6);
-                break;
-            }
-            CHECK_STATUS(st, KVTC_E_NOMEM, &err);
-        }
-    kvtc_set_allocator(NULL);
+    double *eigvec = malloc(EIGEN_P * EIGEN_P * sizeof(double)), lambda[EIGEN_P];
+    double *cov = eigvec ? make_covariance(EIGEN_P, EIGEN_P, eigvec, lambda, 6) : NULL;
+    double *a = malloc(EIGEN_P * EIGEN_P * sizeof(double));
+    for (int randomized = 0; randomized < 2 && CHECK(cov && a); randomized++) {
+        eigen_case c = {randomized, cov, a, lambda[0]};
+        test_alloc_sweep(randomized ? "randomized eigensolver" : "exact eigensolver",
+                         alloc_eigen, &c, 0);
+    }
     free(eigvec);
     free(cov);
     free(a);
@@ -602,6 +570,7 @@ static void test_eigensolver_alloc_failures(void)
 
 int main(void)
 {
+    test_alloc_install(); /* before any other kvtc call */
     test_eigensolver_alloc_failures();
     test_known_covariance();
     test_threads_and_counts();

@@ -2,6 +2,7 @@
  * against files built by hand here, defaults, and hostile files rejected with
  * a message that says what is wrong. */
 #include "kvtc_internal.h"
+#include "test_alloc.h"
 #include "testutil.h"
 
 #include <stdio.h>
@@ -22,23 +23,6 @@ static unsigned char *make_file(const char *header, const void *data, size_t dat
         memcpy(buf + 8 + n, data, data_len);
     *len = 8 + n + data_len;
     return buf;
-}
-
-static bool caches_equal(const kvtc_cache *a, const kvtc_cache *b)
-{
-    const kvtc_model_shape *s = kvtc_cache_shape(a);
-    if (!kvtc_shape_equal(s, kvtc_cache_shape(b)) || kvtc_cache_dtype(a) != kvtc_cache_dtype(b) ||
-        kvtc_cache_tokens(a) != kvtc_cache_tokens(b) || kvtc_cache_pos0(a) != kvtc_cache_pos0(b) ||
-        strcmp(kvtc_cache_model_name(a), kvtc_cache_model_name(b)) != 0)
-        return false;
-    size_t bytes = (size_t)s->n_kv_head * kvtc_cache_tokens(a) * s->head_dim *
-                   kvtc_dtype_size(kvtc_cache_dtype(a));
-    for (uint32_t l = 0; l < s->n_layer; l++)
-        for (int k = 0; k < 2; k++)
-            if (memcmp(kvtc_cache_data_const(a, (kvtc_kind)k, l),
-                       kvtc_cache_data_const(b, (kvtc_kind)k, l), bytes) != 0)
-                return false;
-    return true;
 }
 
 static void round_trip(const kvtc_model_shape *shape, kvtc_dtype dtype, uint32_t n_tokens,
@@ -69,7 +53,7 @@ static void round_trip(const kvtc_model_shape *shape, kvtc_dtype dtype, uint32_t
                      kvtc_cache_data_const(c, KVTC_VALUE, 1), data_len / (2 * shape->n_layer)) ==
               0);
     if (CHECK_OK(kvtc_cache_load_safetensors(buf, len, &back, &err), &err))
-        CHECK_MSG(caches_equal(c, back), "%s round trip differs", kvtc_dtype_name(dtype));
+        CHECK_MSG(test_caches_equal(c, back), "%s round trip differs", kvtc_dtype_name(dtype));
 
     /* Through a file: the same bytes, read back the same. */
     char path[4096];
@@ -82,7 +66,7 @@ static void round_trip(const kvtc_model_shape *shape, kvtc_dtype dtype, uint32_t
         CHECK(file_len == len && memcmp(file, buf, len) == 0);
     kvtc_buffer_free(file);
     if (CHECK_OK(kvtc_cache_read_safetensors(path, &from_file, &err), &err))
-        CHECK(caches_equal(c, from_file));
+        CHECK(test_caches_equal(c, from_file));
 done:
     kvtc_buffer_free(buf);
     kvtc_cache_free(back);
@@ -415,25 +399,35 @@ static void test_files(void)
 
 /* Allocation failures: fail the n-th allocation for every n until a run
  * succeeds; each failed run must report KVTC_E_NOMEM and free everything. */
-static struct {
-    long calls, fail_at, live;
-} alloc_state;
+typedef struct alloc_case {
+    int op; /* load, save, write, read back what was written */
+    const kvtc_cache *cache;
+    const void *file;
+    size_t len;
+    const char *path;
+} alloc_case;
 
-static void *failing_malloc(size_t size, void *user)
+static kvtc_status alloc_op(void *arg, kvtc_error *err, bool *wrong)
 {
-    (void)user;
-    if (alloc_state.calls++ == alloc_state.fail_at)
-        return NULL;
-    void *p = malloc(size);
-    alloc_state.live += p != NULL;
-    return p;
-}
-
-static void counting_free(void *p, void *user)
-{
-    (void)user;
-    alloc_state.live--;
-    free(p);
+    const alloc_case *c = arg;
+    kvtc_cache *back = NULL;
+    void *saved = NULL;
+    size_t saved_len = 0;
+    kvtc_status st;
+    if (c->op == 0)
+        st = kvtc_cache_load_safetensors(c->file, c->len, &back, err);
+    else if (c->op == 1)
+        st = kvtc_cache_save_safetensors(c->cache, &saved, &saved_len, err);
+    else if (c->op == 2)
+        st = kvtc_cache_write_safetensors(c->cache, c->path, err);
+    else
+        st = kvtc_cache_read_safetensors(c->path, &back, err);
+    if (st == KVTC_OK)
+        *wrong = back ? !test_caches_equal(back, c->cache)
+                      : saved && !test_bytes_equal(saved, saved_len, c->file, c->len);
+    kvtc_cache_free(back);
+    kvtc_buffer_free(saved);
+    return st;
 }
 
 static void test_allocation_failures(void)
@@ -444,41 +438,15 @@ static void test_allocation_failures(void)
     void *file = NULL;
     size_t len = 0;
     kvtc_error err;
-    if (!CHECK(c) || !CHECK_OK(kvtc_cache_save_safetensors(c, &file, &len, &err), &err)) {
-        kvtc_cache_free(c);
-        return;
-    }
     char path[4096];
-    CHECK(temp_path(path, sizeof path, "alloc.safetensors"));
-    const kvtc_allocator failing = {failing_malloc, counting_free, NULL};
-    for (int op = 0; op < 4; op++) { /* load, save, write, read back what was written */
-        bool done = false;
-        for (long n = 0; n < 1000 && !done; n++) {
-            alloc_state.calls = alloc_state.live = 0;
-            alloc_state.fail_at = n;
-            kvtc_set_allocator(&failing);
-            kvtc_cache *back = NULL;
-            void *saved = NULL;
-            size_t saved_len = 0;
-            kvtc_status st;
-            if (op == 0)
-                st = kvtc_cache_load_safetensors(file, len, &back, &err);
-            else if (op == 1)
-                st = kvtc_cache_save_safetensors(c, &saved, &saved_len, &err);
-            else if (op == 2)
-                st = kvtc_cache_write_safetensors(c, path, &err);
-            else
-                st = kvtc_cache_read_safetensors(path, &back, &err);
-            kvtc_cache_free(back);
-            kvtc_buffer_free(saved);
-            kvtc_set_allocator(NULL);
-            done = alloc_state.calls <= n; /* nothing failed: every path was tried */
-            CHECK_MSG(st == (done ? KVTC_OK : KVTC_E_NOMEM), "op %d, allocation %ld: status %d",
-                      op, n, (int)st);
-            CHECK_MSG(alloc_state.live == 0, "op %d, allocation %ld: %ld blocks leaked", op, n,
-                      alloc_state.live);
+    if (CHECK(c) && CHECK_OK(kvtc_cache_save_safetensors(c, &file, &len, &err), &err) &&
+        CHECK(temp_path(path, sizeof path, "alloc.safetensors"))) {
+        static const char *const names[] = {"safetensors load", "safetensors save",
+                                            "safetensors write", "safetensors read"};
+        for (int op = 0; op < 4; op++) {
+            alloc_case ac = {op, c, file, len, path};
+            test_alloc_sweep(names[op], alloc_op, &ac, 0);
         }
-        CHECK_MSG(done, "op %d never succeeded", op);
     }
     kvtc_buffer_free(file);
     kvtc_cache_free(c);
@@ -486,6 +454,7 @@ static void test_allocation_failures(void)
 
 int main(void)
 {
+    test_alloc_install(); /* before any other kvtc call */
     test_round_trips();
     test_hand_written();
     test_hostile();
