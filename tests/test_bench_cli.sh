@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The 'kvtc bench' and 'kvtc demo' command lines: help, usage errors, and (when
-# the default model and a calibration of it are already on this machine) a
-# short time-to-first-token run whose JSON must carry the documented keys.
+# The 'kvtc bench' and 'kvtc demo' command lines: help, usage errors, and a
+# short time-to-first-token run on the default model, with a small calibration
+# made here, whose JSON must carry the documented keys (skipped, with exit 77
+# and the reason, only when the model is absent).
 set -uo pipefail
 KVTC="${KVTC_BIN:-./kvtc}"
 fail=0
@@ -33,23 +34,29 @@ check 2 "unknown option" "$KVTC" bench codec --frobnicate
 check 2 "operand to ttft" "$KVTC" bench ttft extra
 check 2 "operand to demo" "$KVTC" demo extra
 
-# The real thing, only when it needs no download and no calibration build.
+# The real thing on the default model, with a small calibration made here
+# (the default one takes minutes to build): skipped, saying so, only when the
+# model itself is absent.
 model="${KVTC_CACHE_DIR:-$HOME/.cache/kvtc}/SmolLM2-135M-Instruct.Q4_1.gguf"
-calib="$(ls -t "$model".*.kvtcal 2>/dev/null | head -n1)"
-if [ -f "$model" ] && [ -n "$calib" ]; then
-  if ! "$KVTC" bench ttft --model "$model" -c "$calib" --context 512 --repeat 1 --threads 2 \
-       --json >/tmp/kvtc_bench_cli.$$ 2>&1; then
-    echo "FAIL: bench ttft on the default model"
-    sed 's/^/  | /' /tmp/kvtc_bench_cli.$$
-    fail=1
-  else
-    for key in context ratio recompute_ms restore_ms ttft_ratio restore_whole_ms stages_ms \
-               next_token_agrees; do
-      grep -q "\"$key\"" /tmp/kvtc_bench_cli.$$ || { echo "FAIL: ttft JSON lacks $key"; fail=1; }
-    done
-    grep -q '"context": *512' /tmp/kvtc_bench_cli.$$ || { echo "FAIL: context is not 512"; fail=1; }
-  fi
+if [ ! -f "$model" ]; then
+  echo "test_bench_cli: the ttft run skipped: the default model $model is absent (make test fetches it)"
+  [ "$fail" -eq 0 ] && exit 77
+  exit "$fail"
+fi
+tmp=$(mktemp -d)
+trap 'rm -f /tmp/kvtc_bench_cli.$$; rm -rf "$tmp"' EXIT
+check 0 "calibrate --corpus (small)" "$KVTC" calibrate --corpus --model "$model" --chunks 2 \
+  --chunk-tokens 256 --rank 64 -o "$tmp/small.kvtcal"
+if ! "$KVTC" bench ttft --model "$model" -c "$tmp/small.kvtcal" --context 512 --repeat 1 \
+     --threads 2 --json >/tmp/kvtc_bench_cli.$$ 2>&1; then
+  echo "FAIL: bench ttft on the default model"
+  sed 's/^/  | /' /tmp/kvtc_bench_cli.$$
+  fail=1
 else
-  echo "test_bench_cli: default model or its calibration not cached; skipped the ttft run"
+  for key in context ratio recompute_ms restore_ms ttft_ratio restore_whole_ms stages_ms \
+             next_token_agrees; do
+    grep -q "\"$key\"" /tmp/kvtc_bench_cli.$$ || { echo "FAIL: ttft JSON lacks $key"; fail=1; }
+  done
+  grep -q '"context": *512' /tmp/kvtc_bench_cli.$$ || { echo "FAIL: context is not 512"; fail=1; }
 fi
 exit $fail

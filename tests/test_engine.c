@@ -30,9 +30,9 @@ typedef struct fixture {
 /* Reads the records of `model_file` from the fixture file; returns how many. */
 static size_t read_fixtures(const char *model_file, fixture *out, size_t cap)
 {
-    const char *src = getenv("KVTC_SOURCE_DIR");
     char path[1024];
-    snprintf(path, sizeof path, "%s/tests/data/engine_fixtures.txt", src ? src : "..");
+    if (!CHECK(test_source_path(path, sizeof path, "tests/data/engine_fixtures.txt")))
+        return 0;
     FILE *f = fopen(path, "r");
     if (!CHECK_MSG(f != NULL, "cannot open %s", path))
         return 0;
@@ -149,10 +149,10 @@ static void check_nll(const model *m, const tokenizer *tok)
     size_t len, n;
     int32_t *ids;
     kvtc_error err;
-    if (kvtc_read_file(path, &text, &len, &err) != KVTC_OK) {
-        printf("NLL check skipped: %s\n", err.message);
+    if (!test_input_present(NAME, "the NLL check", path, "package base-files"))
         return;
-    }
+    if (!CHECK_OK(kvtc_read_file(path, &text, &len, &err), &err))
+        return;
     if (CHECK_OK(tokenizer_encode(tok, text, len, false, &ids, &n, &err), &err)) {
         uint32_t use = n < 512 ? (uint32_t)n : 512;
         double nll = mean_nll(m, ids, use, 2);
@@ -312,15 +312,14 @@ static void check_refusals(const model *m)
 
 static void test_stories(void)
 {
-    const char *shared = getenv("KVTC_SHARED_DIR");
     char path[1024];
-    snprintf(path, sizeof path, "%s/models/stories260K.bin", shared ? shared : "../../shared");
+    if (!CHECK(test_shared_path(path, sizeof path, "models/stories260K.bin")) ||
+        !test_input_present(NAME, "the stories260K checks", path, "the shared test model"))
+        return;
     model *m;
     kvtc_error err;
-    if (model_open(path, &m, NULL, &err) != KVTC_OK) {
-        printf("stories260K checks skipped: %s\n", err.message);
+    if (!CHECK_OK(model_open(path, &m, NULL, &err), &err))
         return;
-    }
     check_fixtures(m, "stories260K.bin", 1);
     int32_t ids[300];
     test_rng rng;
@@ -338,9 +337,9 @@ static void test_stories(void)
  * Q/K/V biases and a separate output matrix. */
 static void test_tiny_qwen2(void)
 {
-    const char *src = getenv("KVTC_SOURCE_DIR");
     char path[1024];
-    snprintf(path, sizeof path, "%s/tests/data/tiny-qwen2.gguf", src ? src : "..");
+    if (!CHECK(test_source_path(path, sizeof path, "tests/data/tiny-qwen2.gguf")))
+        return;
     model *m;
     kvtc_error err;
     if (!CHECK_OK(model_open(path, &m, NULL, &err), &err))
@@ -363,17 +362,17 @@ int main(void)
     test_tiny_qwen2();
     char path[1024];
     kvtc_error err;
-    if (default_model_path(path, sizeof path, false, &err) != KVTC_OK) {
-        if (test_failures)
-            return test_summary(NAME);
-        char why[400];
-        snprintf(why, sizeof why, "default model checks need the model (make test fetches it): %s",
-                 err.message);
-        test_skip(NAME, why);
-    }
+    if (!CHECK(test_model_cache_path(path, sizeof path, DEFAULT_MODEL_FILE)))
+        return test_summary(NAME);
+    if (!test_input_present(NAME, "the default model's checks", path, "make test fetches it"))
+        test_skip(NAME, "the default model is absent; the other checks passed");
+    /* There: the application must find it where it looks, and it must load. */
+    char found[1024];
     model *m;
     tokenizer *tok;
-    if (!CHECK_OK(model_open(path, &m, &tok, &err), &err))
+    if (!CHECK_OK(default_model_path(found, sizeof found, false, &err), &err) ||
+        !CHECK_MSG(strcmp(found, path) == 0, "default_model_path gives %s, not %s", found, path) ||
+        !CHECK_OK(model_open(path, &m, &tok, &err), &err))
         return test_summary(NAME);
     CHECK_EQ(m->cfg.n_layer, 30);
     CHECK_EQ(m->cfg.n_head, 9);

@@ -2,35 +2,15 @@
  * hostile variants of it (bad magic, every truncation, huge counts and
  * lengths, bad tensors, duplicates, random corruption, failing allocations)
  * give clean errors; the real default model parses with sane values. */
-#include "gguf.h"
-#include "kvtc_internal.h"
+#include "gguf_builder.h"
+#include "test_alloc.h"
 #include "testutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- a tiny GGUF writer ------------------------------------------------------ */
-
-static void put_str(kvtc_writer *w, const char *s)
-{
-    kvtc_put_u64(w, strlen(s));
-    kvtc_put_bytes(w, s, strlen(s));
-}
-
-static void put_key(kvtc_writer *w, const char *key, uint32_t type)
-{
-    put_str(w, key);
-    kvtc_put_u32(w, type);
-}
-
-typedef struct tensor_spec {
-    const char *name;
-    uint32_t n_dims;
-    uint64_t dims[4];
-    uint32_t type;
-    uint64_t offset;
-} tensor_spec;
+/* ---- the sample file ------------------------------------------------------------ */
 
 /* Knobs that make the sample file hostile in one way each. */
 typedef struct variant {
@@ -39,13 +19,13 @@ typedef struct variant {
     uint64_t n_tensors_delta;
     const char *dup_key;        /* written twice */
     uint32_t alignment;         /* 0: no general.alignment key */
-    const tensor_spec *tensors; /* NULL: the default two */
+    const test_gguf_tensor *tensors; /* NULL: the default two */
     uint32_t n_tensors;
     uint32_t nest_depth;        /* arrays of arrays this deep (1 = plain array) */
     uint32_t data_cut;          /* bytes left off the end of the tensor data */
 } variant;
 
-static const tensor_spec default_tensors[] = {
+static const test_gguf_tensor default_tensors[] = {
     {"weights.f32", 2, {4, 2}, KVTC_GGML_F32, 0},
     {"weights.q8", 1, {32}, KVTC_GGML_Q8_0, 64},
 };
@@ -53,82 +33,53 @@ static const tensor_spec default_tensors[] = {
 /* Writes a GGUF whose last tensor ends exactly at the end of the file. */
 static void write_sample(kvtc_writer *w, const variant *v)
 {
-    const tensor_spec *ts = v->tensors ? v->tensors : default_tensors;
+    const test_gguf_tensor *ts = v->tensors ? v->tensors : default_tensors;
     uint32_t nt = v->tensors ? v->n_tensors : 2;
     uint64_t n_kv = 9 + (v->dup_key != NULL) + (v->alignment != 0);
     kvtc_writer_init(w);
-    kvtc_put_bytes(w, "GGUF", 4);
-    kvtc_put_u32(w, v->version ? v->version : 3);
-    kvtc_put_u64(w, nt + v->n_tensors_delta);
-    kvtc_put_u64(w, n_kv + v->n_kv_delta);
+    test_gguf_put_header(w, v->version ? v->version : 3, nt + v->n_tensors_delta,
+                         n_kv + v->n_kv_delta);
 
-    put_key(w, "general.architecture", KVTC_GGUF_STRING);
-    put_str(w, "llama");
-    put_key(w, "test.u8", KVTC_GGUF_UINT8);
+    test_gguf_put_key(w, "general.architecture", KVTC_GGUF_STRING);
+    test_gguf_put_str(w, "llama");
+    test_gguf_put_key(w, "test.u8", KVTC_GGUF_UINT8);
     kvtc_put_u8(w, 200);
-    put_key(w, "test.i32_negative", KVTC_GGUF_INT32);
+    test_gguf_put_key(w, "test.i32_negative", KVTC_GGUF_INT32);
     kvtc_put_u32(w, (uint32_t)-5);
-    put_key(w, "test.u64_big", KVTC_GGUF_UINT64);
+    test_gguf_put_key(w, "test.u64_big", KVTC_GGUF_UINT64);
     kvtc_put_u64(w, 1ull << 40);
-    put_key(w, "test.f64", KVTC_GGUF_FLOAT64);
+    test_gguf_put_key(w, "test.f64", KVTC_GGUF_FLOAT64);
     kvtc_put_f64(w, 0.25);
-    put_key(w, "test.flag", KVTC_GGUF_BOOL);
+    test_gguf_put_key(w, "test.flag", KVTC_GGUF_BOOL);
     kvtc_put_u8(w, 1);
-    put_key(w, "test.words", KVTC_GGUF_ARRAY);
-    kvtc_put_u32(w, KVTC_GGUF_STRING);
-    kvtc_put_u64(w, 3);
-    put_str(w, "alpha");
-    put_str(w, "");
-    put_str(w, "gamma delta");
-    put_key(w, "test.ints", KVTC_GGUF_ARRAY);
-    kvtc_put_u32(w, KVTC_GGUF_INT32);
-    kvtc_put_u64(w, 3);
+    test_gguf_put_key(w, "test.words", KVTC_GGUF_ARRAY);
+    test_gguf_put_array(w, KVTC_GGUF_STRING, 3);
+    test_gguf_put_str(w, "alpha");
+    test_gguf_put_str(w, "");
+    test_gguf_put_str(w, "gamma delta");
+    test_gguf_put_key(w, "test.ints", KVTC_GGUF_ARRAY);
+    test_gguf_put_array(w, KVTC_GGUF_INT32, 3);
     for (int i = 0; i < 3; i++)
         kvtc_put_u32(w, (uint32_t)(i * 10 - 10));
     /* Arrays of arrays: [[1, 2]] nested nest_depth deep; the innermost holds strings. */
-    put_key(w, "test.nested", KVTC_GGUF_ARRAY);
+    test_gguf_put_key(w, "test.nested", KVTC_GGUF_ARRAY);
     uint32_t depth = v->nest_depth ? v->nest_depth : 2;
-    for (uint32_t d = 1; d < depth; d++) {
-        kvtc_put_u32(w, KVTC_GGUF_ARRAY);
-        kvtc_put_u64(w, 1);
-    }
-    kvtc_put_u32(w, KVTC_GGUF_STRING);
-    kvtc_put_u64(w, 2);
-    put_str(w, "x");
-    put_str(w, "yz");
+    for (uint32_t d = 1; d < depth; d++)
+        test_gguf_put_array(w, KVTC_GGUF_ARRAY, 1);
+    test_gguf_put_array(w, KVTC_GGUF_STRING, 2);
+    test_gguf_put_str(w, "x");
+    test_gguf_put_str(w, "yz");
     if (v->dup_key) {
-        put_key(w, v->dup_key, KVTC_GGUF_UINT8);
+        test_gguf_put_key(w, v->dup_key, KVTC_GGUF_UINT8);
         kvtc_put_u8(w, 1);
     }
     if (v->alignment) {
-        put_key(w, "general.alignment", KVTC_GGUF_UINT32);
+        test_gguf_put_key(w, "general.alignment", KVTC_GGUF_UINT32);
         kvtc_put_u32(w, v->alignment);
     }
-
-    uint64_t end = 0;
-    for (uint32_t i = 0; i < nt; i++) {
-        put_str(w, ts[i].name);
-        kvtc_put_u32(w, ts[i].n_dims);
-        uint64_t n = 1;
-        for (uint32_t d = 0; d < ts[i].n_dims; d++) {
-            uint64_t dim = d < 4 ? ts[i].dims[d] : 1; /* a fifth dimension, for the hostile case */
-            kvtc_put_u64(w, dim);
-            n *= dim;
-        }
-        kvtc_put_u32(w, ts[i].type);
-        kvtc_put_u64(w, ts[i].offset);
-        uint32_t be = 1, bb = 4;
-        kvtc_ggml_type_block(ts[i].type, &be, &bb);
-        if (ts[i].offset + n / be * bb > end)
-            end = ts[i].offset + n / be * bb;
-    }
+    test_gguf_put_tensor_infos(w, ts, nt);
     uint32_t align = v->alignment && !(v->alignment & (v->alignment - 1)) ? v->alignment : 32;
-    while (w->len % align)
-        kvtc_put_u8(w, 0);
-    if (end > (1u << 20)) /* an absurd tensor: no data at all */
-        end = 0;
-    for (uint64_t i = 0; i + v->data_cut < end; i++)
-        kvtc_put_u8(w, (uint8_t)(i * 7));
+    test_gguf_put_tensor_data(w, ts, nt, align, v->data_cut);
 }
 
 /* Loads a hostile variant: must fail with `want` and a message containing `needle`. */
@@ -297,7 +248,7 @@ static void test_hostile(void)
     /* Tensor tables, one flaw each. */
     struct {
         const char *what;
-        tensor_spec t[2];
+        test_gguf_tensor t[2];
         uint32_t n, data_cut;
         kvtc_status want;
         const char *needle;
@@ -365,38 +316,23 @@ static void test_corruption(void)
     kvtc_writer_free(&w);
 }
 
-/* Allocation failures at every point: NOMEM and nothing leaked (the sanitizer
- * build reports leaks). */
-static long alloc_budget;
-static void *failing_malloc(size_t n, void *user)
+/* Allocation failures at every point, each later one failing too: NOMEM and
+ * nothing leaked. */
+static kvtc_status alloc_load(void *arg, kvtc_error *err, bool *wrong)
 {
-    (void)user;
-    return alloc_budget-- > 0 ? malloc(n) : NULL;
-}
-static void plain_free(void *p, void *user)
-{
-    (void)user;
-    free(p);
+    const kvtc_writer *w = arg;
+    kvtc_gguf_file *f = NULL;
+    kvtc_status st = kvtc_gguf_load(w->buf, w->len, &f, err);
+    *wrong = st == KVTC_OK && kvtc_gguf_tensor_count(f) != 2;
+    kvtc_gguf_close(f);
+    return st;
 }
 
 static void test_alloc_failures(void)
 {
     kvtc_writer w;
     write_sample(&w, &(variant){0});
-    kvtc_allocator a = {failing_malloc, plain_free, NULL};
-    kvtc_set_allocator(&a);
-    bool succeeded = false;
-    for (long budget = 0; budget < 64 && !succeeded; budget++) {
-        alloc_budget = budget;
-        kvtc_gguf_file *f = NULL;
-        kvtc_error err = {0};
-        kvtc_status st = kvtc_gguf_load(w.buf, w.len, &f, &err);
-        CHECK_MSG(st == KVTC_OK || st == KVTC_E_NOMEM, "budget %ld: %s", budget, err.message);
-        succeeded = st == KVTC_OK;
-        kvtc_gguf_close(f);
-    }
-    kvtc_set_allocator(NULL);
-    CHECK(succeeded);
+    test_alloc_sweep("kvtc_gguf_load", alloc_load, &w, TEST_ALLOC_STICKY);
     kvtc_writer_free(&w);
 }
 
@@ -449,37 +385,21 @@ static void test_model(const char *path)
     CHECK(strstr(err.message, "/nonexistent/model.gguf") != NULL);
 }
 
-static const char *model_path(char *buf, size_t size)
-{
-    const char *dir = getenv("KVTC_CACHE_DIR");
-    const char *home = getenv("HOME");
-    if (dir)
-        snprintf(buf, size, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", dir);
-    else if (home)
-        snprintf(buf, size, "%s/.cache/kvtc/SmolLM2-135M-Instruct.Q4_1.gguf", home);
-    else
-        return NULL;
-    FILE *fp = fopen(buf, "rb");
-    if (!fp)
-        return NULL;
-    fclose(fp);
-    return buf;
-}
-
 int main(void)
 {
+    test_alloc_install(); /* before any other kvtc call */
     CHECK(kvtc_ggml_type_block(KVTC_GGML_Q4_K, NULL, NULL) && !kvtc_ggml_type_block(4, NULL, NULL));
     CHECK(strcmp(kvtc_ggml_type_name(KVTC_GGML_Q6_K), "q6_K") == 0);
     test_sample();
     test_hostile();
     test_corruption();
     test_alloc_failures();
-    char buf[4096];
-    const char *path = model_path(buf, sizeof buf);
-    if (!path && test_failures == 0)
-        test_skip("test_gguf", "synthetic checks passed; default model absent from "
-                               "$KVTC_CACHE_DIR or ~/.cache/kvtc");
-    if (path)
-        test_model(path);
+    char path[4096];
+    if (!CHECK(test_model_cache_path(path, sizeof path, "SmolLM2-135M-Instruct.Q4_1.gguf")))
+        return test_summary("test_gguf");
+    if (!test_input_present("test_gguf", "the default model's checks", path,
+                            "make test fetches it"))
+        test_skip("test_gguf", "the default model is absent; the synthetic checks passed");
+    test_model(path);
     return test_summary("test_gguf");
 }

@@ -38,10 +38,9 @@ static kvtc_model_shape golden_shape(void)
 
 static bool data_path(char *buf, size_t size, const char *name)
 {
-    const char *src = getenv("KVTC_SOURCE_DIR");
-    if (!src)
-        test_skip("test_golden", "KVTC_SOURCE_DIR is not set (run it through ctest)");
-    return (size_t)snprintf(buf, size, "%s/tests/data/%s", src, name) < size;
+    char rel[256];
+    snprintf(rel, sizeof rel, "tests/data/%s", name);
+    return test_source_path(buf, size, rel);
 }
 
 static int write_golden(void)

@@ -262,19 +262,8 @@ static void check_kvtc(kvtc_cache *orig)
     opt.sinks = SINKS;
     opt.window = WINDOW;
     kvtc_error err;
-    kvtc_calibrator *cal;
-    CHECK_OK(kvtc_calibrator_create(&shape, &opt, &cal, &err), &err);
-    if (!CHECK_OK(cal ? KVTC_OK : err.status, &err))
-        return;
-    for (uint64_t seed = 100; seed < 108; seed++) {
-        kvtc_cache *c = make_random_cache(&shape, KVTC_F32, 512, 0, 24, seed);
-        CHECK(c && kvtc_calibrator_add(cal, c, &err) == KVTC_OK);
-        kvtc_cache_free(c);
-    }
-    kvtc_calibration *calib = NULL;
-    CHECK_OK(kvtc_calibrator_finish(cal, &calib, &err), &err);
-    kvtc_calibrator_free(cal);
-    if (!calib)
+    kvtc_calibration *calib = make_random_calibration(&shape, &opt, 8, 512, 24, 100);
+    if (!CHECK(calib != NULL))
         return;
     eval_treat_args a = {SINKS, WINDOW, calib, NULL, 1};
     eval_treat_result res;
@@ -380,7 +369,7 @@ static void reference_attention(const model *m, const int32_t *tokens, uint32_t 
     const model_config *c = &m->cfg;
     uint32_t dim = c->dim, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
     uint32_t group = nq / nkv, qkv = (nq + 2 * nkv) * hd, hid = c->hidden_dim;
-    kvtc_model_shape shape = model_kv_shape(m);
+    kvtc_model_shape kv_shape = model_kv_shape(m);
     float *x = calloc((size_t)n * dim, 4), *xn = calloc(dim, 4), *act = calloc((size_t)n * qkv, 4);
     float *att = calloc((size_t)nq * hd, 4), *ffn = calloc(2 * (size_t)hid, 4), *tmp = calloc(dim, 4);
     double *p = calloc(n, sizeof *p);
@@ -395,7 +384,7 @@ static void reference_attention(const model *m, const int32_t *tokens, uint32_t 
             for (uint32_t i = 0; L->bqkv && i < qkv; i++)
                 a[i] += L->bqkv[i];
             for (uint32_t h = 0; h < nq + nkv; h++) /* queries and keys */
-                kvtc_rope_rotate(&shape, a + h * hd, t, false);
+                kvtc_rope_rotate(&kv_shape, a + h * hd, t, false);
         }
         for (uint32_t t = 0; t < n; t++) {
             for (uint32_t h = 0; h < nq; h++) {
@@ -441,15 +430,15 @@ static void reference_attention(const model *m, const int32_t *tokens, uint32_t 
 
 static void check_attention_probe(void)
 {
-    const char *shared = getenv("KVTC_SHARED_DIR");
     char path[1024];
-    snprintf(path, sizeof path, "%s/models/stories260K.bin", shared ? shared : "../../shared");
+    if (!CHECK(test_shared_path(path, sizeof path, "models/stories260K.bin")) ||
+        !test_input_present("test_methods", "the attention probe check", path,
+                            "the shared test model"))
+        return;
     model *m = NULL;
     kvtc_error err;
-    if (model_open(path, &m, NULL, &err) != KVTC_OK) {
-        printf("test_methods: attention probe check skipped: %s\n", err.message);
+    if (!CHECK_OK(model_open(path, &m, NULL, &err), &err))
         return;
-    }
     enum { N = 40 };
     int32_t tokens[N];
     for (uint32_t i = 0; i < N; i++)

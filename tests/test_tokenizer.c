@@ -5,6 +5,7 @@
  * exactly as the model's Jinja template renders them. */
 #include "gguf.h"
 #include "kvtc_internal.h"
+#include "test_alloc.h"
 #include "testutil.h"
 #include "tokenizer.h"
 
@@ -186,43 +187,33 @@ static void test_edges(const tokenizer *t)
                  NULL);
 }
 
-/* Allocation failures while encoding: NOMEM, nothing leaked. */
-static long alloc_budget;
-static void *failing_malloc(size_t n, void *user)
+/* Allocation failures while encoding and loading: NOMEM, nothing leaked. */
+typedef struct alloc_args {
+    const kvtc_gguf_file *f;
+    const tokenizer *t;
+    bool load; /* tokenizer_load_gguf, else tokenizer_encode */
+} alloc_args;
+
+static kvtc_status alloc_step(void *arg, kvtc_error *err, bool *wrong)
 {
-    (void)user;
-    return alloc_budget-- > 0 ? malloc(n) : NULL;
-}
-static void plain_free(void *p, void *user)
-{
-    (void)user;
-    free(p);
+    static const char text[] = "<|im_start|>user\nHello 123<|im_end|>";
+    const alloc_args *a = arg;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    tokenizer *t = NULL;
+    kvtc_status st = a->load ? tokenizer_load_gguf(a->f, &t, err)
+                             : tokenizer_encode(a->t, text, sizeof text - 1, false, &ids, &n, err);
+    *wrong = st == KVTC_OK && !a->load && n == 0;
+    kvtc_free(ids);
+    tokenizer_free(t);
+    return st;
 }
 
 static void test_alloc_failures(const kvtc_gguf_file *f, const tokenizer *t)
 {
-    kvtc_allocator a = {failing_malloc, plain_free, NULL};
-    static const char text[] = "<|im_start|>user\nHello 123<|im_end|>";
-    bool encoded = false, loaded = false;
-    for (long budget = 0; budget < 64 && !(encoded && loaded); budget++) {
-        int32_t *ids = NULL;
-        size_t n;
-        tokenizer *t2 = NULL;
-        kvtc_error err = {0};
-        kvtc_set_allocator(&a);
-        alloc_budget = budget;
-        kvtc_status se = tokenizer_encode(t, text, sizeof text - 1, false, &ids, &n, &err);
-        alloc_budget = budget;
-        kvtc_status sl = tokenizer_load_gguf(f, &t2, &err);
-        kvtc_set_allocator(NULL);
-        CHECK(se == KVTC_OK || se == KVTC_E_NOMEM);
-        CHECK(sl == KVTC_OK || sl == KVTC_E_NOMEM);
-        encoded |= se == KVTC_OK;
-        loaded |= sl == KVTC_OK;
-        kvtc_free(ids);
-        tokenizer_free(t2);
-    }
-    CHECK(encoded && loaded);
+    alloc_args encode = {f, t, false}, load = {f, t, true};
+    test_alloc_sweep("tokenizer_encode", alloc_step, &encode, TEST_ALLOC_STICKY);
+    test_alloc_sweep("tokenizer_load_gguf", alloc_step, &load, TEST_ALLOC_STICKY);
 }
 
 /* A GGUF without tokenizer metadata is refused with a message. */
@@ -241,22 +232,18 @@ static void test_missing_vocab(void)
 
 int main(void)
 {
+    test_alloc_install(); /* before any other kvtc call */
     test_missing_vocab();
     char model[4096], fixtures[4096];
-    const char *cache = getenv("KVTC_CACHE_DIR"), *home = getenv("HOME");
-    if (cache)
-        snprintf(model, sizeof model, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", cache);
-    else
-        snprintf(model, sizeof model, "%s/.cache/kvtc/SmolLM2-135M-Instruct.Q4_1.gguf",
-                 home ? home : ".");
-    const char *src = getenv("KVTC_SOURCE_DIR");
-    snprintf(fixtures, sizeof fixtures, "%s/tests/data/tokenizer_fixtures.txt", src ? src : "..");
-
+    if (!CHECK(test_model_cache_path(model, sizeof model, "SmolLM2-135M-Instruct.Q4_1.gguf")) ||
+        !CHECK(test_source_path(fixtures, sizeof fixtures, "tests/data/tokenizer_fixtures.txt")))
+        return test_summary("test_tokenizer");
+    if (!test_input_present("test_tokenizer", "the default model's tokenizer", model,
+                            "make test fetches it"))
+        test_skip("test_tokenizer", "the default model is absent; the synthetic checks passed");
     kvtc_gguf_file *f = NULL;
     kvtc_error err = {0};
-    if (kvtc_gguf_open(model, &f, &err) == KVTC_E_IO)
-        test_skip("test_tokenizer", "default model absent from $KVTC_CACHE_DIR or ~/.cache/kvtc");
-    if (!CHECK_OK(err.status, &err))
+    if (!CHECK_OK(kvtc_gguf_open(model, &f, &err), &err))
         return test_summary("test_tokenizer");
     tokenizer *t = NULL;
     if (CHECK_OK(tokenizer_load_gguf(f, &t, &err), &err)) {
