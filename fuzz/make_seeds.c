@@ -40,6 +40,49 @@ static void write_seed(const char *corpus, const char *name, const void *data, s
         fail("cannot write a seed", &err);
 }
 
+/* The loader of a corpus ("kvtcal", "safetensors", "gguf", "llama2c") on a seed. */
+static kvtc_status seed_loads(const char *corpus, const void *data, size_t len, kvtc_error *err)
+{
+    kvtc_calibration *cal = NULL;
+    kvtc_cache *cache = NULL;
+    kvtc_gguf_file *gguf = NULL;
+    llama2c_file *l2c = NULL;
+    kvtc_status st = !strcmp(corpus, "kvtcal")        ? kvtc_calibration_load(data, len, &cal, err)
+                     : !strcmp(corpus, "safetensors") ? kvtc_cache_load_safetensors(data, len,
+                                                                                     &cache, err)
+                     : !strcmp(corpus, "gguf")        ? kvtc_gguf_load(data, len, &gguf, err)
+                                                      : llama2c_load(data, len, &l2c, err);
+    kvtc_calibration_free(cal);
+    kvtc_cache_free(cache);
+    kvtc_gguf_close(gguf);
+    llama2c_close(l2c);
+    return st;
+}
+
+/* Writes a seed once its fuzz target passes on it and its loader accepts it. */
+static void checked_seed(const char *corpus, const char *name, const void *data, size_t len,
+                         int (*target)(const uint8_t *data, size_t len))
+{
+    kvtc_error err;
+    if (target(data, len))
+        fail(name, NULL);
+    else if (seed_loads(corpus, data, len, &err) != KVTC_OK)
+        fail(name, &err);
+    else
+        write_seed(corpus, name, data, len);
+}
+
+/* A file written by hand (GGUF, llama2.c): checked_seed, then freed. */
+static void hand_made_seed(const char *corpus, const char *name, kvtc_writer *w,
+                           int (*target)(const uint8_t *data, size_t len))
+{
+    if (w->failed)
+        fail(name, NULL);
+    else
+        checked_seed(corpus, name, w->buf, w->len, target);
+    kvtc_writer_free(w);
+}
+
 /* ---- .kvtc and .kvtcal -------------------------------------------------------------- */
 
 typedef struct stream_seed {
@@ -99,20 +142,12 @@ static void kvtc_seed(const kvtc_calibration *cal, const stream_seed *s, uint64_
 static void kvtcal_seed(const char *name, const kvtc_calibration *cal)
 {
     kvtc_error err;
-    void *buf;
-    size_t len;
-    if (kvtc_calibration_save(cal, &buf, &len, &err) != KVTC_OK) {
+    void *buf = NULL;
+    size_t len = 0;
+    if (kvtc_calibration_save(cal, &buf, &len, &err) != KVTC_OK)
         fail(name, &err);
-        return;
-    }
-    kvtc_calibration *back = NULL;
-    if (kvtc_calibration_load(buf, len, &back, &err) != KVTC_OK)
-        fail(name, &err);
-    else if (fuzz_one_kvtcal(buf, len))
-        fail(name, NULL);
     else
-        write_seed("kvtcal", name, buf, len);
-    kvtc_calibration_free(back);
+        checked_seed("kvtcal", name, buf, len, fuzz_one_kvtcal);
     kvtc_buffer_free(buf);
 }
 
@@ -145,7 +180,6 @@ static void small_calibration_seed(void)
 static void safetensors_seed(const char *name, kvtc_cache *c, const char *model)
 {
     kvtc_error err;
-    kvtc_cache *back = NULL;
     void *buf = NULL;
     size_t len = 0;
     if (!c)
@@ -154,51 +188,13 @@ static void safetensors_seed(const char *name, kvtc_cache *c, const char *model)
         fail(name, &err);
     else if (kvtc_cache_save_safetensors(c, &buf, &len, &err) != KVTC_OK)
         fail(name, &err);
-    else if (kvtc_cache_load_safetensors(buf, len, &back, &err) != KVTC_OK)
-        fail(name, &err);
-    else if (fuzz_one_safetensors(buf, len))
-        fail(name, NULL);
     else
-        write_seed("safetensors", name, buf, len);
+        checked_seed("safetensors", name, buf, len, fuzz_one_safetensors);
     kvtc_buffer_free(buf);
-    kvtc_cache_free(back);
     kvtc_cache_free(c);
 }
 
 /* ---- GGUF and llama2.c ------------------------------------------------------------------ */
-
-/* Writes a file made by hand once its target passes on it and its loader
- * accepts it. */
-typedef kvtc_status (*loader_check)(const void *data, size_t len, kvtc_error *err);
-
-static void hand_made_seed(const char *corpus, const char *name, kvtc_writer *w,
-                           int (*target)(const uint8_t *data, size_t len), loader_check load)
-{
-    kvtc_error err;
-    if (w->failed || target(w->buf, w->len))
-        fail(name, NULL);
-    else if (load(w->buf, w->len, &err) != KVTC_OK)
-        fail(name, &err);
-    else
-        write_seed(corpus, name, w->buf, w->len);
-    kvtc_writer_free(w);
-}
-
-static kvtc_status gguf_loads(const void *data, size_t len, kvtc_error *err)
-{
-    kvtc_gguf_file *f = NULL;
-    kvtc_status st = kvtc_gguf_load(data, len, &f, err);
-    kvtc_gguf_close(f);
-    return st;
-}
-
-static kvtc_status llama2c_loads(const void *data, size_t len, kvtc_error *err)
-{
-    llama2c_file *f = NULL;
-    kvtc_status st = llama2c_load(data, len, &f, err);
-    llama2c_close(f);
-    return st;
-}
 
 static void gguf_seed(const char *name, uint32_t version, bool with_alignment,
                       const test_gguf_tensor *given, uint32_t n_tensors)
@@ -238,7 +234,7 @@ static void gguf_seed(const char *name, uint32_t version, bool with_alignment,
     }
     test_gguf_put_tensor_infos(&w, tensors, n_tensors);
     test_gguf_put_tensor_data(&w, tensors, n_tensors, align, 0);
-    hand_made_seed("gguf", name, &w, fuzz_one_gguf, gguf_loads);
+    hand_made_seed("gguf", name, &w, fuzz_one_gguf);
 }
 
 static void gguf_seeds(void)
@@ -272,7 +268,7 @@ static void llama2c_seed(const char *name, int32_t vocab)
         kvtc_put_u32(&w, (uint32_t)header[i]);
     for (int64_t i = 0; i < floats; i++)
         kvtc_put_f32(&w, (float)((i * 37) % 19 - 9) / 16.0f);
-    hand_made_seed("llama2c", name, &w, fuzz_one_llama2c, llama2c_loads);
+    hand_made_seed("llama2c", name, &w, fuzz_one_llama2c);
 }
 
 /* ---- compress round trip ----------------------------------------------------------------- */

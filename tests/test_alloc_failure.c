@@ -166,49 +166,44 @@ static kvtc_status step_stream_info(void *arg, kvtc_error *err, bool *wrong)
     return st;
 }
 
-static kvtc_status step_calibration_save(void *arg, kvtc_error *err, bool *wrong)
+/* What step_save, step_load and step_write_read work on (their arg points to one). */
+typedef enum saved { SAVED_CALIBRATION, SAVED_CACHE } saved;
+static saved g_saved[] = {SAVED_CALIBRATION, SAVED_CACHE};
+
+/* Saving the calibration or the cache gives the reference bytes. */
+static kvtc_status step_save(void *arg, kvtc_error *err, bool *wrong)
 {
-    (void)arg;
+    bool calibration = *(const saved *)arg == SAVED_CALIBRATION;
     void *out = NULL;
     size_t len = 0;
-    kvtc_status st = kvtc_calibration_save(g.cal, &out, &len, err);
+    kvtc_status st = calibration ? kvtc_calibration_save(g.cal, &out, &len, err)
+                                 : kvtc_cache_save_safetensors(g.cache, &out, &len, err);
     if (st == KVTC_OK)
-        *wrong = !test_bytes_equal(out, len, g.calib_file, g.calib_len);
+        *wrong = calibration ? !test_bytes_equal(out, len, g.calib_file, g.calib_len)
+                             : !test_bytes_equal(out, len, g.st_file, g.st_len);
     kvtc_buffer_free(out);
     return st;
 }
 
-static kvtc_status step_calibration_load(void *arg, kvtc_error *err, bool *wrong)
+/* What came back (a calibration, else a cache) is the reference one. */
+static bool is_reference(const kvtc_calibration *cal, const kvtc_cache *c)
 {
-    (void)arg;
+    return cal ? memcmp(kvtc_calibration_fingerprint(cal), kvtc_calibration_fingerprint(g.cal),
+                        32) == 0
+               : test_caches_equal(c, g.cache);
+}
+
+/* Loading the saved calibration or cache gives back the same one. */
+static kvtc_status step_load(void *arg, kvtc_error *err, bool *wrong)
+{
+    bool calibration = *(const saved *)arg == SAVED_CALIBRATION;
     kvtc_calibration *cal = NULL;
-    kvtc_status st = kvtc_calibration_load(g.calib_file, g.calib_len, &cal, err);
-    if (st == KVTC_OK)
-        *wrong = memcmp(kvtc_calibration_fingerprint(cal), kvtc_calibration_fingerprint(g.cal),
-                        32) != 0;
-    kvtc_calibration_free(cal);
-    return st;
-}
-
-static kvtc_status step_safetensors_save(void *arg, kvtc_error *err, bool *wrong)
-{
-    (void)arg;
-    void *out = NULL;
-    size_t len = 0;
-    kvtc_status st = kvtc_cache_save_safetensors(g.cache, &out, &len, err);
-    if (st == KVTC_OK)
-        *wrong = !test_bytes_equal(out, len, g.st_file, g.st_len);
-    kvtc_buffer_free(out);
-    return st;
-}
-
-static kvtc_status step_safetensors_load(void *arg, kvtc_error *err, bool *wrong)
-{
-    (void)arg;
     kvtc_cache *c = NULL;
-    kvtc_status st = kvtc_cache_load_safetensors(g.st_file, g.st_len, &c, err);
+    kvtc_status st = calibration ? kvtc_calibration_load(g.calib_file, g.calib_len, &cal, err)
+                                 : kvtc_cache_load_safetensors(g.st_file, g.st_len, &c, err);
     if (st == KVTC_OK)
-        *wrong = !test_caches_equal(c, g.cache);
+        *wrong = !is_reference(cal, c);
+    kvtc_calibration_free(cal);
     kvtc_cache_free(c);
     return st;
 }
@@ -234,31 +229,23 @@ static bool folder_clean(bool expect_file)
     return clean && seen == expect_file;
 }
 
-static kvtc_status step_write_read_calibration(void *arg, kvtc_error *err, bool *wrong)
+/* Writing the calibration or the cache to a file, then reading it back. */
+static kvtc_status step_write_read(void *arg, kvtc_error *err, bool *wrong)
 {
-    (void)arg;
+    bool calibration = *(const saved *)arg == SAVED_CALIBRATION;
     unlink(g.out_path);
-    kvtc_status st = kvtc_calibration_write(g.cal, g.out_path, err);
+    kvtc_status st = calibration ? kvtc_calibration_write(g.cal, g.out_path, err)
+                                 : kvtc_cache_write_safetensors(g.cache, g.out_path, err);
     *wrong = !folder_clean(st == KVTC_OK);
-    kvtc_calibration *back = NULL;
-    if (st == KVTC_OK && (st = kvtc_calibration_read(g.out_path, &back, err)) == KVTC_OK)
-        *wrong |= memcmp(kvtc_calibration_fingerprint(back), kvtc_calibration_fingerprint(g.cal),
-                         32) != 0;
-    kvtc_calibration_free(back);
-    unlink(g.out_path);
-    return st;
-}
-
-static kvtc_status step_write_read_safetensors(void *arg, kvtc_error *err, bool *wrong)
-{
-    (void)arg;
-    unlink(g.out_path);
-    kvtc_status st = kvtc_cache_write_safetensors(g.cache, g.out_path, err);
-    *wrong = !folder_clean(st == KVTC_OK);
-    kvtc_cache *back = NULL;
-    if (st == KVTC_OK && (st = kvtc_cache_read_safetensors(g.out_path, &back, err)) == KVTC_OK)
-        *wrong |= !test_caches_equal(back, g.cache);
-    kvtc_cache_free(back);
+    kvtc_calibration *cal = NULL;
+    kvtc_cache *c = NULL;
+    if (st == KVTC_OK)
+        st = calibration ? kvtc_calibration_read(g.out_path, &cal, err)
+                         : kvtc_cache_read_safetensors(g.out_path, &c, err);
+    if (st == KVTC_OK)
+        *wrong |= !is_reference(cal, c);
+    kvtc_calibration_free(cal);
+    kvtc_cache_free(c);
     unlink(g.out_path);
     return st;
 }
@@ -314,27 +301,28 @@ int main(void)
     static const struct {
         const char *name;
         test_alloc_step fn;
+        void *arg;
     } steps[] = {
-        {"calibrate", step_calibrate},
-        {"plan", step_plan},
-        {"compress", step_compress},
-        {"compress (2 threads)", step_compress_2_threads},
-        {"decompress (2 threads)", step_decompress},
-        {"decompress_layers", step_decompress_layers},
-        {"decompress_block (all)", step_decompress_blocks},
-        {"append", step_append},
-        {"stream_info", step_stream_info},
-        {"calibration save", step_calibration_save},
-        {"calibration load", step_calibration_load},
-        {"calibration write+read", step_write_read_calibration},
-        {"safetensors save", step_safetensors_save},
-        {"safetensors load", step_safetensors_load},
-        {"safetensors write+read", step_write_read_safetensors},
+        {"calibrate", step_calibrate, NULL},
+        {"plan", step_plan, NULL},
+        {"compress", step_compress, NULL},
+        {"compress (2 threads)", step_compress_2_threads, NULL},
+        {"decompress (2 threads)", step_decompress, NULL},
+        {"decompress_layers", step_decompress_layers, NULL},
+        {"decompress_block (all)", step_decompress_blocks, NULL},
+        {"append", step_append, NULL},
+        {"stream_info", step_stream_info, NULL},
+        {"calibration save", step_save, &g_saved[SAVED_CALIBRATION]},
+        {"calibration load", step_load, &g_saved[SAVED_CALIBRATION]},
+        {"calibration write+read", step_write_read, &g_saved[SAVED_CALIBRATION]},
+        {"safetensors save", step_save, &g_saved[SAVED_CACHE]},
+        {"safetensors load", step_load, &g_saved[SAVED_CACHE]},
+        {"safetensors write+read", step_write_read, &g_saved[SAVED_CACHE]},
     };
     uint64_t points = 0, leaks = 0;
     if (make_inputs())
         for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
-            test_alloc_tally t = test_alloc_sweep(steps[i].name, steps[i].fn, NULL,
+            test_alloc_tally t = test_alloc_sweep(steps[i].name, steps[i].fn, steps[i].arg,
                                                   TEST_ALLOC_ANY_STATUS | TEST_ALLOC_FALLBACK);
             points += t.points;
             leaks += t.leaks;

@@ -190,18 +190,27 @@ static kvtc_status calibrate_sample(const truth *t, uint32_t n, const kvtc_calib
     return test_calibrate(&SHAPE, opt, 1, sampled_cache, &one, out, err);
 }
 
-/* Same data, any n_threads: the same bytes; row counts follow heldout_every. */
-static void test_threads_and_counts(void)
+/* A truth drawn from r seeded with `seed` (r goes on from there), and options
+ * with neither sinks nor window that hold out every heldout_every-th token. */
+static kvtc_calib_options seeded_truth(truth *t, test_rng *r, uint64_t seed,
+                                       uint32_t heldout_every)
 {
-    test_rng r;
-    rng_seed(&r, 2);
-    truth t;
-    make_truth(&t, &r);
+    rng_seed(r, seed);
+    make_truth(t, r);
     kvtc_calib_options opt;
     kvtc_calib_options_default(&opt);
     opt.sinks = 0;
     opt.window = 0;
-    opt.heldout_every = 5;
+    opt.heldout_every = heldout_every;
+    return opt;
+}
+
+/* Same data, any n_threads: the same bytes; row counts follow heldout_every. */
+static void test_threads_and_counts(void)
+{
+    test_rng r;
+    truth t;
+    kvtc_calib_options opt = seeded_truth(&t, &r, 2, 5);
     kvtc_error err;
     kvtc_calibration *a = NULL, *b = NULL;
     CHECK_OK(calibrate_sample(&t, 3000, &opt, 9, &a, &err), &err);
@@ -223,14 +232,8 @@ static void test_threads_and_counts(void)
 static void test_split_equals_whole(void)
 {
     test_rng r;
-    rng_seed(&r, 3);
     truth t;
-    make_truth(&t, &r);
-    kvtc_calib_options opt;
-    kvtc_calib_options_default(&opt);
-    opt.sinks = 0;
-    opt.window = 0;
-    opt.heldout_every = 7;
+    kvtc_calib_options opt = seeded_truth(&t, &r, 3, 7);
     const uint32_t n = 2600;
     kvtc_cache *whole = sample_cache(&t, n, 0, &r);
     if (!CHECK(whole != NULL))
