@@ -218,10 +218,16 @@ KVTC_API kvtc_status kvtc_calibrator_create(const kvtc_model_shape *shape,
  * set instead. The cache is not kept. Shape must match the calibrator's. */
 KVTC_API kvtc_status kvtc_calibrator_add(kvtc_calibrator *cal, const kvtc_cache *cache,
                                          kvtc_error *err);
-/* Mean, PCA basis (LAPACK symmetric eigensolver), and the DP error table. */
+/* Mean, PCA basis (LAPACK symmetric eigensolver), and the DP error table.
+ * The result is checked the way kvtc_calibration_load checks a file: one that
+ * would not load back (values beyond float range, say) is KVTC_E_NUMERIC. */
 KVTC_API kvtc_status kvtc_calibrator_finish(kvtc_calibrator *cal, kvtc_calibration **out,
                                             kvtc_error *err);
 KVTC_API uint64_t kvtc_calibrator_rows(const kvtc_calibrator *cal, kvtc_kind kind);
+/* Tokens left out of the statistics because their feature row carries more
+ * than 1e4 times the median energy of their cache's tokens (one such token
+ * would dominate the basis). */
+KVTC_API uint64_t kvtc_calibrator_excluded(const kvtc_calibrator *cal, kvtc_kind kind);
 KVTC_API void kvtc_calibrator_free(kvtc_calibrator *cal);
 
 /* .kvtcal files (docs/FORMAT.md). Loading verifies every checksum and the fingerprint. */

@@ -4,6 +4,7 @@
 #include "transform.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BATCH_TOKENS 256u
@@ -13,7 +14,14 @@ typedef struct kind_state {
     kvtc_cov cov;
     float *heldout; /* [heldout_cap][p] */
     uint32_t n_heldout, heldout_cap;
+    uint64_t excluded; /* tokens left out for their extreme energy */
 } kind_state;
+
+/* A token whose feature row carries more than this many times the median
+ * energy of its cache's tokens is left out of the statistics: one such token
+ * would otherwise dominate the covariance (a 1e20 value poisons the basis
+ * for every other token). 1e4 in energy is 100 times the typical magnitude. */
+#define OUTLIER_ENERGY_FACTOR 1e4
 
 struct kvtc_calibrator {
     kvtc_model_shape shape; /* normalized */
@@ -160,6 +168,42 @@ static bool is_heldout(const kvtc_calibrator *cal, uint64_t e, uint32_t n_heldou
     return e % k == k - 1 && n_heldout < cal->opt.max_heldout;
 }
 
+static double row_energy(const float *row, size_t p)
+{
+    double e = 0;
+    for (size_t i = 0; i < p; i++)
+        e += (double)row[i] * row[i];
+    return e;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The energy above which a token of tokens [t0, t1) of one kind is an outlier:
+ * OUTLIER_ENERGY_FACTOR times their median (infinity when the median is 0). */
+static kvtc_status energy_limit(kvtc_calibrator *cal, const kvtc_cache *cache, kvtc_kind kind,
+                                uint32_t t0, uint32_t t1, double *limit, kvtc_error *err)
+{
+    uint32_t m = t1 - t0;
+    double *energy = kvtc_malloc_array(m, sizeof *energy);
+    if (!energy)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u token energies", m);
+    for (uint32_t b0 = t0; b0 < t1; b0 += BATCH_TOKENS) {
+        uint32_t nb = t1 - b0 < BATCH_TOKENS ? t1 - b0 : BATCH_TOKENS;
+        kvtc_cache_gather_rows(cache, kind, b0, nb, cal->rows);
+        for (uint32_t t = 0; t < nb; t++)
+            energy[b0 - t0 + t] = row_energy(cal->rows + (size_t)t * cal->p, cal->p);
+    }
+    qsort(energy, m, sizeof *energy, compare_doubles);
+    double median = energy[m / 2];
+    *limit = median > 0 ? OUTLIER_ENERGY_FACTOR * median : INFINITY;
+    kvtc_free(energy);
+    return KVTC_OK;
+}
+
 kvtc_status kvtc_calibrator_add(kvtc_calibrator *cal, const kvtc_cache *cache, kvtc_error *err)
 {
     if (!cal || !cache)
@@ -181,6 +225,11 @@ kvtc_status kvtc_calibrator_add(kvtc_calibrator *cal, const kvtc_cache *cache, k
         return st;
 
     /* Reserve held-out room first, so that nothing below can fail halfway. */
+    double limit[2];
+    for (int kind = 0; kind < 2 && st == KVTC_OK; kind++)
+        st = energy_limit(cal, cache, (kvtc_kind)kind, t0, t1, &limit[kind], err);
+    if (st != KVTC_OK)
+        return st;
     uint64_t k = cal->opt.heldout_every, seen = cal->eligible_seen;
     uint64_t selected = (seen + m) / k - seen / k;
     uint64_t room = cal->opt.max_heldout - cal->kind[0].n_heldout;
@@ -200,7 +249,9 @@ kvtc_status kvtc_calibrator_add(kvtc_calibrator *cal, const kvtc_cache *cache, k
             kvtc_cache_gather_rows(cache, (kvtc_kind)kind, b0, nb, cal->rows);
             for (uint32_t t = 0; t < nb; t++, e++) {
                 const float *row = cal->rows + t * p;
-                if (is_heldout(cal, e, ks->n_heldout))
+                if (row_energy(row, p) > limit[kind])
+                    ks->excluded++;
+                else if (is_heldout(cal, e, ks->n_heldout))
                     memcpy(ks->heldout + (size_t)ks->n_heldout++ * p, row, p * sizeof(float));
                 else if (n_fit++ != t)
                     memcpy(cal->rows + (size_t)(n_fit - 1) * p, row, p * sizeof(float));
@@ -349,6 +400,25 @@ static kvtc_status finish_kind(const kvtc_calibrator *cal, const kind_state *ks,
     return st;
 }
 
+/* A calibration is handed out only if the loader would accept its file: the
+ * same checks (finite values, ranges) on what was made as on what is read. */
+static kvtc_status check_loads_back(const kvtc_calibration *c, kvtc_error *err)
+{
+    void *file = NULL;
+    size_t len = 0;
+    kvtc_calibration *back = NULL;
+    kvtc_status st = kvtc_calibration_save(c, &file, &len, err);
+    if (st == KVTC_OK && (st = kvtc_calibration_load(file, len, &back, err)) != KVTC_OK) {
+        kvtc_fail_prefix(err, "the calibration made from these caches is unusable");
+        st = KVTC_E_NUMERIC;
+        if (err)
+            err->status = st;
+    }
+    kvtc_calibration_free(back);
+    kvtc_buffer_free(file);
+    return st;
+}
+
 kvtc_status kvtc_calibrator_finish(kvtc_calibrator *cal, kvtc_calibration **out,
                                    kvtc_error *err)
 {
@@ -376,10 +446,17 @@ kvtc_status kvtc_calibrator_finish(kvtc_calibrator *cal, kvtc_calibration **out,
         st = finish_kind(cal, &cal->kind[k], c, (kvtc_kind)k, err);
     if (st == KVTC_OK)
         st = kvtc_calibration_compute_fingerprint(c, err);
+    if (st == KVTC_OK)
+        st = check_loads_back(c, err);
     if (st != KVTC_OK) {
         kvtc_calibration_free(c);
         return st;
     }
     *out = c;
     return KVTC_OK;
+}
+
+uint64_t kvtc_calibrator_excluded(const kvtc_calibrator *cal, kvtc_kind kind)
+{
+    return cal && (kind == KVTC_KEY || kind == KVTC_VALUE) ? cal->kind[kind].excluded : 0;
 }

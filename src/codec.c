@@ -151,6 +151,14 @@ static void put_le16(uint8_t *p, uint16_t v)
 
 static uint16_t get_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    put_le16(p, (uint16_t)v);
+    put_le16(p + 2, (uint16_t)(v >> 16));
+}
+
+static uint32_t get_le32(const uint8_t *p) { return get_le16(p) | (uint32_t)get_le16(p + 2) << 16; }
+
 static uint32_t max_group_size(const kvtc_plan *plan)
 {
     uint32_t m = 0;
@@ -169,7 +177,61 @@ typedef struct encoder {
     uint32_t first_new;    /* blocks before it are kept as they are */
     int level;
     uint8_t **owned;       /* [2 * (n_blocks - first_new)] chunks made here */
+    uint32_t *n_escaped;   /* [2 * (n_blocks - first_new)] escaped tokens per chunk */
+    bool force_escapes;    /* write an escape list even when it is empty */
 } encoder;
+
+/* ---- escaped tokens -------------------------------------------------------- */
+
+/* A token is escaped, stored raw after the groups of its coded chunk, when a
+ * coefficient of a kept group has a magnitude no fp16 shift and scale can
+ * hold (above 65504, or an overflow): quantizing it would saturate. Its
+ * coefficients are zeroed so that its groups cost next to nothing. Returns
+ * how many tokens of the n were escaped, their indices in idx. */
+static uint32_t find_escapes(const kvtc_plan *plan, float *coef, uint32_t n, uint32_t *idx)
+{
+    uint32_t nc = plan->n_coords, m = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        float *row = coef + (size_t)t * nc;
+        bool escape = false;
+        for (uint32_t g = 0; g < plan->n_groups && !escape; g++) {
+            const kvtc_group *gr = &plan->groups[g];
+            for (uint32_t i = 0; gr->type != KVTC_Q_NONE && i < gr->size && !escape; i++)
+                escape = !(fabsf(row[gr->start + i]) <= KVTC_F16_MAX);
+        }
+        if (escape) {
+            idx[m++] = t;
+            memset(row, 0, nc * sizeof *row);
+        }
+    }
+    return m;
+}
+
+/* Bytes of an escape list of m tokens of p features of `elem` bytes. */
+static size_t escape_list_bytes(uint32_t m, size_t p, size_t elem)
+{
+    return 4 + (size_t)m * (4 + p * elem);
+}
+
+/* Writes the escape list: u32 count, the u32 indices, then each token's
+ * features raw in the cache dtype, [layer][head][dim]. */
+static void put_escapes(const encoder *e, kvtc_kind kind, uint32_t t0, const uint32_t *idx,
+                        uint32_t m, uint8_t *out)
+{
+    const kvtc_model_shape *s = &e->src->shape;
+    size_t elem = kvtc_dtype_size(e->src->dtype), row = (size_t)s->head_dim * elem;
+    uint8_t *p = out;
+    put_le32(p, m);
+    p += 4;
+    for (uint32_t i = 0; i < m; i++, p += 4)
+        put_le32(p, idx[i]);
+    for (uint32_t i = 0; i < m; i++)
+        for (uint32_t l = 0; l < s->n_layer; l++) {
+            const uint8_t *layer = kvtc_cache_data_const(e->src, kind, l);
+            for (uint32_t h = 0; h < s->n_kv_head; h++, p += row)
+                memcpy(p, layer + ((size_t)h * e->src->n_tokens + t0 + idx[i]) * row, row);
+        }
+}
 
 /* Quantizes group g of n tokens' coefficients (rows of nc) into its bytes of a
  * coded chunk: n fp16 shifts, n fp16 scales, then the packed codes (none for a
@@ -190,18 +252,21 @@ static void quantize_group(const kvtc_group *g, const float *coef, uint32_t nc, 
 }
 
 static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvtc_kind kind,
-                                      uint8_t **out, size_t *out_len, kvtc_error *err)
+                                      uint8_t **out, size_t *out_len, uint32_t *n_escaped,
+                                      kvtc_error *err)
 {
     const kvtc_plan *plan = e->s->plan[kind];
     uint32_t n = b->n_tokens, nc = plan->n_coords;
     size_t p = (size_t)kvtc_shape_features(&e->cal->shape);
-    size_t raw_len = (size_t)kvtc_coded_chunk_bytes(plan, n);
+    size_t elem = kvtc_dtype_size(e->src->dtype);
+    size_t groups_len = (size_t)kvtc_coded_chunk_bytes(plan, n);
     float *rows = kvtc_malloc_array((size_t)n * p, sizeof *rows);
     float *coef = kvtc_malloc_array((size_t)n * nc, sizeof *coef);
-    uint8_t *raw = kvtc_malloc(raw_len);
+    uint32_t *escaped = kvtc_malloc_array(n, sizeof *escaped);
+    uint8_t *raw = NULL;
     uint8_t *codes = kvtc_malloc_array(n, max_group_size(plan));
     kvtc_status st = KVTC_OK;
-    if (!rows || !coef || !raw || !codes) {
+    if (!rows || !coef || !escaped || !codes) {
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory encoding a block of %u tokens", n);
         goto done;
     }
@@ -214,15 +279,26 @@ static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvt
             goto done;
         }
     kvtc_transform_project(e->cal, kind, rows, n, nc, coef, NULL);
+    uint32_t m = find_escapes(plan, coef, n, escaped);
+    bool with_list = m > 0 || e->force_escapes;
+    size_t raw_len = groups_len + (with_list ? escape_list_bytes(m, p, elem) : 0);
+    if (!(raw = kvtc_malloc(raw_len))) {
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory encoding a block of %u tokens", n);
+        goto done;
+    }
     uint8_t *group_bytes = raw;
     for (uint32_t i = 0; i < plan->n_groups; i++) {
         quantize_group(&plan->groups[i], coef, nc, n, group_bytes, codes);
         group_bytes += kvtc_group_chunk_bytes(&plan->groups[i], n);
     }
+    if (with_list)
+        put_escapes(e, kind, b->first - e->src_first, escaped, m, raw + groups_len);
+    *n_escaped = m;
     st = kvtc_deflate(e->level, raw, raw_len, out, out_len, err);
 done:
     kvtc_free(rows);
     kvtc_free(coef);
+    kvtc_free(escaped);
     kvtc_free(raw);
     kvtc_free(codes);
     return st;
@@ -251,10 +327,11 @@ static kvtc_status encode_item(void *user, uint32_t item, kvtc_error *err)
     uint8_t *chunk = NULL;
     size_t len = 0;
     kvtc_status st = b->encoding == KVTC_BLOCK_CODED
-                         ? encode_coded_chunk(e, b, kind, &chunk, &len, err)
+                         ? encode_coded_chunk(e, b, kind, &chunk, &len, &e->n_escaped[item], err)
                          : encode_raw_chunk(e, b, kind, &chunk, &len, err);
     if (st != KVTC_OK)
         return st;
+    kvtc_free(e->owned[item]); /* the chunk of a first pass, when there was one */
     e->owned[item] = chunk;
     b->data[kind] = chunk;
     b->length[kind] = len;
@@ -286,8 +363,9 @@ static kvtc_status encode_stream(const kvtc_calibration *cal, kvtc_stream *s,
     s->n_blocks = n_kept + n_new;
     s->blocks = kvtc_calloc(s->n_blocks ? s->n_blocks : 1, sizeof *s->blocks);
     uint8_t **owned = kvtc_calloc(2 * (size_t)n_new + 1, sizeof *owned);
+    uint32_t *n_escaped = kvtc_calloc(2 * (size_t)n_new + 1, sizeof *n_escaped);
     kvtc_status st = KVTC_OK;
-    if (!s->blocks || !owned) {
+    if (!s->blocks || !owned || !n_escaped) {
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u blocks", s->n_blocks);
         goto done;
     }
@@ -303,9 +381,19 @@ static kvtc_status encode_stream(const kvtc_calibration *cal, kvtc_stream *s,
     if (s->window > 0)
         *b++ = (kvtc_block){.first = coded_end, .n_tokens = s->window, .encoding = KVTC_BLOCK_RAW};
 
-    encoder e = {cal, s, src, kept_end, n_kept, opt->deflate_level, owned};
+    encoder e = {cal, s, src, kept_end, n_kept, opt->deflate_level, owned, n_escaped, false};
     st = run_items(2 * n_new, opt->n_threads, encode_item, &e, opt->progress, opt->progress_user,
                    "compress", 0, 2 * (uint64_t)n_new, err);
+    /* A block with escapes in one kind needs an (empty) escape list in the
+     * other: encode that chunk again, which is rare. */
+    e.force_escapes = true;
+    for (uint32_t i = 0; i < n_new && st == KVTC_OK; i++) {
+        kvtc_block *blk = &s->blocks[n_kept + i];
+        blk->escapes = n_escaped[2 * i] + n_escaped[2 * i + 1] > 0;
+        for (uint32_t k = 0; k < 2 && blk->escapes && st == KVTC_OK; k++)
+            if (n_escaped[2 * i + k] == 0)
+                st = encode_item(&e, 2 * i + k, err);
+    }
     if (st == KVTC_OK)
         st = kvtc_stream_serialize(s, out, out_len, err);
 done:
@@ -313,6 +401,7 @@ done:
         for (uint32_t i = 0; i < 2 * n_new; i++)
             kvtc_free(owned[i]);
     kvtc_free(owned);
+    kvtc_free(n_escaped);
     return st;
 }
 
@@ -466,6 +555,7 @@ typedef struct decoder {
     float *rows[2];            /* features of one layer: [n_coded][n_kv_head * head_dim] */
     float *rope_cos, *rope_sin; /* RoPE angles of the coded tokens: [n_coded][rope_dims / 2] */
     kvtc_cache *layer;         /* one layer of the decoded tokens, keys and values */
+    struct escape_list *escapes[2]; /* per coded block [coded_b0, coded_b1) and kind */
     uint32_t cur_layer;
     kvtc_decompress_options opt; /* the caller's, over the defaults */
 } decoder;
@@ -484,6 +574,42 @@ static void dequantize_group(const kvtc_group *g, const uint8_t *in, uint32_t n,
                            codes + (size_t)t * g->size, g->size, coef + (size_t)t * nc + g->start);
 }
 
+/* The escaped tokens of one coded chunk, as read from it. */
+typedef struct escape_list {
+    uint32_t n;
+    uint32_t *index; /* in the block, increasing */
+    uint8_t *rows;   /* n feature rows raw in the stream's dtype */
+} escape_list;
+
+/* Reads the escape list at the end of an inflated chunk of `got` bytes whose
+ * groups take groups_len bytes, for a block of n tokens. */
+static kvtc_status get_escapes(const uint8_t *raw, size_t got, size_t groups_len, uint32_t n,
+                               size_t row_bytes, escape_list *list, kvtc_error *err)
+{
+    if (got < groups_len + 4)
+        return kvtc_fail(err, KVTC_E_FORMAT, "escape list missing");
+    const uint8_t *p = raw + groups_len;
+    uint32_t m = get_le32(p);
+    if (m > n || got != groups_len + 4 + (size_t)m * (4 + row_bytes))
+        return kvtc_fail(err, KVTC_E_FORMAT, "escape list of %u tokens in a block of %u does "
+                         "not fill its chunk", m, n);
+    list->n = m;
+    if (m == 0)
+        return KVTC_OK;
+    list->index = kvtc_malloc_array(m, sizeof *list->index);
+    list->rows = kvtc_malloc_array(m, row_bytes);
+    if (!list->index || !list->rows)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u escaped tokens", m);
+    for (uint32_t i = 0; i < m; i++) {
+        list->index[i] = get_le32(p + 4 + 4 * (size_t)i);
+        if (list->index[i] >= n || (i > 0 && list->index[i] <= list->index[i - 1]))
+            return kvtc_fail(err, KVTC_E_FORMAT, "escaped token %u out of order or range",
+                             list->index[i]);
+    }
+    memcpy(list->rows, p + 4 + 4 * (size_t)m, (size_t)m * row_bytes);
+    return KVTC_OK;
+}
+
 /* Item: one chunk of the decoded blocks. Raw chunks are only checked here. */
 static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
 {
@@ -495,13 +621,19 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
     if (st != KVTC_OK || b->encoding == KVTC_BLOCK_RAW)
         return st;
     const kvtc_plan *plan = d->s.plan[kind];
-    size_t raw_len = (size_t)kvtc_coded_chunk_bytes(plan, b->n_tokens);
+    size_t groups_len = (size_t)kvtc_coded_chunk_bytes(plan, b->n_tokens);
+    size_t row_bytes = (size_t)kvtc_shape_features(&d->s.shape) * kvtc_dtype_size(d->s.dtype);
+    size_t raw_len = groups_len + (b->escapes ? escape_list_bytes(b->n_tokens, row_bytes, 1) : 0);
+    size_t got = raw_len;
     uint8_t *raw = kvtc_malloc(raw_len);
     uint8_t *codes = kvtc_malloc_array(b->n_tokens, max_group_size(plan));
     if (!raw || !codes) {
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory decoding block %u", index);
-    } else if ((st = kvtc_inflate_exact(b->data[kind], (size_t)b->length[kind], raw, raw_len,
-                                        err)) != KVTC_OK) {
+    } else if ((st = kvtc_inflate(b->data[kind], (size_t)b->length[kind], raw, raw_len,
+                                  b->escapes ? &got : NULL, err)) != KVTC_OK ||
+               (b->escapes &&
+                (st = get_escapes(raw, got, groups_len, b->n_tokens, row_bytes,
+                                  &d->escapes[kind][index - d->coded_b0], err)) != KVTC_OK)) {
         char where[48];
         snprintf(where, sizeof where, "block %u %s", index, kvtc_kind_name(kind));
         kvtc_fail_prefix(err, where);
@@ -553,6 +685,16 @@ static kvtc_status rebuild_item(void *user, uint32_t item, kvtc_error *err)
                           shape->head_dim);
         }
     }
+    /* Escaped tokens come back bit-exact from their raw rows. */
+    const escape_list *list = &d->escapes[kind][item / 2];
+    size_t head_bytes = shape->head_dim * elem;
+    for (uint32_t i = 0; i < list->n; i++) {
+        size_t token = b->first - d->first + list->index[i];
+        const uint8_t *row = list->rows + ((size_t)i * shape->n_layer + d->cur_layer) * hd * elem;
+        for (uint32_t h = 0; h < shape->n_kv_head; h++)
+            memcpy(out + ((size_t)h * d->n_tokens + token) * head_bytes, row + h * head_bytes,
+                   head_bytes);
+    }
     return KVTC_OK;
 }
 
@@ -565,6 +707,11 @@ static void decoder_release(decoder *d)
     for (int k = 0; k < 2; k++) {
         kvtc_free(d->coef[k]);
         kvtc_free(d->rows[k]);
+        for (uint32_t i = 0; d->escapes[k] && i < d->coded_b1 - d->coded_b0; i++) {
+            kvtc_free(d->escapes[k][i].index);
+            kvtc_free(d->escapes[k][i].rows);
+        }
+        kvtc_free(d->escapes[k]);
     }
     kvtc_free(d->rope_cos);
     kvtc_free(d->rope_sin);
@@ -596,7 +743,8 @@ static kvtc_status decode_coefficients(decoder *d, kvtc_error *err)
     d->coded_first = d->n_coded ? s->blocks[d->coded_b0].first : 0;
     for (int k = 0; k < 2; k++) {
         d->coef[k] = kvtc_malloc_array((size_t)d->n_coded * s->plan[k]->n_coords, sizeof(float));
-        if (!d->coef[k])
+        d->escapes[k] = kvtc_calloc((size_t)(d->coded_b1 - d->coded_b0) + 1, sizeof(escape_list));
+        if (!d->coef[k] || !d->escapes[k])
             return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u decoded tokens",
                              d->n_coded);
     }

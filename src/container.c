@@ -222,8 +222,10 @@ static kvtc_status parse_fields(kvtc_reader *r, kvtc_stream *s, size_t len, kvtc
         b->first = kvtc_get_u32(r);
         b->n_tokens = kvtc_get_u32(r);
         uint32_t encoding = kvtc_get_u32(r);
-        b->encoding = encoding == KVTC_BLOCK_CODED ? KVTC_BLOCK_CODED : KVTC_BLOCK_RAW;
-        if (encoding > KVTC_BLOCK_CODED)
+        b->encoding = encoding == KVTC_BLOCK_RAW ? KVTC_BLOCK_RAW : KVTC_BLOCK_CODED;
+        b->escapes = encoding == KVTC_ENCODING_CODED_ESCAPES;
+        uint32_t known = s->version >= 2 ? KVTC_ENCODING_CODED_ESCAPES : KVTC_BLOCK_CODED;
+        if (encoding > known)
             return kvtc_fail(err, KVTC_E_FORMAT, "block %u has unknown encoding %u", i, encoding);
         for (int k = 0; k < 2; k++) {
             b->length[k] = kvtc_get_u64(r);
@@ -317,7 +319,11 @@ kvtc_status kvtc_stream_serialize(kvtc_stream *s, void **out, size_t *out_len, k
     kvtc_writer w;
     kvtc_writer_init(&w);
     kvtc_put_bytes(&w, MAGIC, sizeof MAGIC);
-    kvtc_put_u32(&w, KVTC_STREAM_VERSION);
+    s->version = 1;
+    for (uint32_t i = 0; i < s->n_blocks; i++)
+        if (s->blocks[i].escapes)
+            s->version = 2;
+    kvtc_put_u32(&w, s->version);
     kvtc_put_u32(&w, 0); /* flags */
     kvtc_put_u64(&w, 0); /* header_bytes, patched below */
     kvtc_put_u32(&w, s->shape.n_layer);
@@ -345,7 +351,7 @@ kvtc_status kvtc_stream_serialize(kvtc_stream *s, void **out, size_t *out_len, k
         const kvtc_block *b = &s->blocks[i];
         kvtc_put_u32(&w, b->first);
         kvtc_put_u32(&w, b->n_tokens);
-        kvtc_put_u32(&w, (uint32_t)b->encoding);
+        kvtc_put_u32(&w, b->escapes ? KVTC_ENCODING_CODED_ESCAPES : (uint32_t)b->encoding);
         for (int k = 0; k < 2; k++) {
             kvtc_put_u64(&w, b->length[k]);
             kvtc_put_u32(&w, b->crc[k]);

@@ -5,7 +5,11 @@
 
 #include "kvtc_internal.h"
 
-#define KVTC_STREAM_VERSION 1u
+/* The newest version this library reads. It writes the oldest one that can
+ * hold the stream: 1, or 2 when a block has escaped tokens. */
+#define KVTC_STREAM_VERSION 2u
+/* Block table encodings: 0 raw, 1 coded, 2 coded with escaped tokens (v2). */
+#define KVTC_ENCODING_CODED_ESCAPES 2u
 #define KVTC_MAX_BLOCK_TOKENS 65536u
 #define KVTC_BLOCK_ENTRY_BYTES 36u
 /* Largest token position a stream may hold: kvtc_cache_create's limit on pos0,
@@ -21,6 +25,7 @@ typedef struct kvtc_block {
     uint32_t first;    /* index of its first token in the stream */
     uint32_t n_tokens;
     kvtc_block_encoding encoding;
+    bool escapes;      /* coded, and its chunks end with an escape list (v2) */
     uint64_t length[2];
     uint32_t crc[2];        /* CRC-32 of the chunk's stored bytes */
     const uint8_t *data[2]; /* parsed: points into the stream; written: the bytes to store */

@@ -35,11 +35,17 @@ kvtc_status kvtc_deflate(int level, const void *in, size_t n, uint8_t **out, siz
 kvtc_status kvtc_inflate_exact(const void *in, size_t n, void *out, size_t out_len,
                                kvtc_error *err)
 {
+    return kvtc_inflate(in, n, out, out_len, NULL, err);
+}
+
+kvtc_status kvtc_inflate(const void *in, size_t n, void *out, size_t out_len, size_t *got,
+                         kvtc_error *err)
+{
     struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
     if (!d)
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a DEFLATE decompressor");
     size_t used = 0;
-    enum libdeflate_result r = libdeflate_deflate_decompress_ex(d, in, n, out, out_len, &used, NULL);
+    enum libdeflate_result r = libdeflate_deflate_decompress_ex(d, in, n, out, out_len, &used, got);
     libdeflate_free_decompressor(d);
     switch (r) {
     case LIBDEFLATE_SUCCESS:

@@ -18,5 +18,9 @@ kvtc_status kvtc_deflate(int level, const void *in, size_t n, uint8_t **out, siz
  * to call from any thread. */
 kvtc_status kvtc_inflate_exact(const void *in, size_t n, void *out, size_t out_len,
                                kvtc_error *err);
+/* The same with *got receiving the inflated size, which may be below out_len
+ * (got NULL: exactly out_len, as kvtc_inflate_exact). */
+kvtc_status kvtc_inflate(const void *in, size_t n, void *out, size_t out_len, size_t *got,
+                         kvtc_error *err);
 
 #endif /* KVTC_ENTROPY_H */

@@ -42,6 +42,7 @@ char *kvtc_strdup(const char *s);
 
 /* ---- number formats (dtype.c) -------------------------------------------- */
 
+#define KVTC_F16_MAX 65504.0f /* the largest finite fp16 */
 uint16_t kvtc_f32_to_f16(float f); /* round to nearest even; overflow -> +-inf */
 float kvtc_f16_to_f32(uint16_t h);
 uint16_t kvtc_f32_to_bf16(float f); /* round to nearest even */

@@ -7,7 +7,6 @@
 
 const uint32_t kvtc_group_sizes[KVTC_GROUP_SIZE_COUNT] = {1, 16, 64, 256, 1024};
 
-#define F16_MAX 65504.0f
 #define E4M3_MAX 448.0f
 
 bool kvtc_qtype_valid(uint32_t type) { return type < KVTC_QTYPE_COUNT; }
@@ -34,7 +33,7 @@ uint32_t kvtc_qtype_bits(kvtc_qtype t)
 
 static float clamp_f16_range(float v)
 {
-    return v > F16_MAX ? F16_MAX : v < -F16_MAX ? -F16_MAX : v;
+    return v > KVTC_F16_MAX ? KVTC_F16_MAX : v < -KVTC_F16_MAX ? -KVTC_F16_MAX : v;
 }
 
 /* fp16 of a non-negative scale, rounded up so that the range is always covered. */

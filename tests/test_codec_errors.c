@@ -123,7 +123,7 @@ static void test_hostile_header(const uint8_t *data, size_t len, const kvtc_cach
 
     /* Specific fields and the status they must give. */
     memcpy(copy, data, len);
-    test_put_le(copy + 8, 2, 4); /* a newer version is refused before the CRC */
+    test_put_le(copy + 8, KVTC_STREAM_VERSION + 1, 4); /* a newer version: refused before the CRC */
     CHECK_STATUS(decode_status(copy, len, want), KVTC_E_VERSION, NULL);
     test_put_le(copy + 8, 0, 4);
     CHECK_STATUS(decode_status(copy, len, want), KVTC_E_FORMAT, NULL);
