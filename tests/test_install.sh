@@ -63,9 +63,14 @@ lib=$(find "$prefix" -name 'libkvtc.so' | head -n 1)
 [ -n "$(find "$prefix" -name kvtcConfig.cmake)" ] || fail "no kvtcConfig.cmake under $prefix"
 [ "$failures" -eq 0 ] || finish
 
+# A library built with sanitizers needs consumers built with them too (their
+# runtime must come first).
+sanitize=$(sed -n 's/^KVTC_SANITIZE:STRING=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+san_flags=${sanitize:+-fsanitize=$sanitize}
+
 # ---- the consumer through find_package(kvtc) ----------------------------------------
 if logged cmake-configure.log cmake -S "$here/install" -B "$work/cmake-build" \
-  -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" &&
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_FLAGS="$san_flags" &&
   logged cmake-build.log cmake --build "$work/cmake-build"; then
   grep -q "^kvtc_DIR:PATH=$prefix/" "$work/cmake-build/CMakeCache.txt" ||
     fail "find_package(kvtc) found $(grep '^kvtc_DIR' "$work/cmake-build/CMakeCache.txt")," \
@@ -79,8 +84,8 @@ fi
 # ---- the consumer through pkg-config ----------------------------------------------
 if flags=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --cflags --libs kvtc); then
   # shellcheck disable=SC2086 # the flags are words
-  logged cc.log "${CC:-cc}" -std=c11 -Wall -Wextra -Wpedantic -Werror "$here/install/consumer.c" \
-    $flags -o "$work/consumer-pc" &&
+  logged cc.log "${CC:-cc}" -std=c11 -Wall -Wextra -Wpedantic -Werror $san_flags \
+    "$here/install/consumer.c" $flags -o "$work/consumer-pc" &&
     logged consumer-pc.log env LD_LIBRARY_PATH="$(dirname "$lib")" "$work/consumer-pc" &&
     cat "$work/consumer-pc.log"
 else
