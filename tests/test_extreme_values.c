@@ -218,6 +218,45 @@ static void check_refusals(const kvtc_calibration *cal)
     }
 }
 
+/* One token with a huge value in one calibration cache is left out of the
+ * statistics: the calibration it gives is the one of the clean caches. */
+static void check_poisoned_calibration(const kvtc_calib_options *copt)
+{
+    static const float poison[] = {1e20f, 1e30f, 3e38f};
+    kvtc_error err;
+    for (size_t i = 0; i < sizeof poison / sizeof poison[0]; i++) {
+        kvtc_calibrator *clean, *dirty;
+        if (!CHECK_OK(kvtc_calibrator_create(&SHAPE, copt, &clean, &err), &err) ||
+            !CHECK_OK(kvtc_calibrator_create(&SHAPE, copt, &dirty, &err), &err))
+            return;
+        for (uint64_t seed = 1; seed <= 4; seed++) {
+            kvtc_cache *c = make_random_cache(&SHAPE, KVTC_F32, 200, 0, 6, seed);
+            if (!CHECK(c))
+                continue;
+            CHECK_OK(kvtc_calibrator_add(clean, c, &err), &err);
+            if (seed == 2)
+                set_feature(c, KVTC_KEY, 50, 11, poison[i]);
+            CHECK_OK(kvtc_calibrator_add(dirty, c, &err), &err);
+            kvtc_cache_free(c);
+        }
+        CHECK_EQ(kvtc_calibrator_excluded(clean, KVTC_KEY), 0);
+        CHECK_EQ(kvtc_calibrator_excluded(dirty, KVTC_KEY), 1);
+        CHECK_EQ(kvtc_calibrator_excluded(dirty, KVTC_VALUE), 0);
+        kvtc_calibration *a = NULL, *b = NULL;
+        CHECK_OK(kvtc_calibrator_finish(clean, &a, &err), &err);
+        CHECK_OK(kvtc_calibrator_finish(dirty, &b, &err), &err);
+        /* the basis is not poisoned: the top variance matches the clean one */
+        if (a && b)
+            CHECK_NEAR(kvtc_calibration_eigenvalues(b, KVTC_KEY)[0],
+                       kvtc_calibration_eigenvalues(a, KVTC_KEY)[0],
+                       0.05 * kvtc_calibration_eigenvalues(a, KVTC_KEY)[0]);
+        kvtc_calibration_free(a);
+        kvtc_calibration_free(b);
+        kvtc_calibrator_free(clean);
+        kvtc_calibrator_free(dirty);
+    }
+}
+
 int main(void)
 {
     kvtc_calib_options copt;
@@ -237,6 +276,7 @@ int main(void)
            escapes);
     CHECK(escapes > 0); /* the injected values did reach the escape path */
     check_refusals(cal);
+    check_poisoned_calibration(&copt);
     kvtc_calibration_free(cal);
     return test_summary("test_extreme_values");
 }
