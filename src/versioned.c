@@ -18,17 +18,27 @@ static kvtc_status check_size(size_t given, size_t min_size, size_t full_size, c
                      "(%zu to %zu bytes)", what, given, min_size, full_size);
 }
 
+/* Copies the first `size` bytes of src over dst, keeping dst's struct_size. */
+static kvtc_status copy_prefix(void *dst, const void *src, size_t size, size_t min_size,
+                               size_t full_size, const char *what, kvtc_error *err)
+{
+    kvtc_status st = check_size(size, min_size, full_size, what, err);
+    if (st == KVTC_OK) {
+        size_t keep;
+        memcpy(&keep, dst, sizeof keep);
+        memcpy(dst, src, size);
+        memcpy(dst, &keep, sizeof keep);
+    }
+    return st;
+}
+
+/* `full` (struct_size = full_size) holds the defaults. */
 kvtc_status kvtc_struct_in(void *full, size_t full_size, size_t min_size, const void *given,
                            const char *what, kvtc_error *err)
 {
     size_t size;
     memcpy(&size, given, sizeof size);
-    kvtc_status st = check_size(size, min_size, full_size, what, err);
-    if (st == KVTC_OK) {
-        memcpy(full, given, size);
-        memcpy(full, &full_size, sizeof full_size);
-    }
-    return st;
+    return copy_prefix(full, given, size, min_size, full_size, what, err);
 }
 
 kvtc_status kvtc_struct_out(void *given, const void *full, size_t full_size, size_t min_size,
@@ -36,10 +46,5 @@ kvtc_status kvtc_struct_out(void *given, const void *full, size_t full_size, siz
 {
     size_t size;
     memcpy(&size, given, sizeof size);
-    kvtc_status st = check_size(size, min_size, full_size, what, err);
-    if (st == KVTC_OK) {
-        memcpy(given, full, size);
-        memcpy(given, &size, sizeof size);
-    }
-    return st;
+    return copy_prefix(given, full, size, min_size, full_size, what, err);
 }
