@@ -155,27 +155,44 @@ static size_t elem_offset(const kvtc_cache *c, kvtc_kind kind, uint32_t l, uint3
     return idx * kvtc_dtype_size(c->dtype);
 }
 
+/* The RoPE angles of token after token of a cache, for its keys (off for
+ * values and rope-less shapes). */
+typedef struct token_rope {
+    bool on;
+    double freq[KVTC_MAX_ROPE_DIMS / 2];
+    float cs[KVTC_MAX_ROPE_DIMS / 2], sn[KVTC_MAX_ROPE_DIMS / 2];
+} token_rope;
+
+static void token_rope_init(token_rope *r, const kvtc_cache *c, kvtc_kind kind)
+{
+    r->on = kind == KVTC_KEY && c->shape.rope_style != KVTC_ROPE_NONE;
+    if (r->on)
+        kvtc_rope_freqs(&c->shape, r->freq);
+}
+
+static void token_rope_at(token_rope *r, const kvtc_cache *c, uint32_t t)
+{
+    if (r->on)
+        kvtc_rope_angles_at(&c->shape, r->freq, c->pos0 + t, r->cs, r->sn);
+}
+
 void kvtc_cache_gather_rows(const kvtc_cache *c, kvtc_kind kind, uint32_t t0, uint32_t n,
                             float *rows)
 {
     const kvtc_model_shape *s = &c->shape;
     size_t p = (size_t)kvtc_shape_features(s);
-    bool rope = kind == KVTC_KEY && s->rope_style != KVTC_ROPE_NONE;
-    float cs[KVTC_MAX_ROPE_DIMS / 2], sn[KVTC_MAX_ROPE_DIMS / 2];
-    double freq[KVTC_MAX_ROPE_DIMS / 2];
-    if (rope)
-        kvtc_rope_freqs(s, freq);
+    token_rope r;
+    token_rope_init(&r, c, kind);
     for (uint32_t t = 0; t < n; t++) {
         float *row = rows + (size_t)t * p;
-        if (rope)
-            kvtc_rope_angles_at(s, freq, c->pos0 + t0 + t, cs, sn);
+        token_rope_at(&r, c, t0 + t);
         for (uint32_t l = 0; l < s->n_layer; l++)
             for (uint32_t h = 0; h < s->n_kv_head; h++) {
                 float *dst = row + ((size_t)l * s->n_kv_head + h) * s->head_dim;
                 kvtc_to_f32(c->dtype, c->data + elem_offset(c, kind, l, h, t0 + t), dst,
                             s->head_dim);
-                if (rope)
-                    kvtc_rope_apply(s, dst, cs, sn, true);
+                if (r.on)
+                    kvtc_rope_apply(s, dst, r.cs, r.sn, true);
             }
     }
 }
@@ -185,22 +202,18 @@ void kvtc_cache_scatter_rows(kvtc_cache *c, kvtc_kind kind, uint32_t t0, uint32_
 {
     const kvtc_model_shape *s = &c->shape;
     size_t p = (size_t)kvtc_shape_features(s);
-    bool rope = kind == KVTC_KEY && s->rope_style != KVTC_ROPE_NONE;
-    float cs[KVTC_MAX_ROPE_DIMS / 2], sn[KVTC_MAX_ROPE_DIMS / 2];
-    double freq[KVTC_MAX_ROPE_DIMS / 2];
-    if (rope)
-        kvtc_rope_freqs(s, freq);
+    token_rope r;
+    token_rope_init(&r, c, kind);
     float head[MAX_HEAD_DIM];
     for (uint32_t t = 0; t < n; t++) {
         const float *row = rows + (size_t)t * p;
-        if (rope)
-            kvtc_rope_angles_at(s, freq, c->pos0 + t0 + t, cs, sn);
+        token_rope_at(&r, c, t0 + t);
         for (uint32_t l = 0; l < s->n_layer; l++)
             for (uint32_t h = 0; h < s->n_kv_head; h++) {
                 memcpy(head, row + ((size_t)l * s->n_kv_head + h) * s->head_dim,
                        s->head_dim * sizeof(float));
-                if (rope)
-                    kvtc_rope_apply(s, head, cs, sn, false);
+                if (r.on)
+                    kvtc_rope_apply(s, head, r.cs, r.sn, false);
                 kvtc_from_f32(c->dtype, head, c->data + elem_offset(c, kind, l, h, t0 + t),
                               s->head_dim);
             }
