@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -328,6 +329,29 @@ const char *cli_rope_style_name(kvtc_rope_style style)
     case KVTC_ROPE_NEOX: return "neox";
     }
     return "unknown";
+}
+
+void cli_json_stream_sizes(cli_json *j, const kvtc_stream_info *info)
+{
+    cli_json_u64(j, "k_bits_per_token", info->k_bits_per_token);
+    cli_json_u64(j, "v_bits_per_token", info->v_bits_per_token);
+    cli_json_f64(j, "k_ratio_target", info->k_ratio);
+    cli_json_f64(j, "v_ratio_target", info->v_ratio);
+    cli_json_u64(j, "compressed_bytes", info->compressed_bytes);
+    cli_json_u64(j, "raw_bytes", info->raw_bytes);
+    cli_json_u64(j, "total_bytes", info->total_bytes);
+}
+
+double cli_stream_ratio(const kvtc_stream_info *info)
+{
+    return info->compressed_tokens
+               ? (double)info->compressed_fp16_bytes / (double)info->compressed_bytes
+               : NAN;
+}
+
+double cli_file_ratio(const kvtc_stream_info *info)
+{
+    return (double)info->fp16_bytes / (double)info->total_bytes;
 }
 
 void cli_json_shape(cli_json *j, const kvtc_model_shape *s)

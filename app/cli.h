@@ -127,6 +127,13 @@ void cli_json_i64(cli_json *j, const char *key, int64_t value);
 void cli_json_f64(cli_json *j, const char *key, double value);
 /* The model shape's members (layers, heads, rope settings) into the open object. */
 void cli_json_shape(cli_json *j, const kvtc_model_shape *shape);
+/* A stream's plan bits, ratio targets and sizes: the keys k_bits_per_token ..
+ * total_bytes that kvtc info and kvtc stats print alike. */
+void cli_json_stream_sizes(cli_json *j, const kvtc_stream_info *info);
+/* Realized ratios against fp16: of the compressed tokens (NAN when there are
+ * none) and of the whole stream. */
+double cli_stream_ratio(const kvtc_stream_info *info);
+double cli_file_ratio(const kvtc_stream_info *info);
 
 /* Reading inputs; on failure they print the error naming the file and return NULL. */
 kvtc_cache *cli_read_cache(const char *path);

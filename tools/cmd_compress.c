@@ -96,8 +96,8 @@ int cmd_compress(int argc, char **argv)
            info.k_bits_per_token, info.k_ratio, info.v_bits_per_token, info.v_ratio);
     if (info.compressed_tokens)
         printf("  compressed tokens: %.2fx smaller than fp16\n",
-               (double)info.compressed_fp16_bytes / (double)info.compressed_bytes);
-    printf("  whole file: %.2fx smaller than fp16\n", (double)info.fp16_bytes / (double)out_len);
+               cli_stream_ratio(&info));
+    printf("  whole file: %.2fx smaller than fp16\n", cli_file_ratio(&info));
     rc = CLI_OK;
 done:
     kvtc_buffer_free(out);

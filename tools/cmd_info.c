@@ -80,9 +80,8 @@ static kvtc_status stream_report_make(const char *path, const void *data, size_t
     if (st != KVTC_OK)
         return st;
     const kvtc_stream_info *i = &r->info;
-    r->ratio = i->compressed_tokens ? (double)i->compressed_fp16_bytes / (double)i->compressed_bytes
-                                    : NAN;
-    r->file_ratio = (double)i->fp16_bytes / (double)i->total_bytes;
+    r->ratio = cli_stream_ratio(i);
+    r->file_ratio = cli_file_ratio(i);
     kvtc_hex(i->calib_fingerprint, 32, r->fingerprint);
     return KVTC_OK;
 }
@@ -180,13 +179,7 @@ static int print_stream_report(const stream_report *r, bool json)
         cli_json_u64(&j, "window", info->window);
         cli_json_u64(&j, "blocks", info->n_blocks);
         cli_json_u64(&j, "block_tokens", info->block_tokens);
-        cli_json_u64(&j, "k_bits_per_token", info->k_bits_per_token);
-        cli_json_u64(&j, "v_bits_per_token", info->v_bits_per_token);
-        cli_json_f64(&j, "k_ratio_target", info->k_ratio);
-        cli_json_f64(&j, "v_ratio_target", info->v_ratio);
-        cli_json_u64(&j, "compressed_bytes", info->compressed_bytes);
-        cli_json_u64(&j, "raw_bytes", info->raw_bytes);
-        cli_json_u64(&j, "total_bytes", info->total_bytes);
+        cli_json_stream_sizes(&j, info);
         cli_json_f64(&j, "ratio", r->ratio);
         cli_json_f64(&j, "file_ratio", r->file_ratio);
         cli_json_str(&j, "calibration_fingerprint", r->fingerprint);

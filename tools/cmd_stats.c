@@ -126,10 +126,8 @@ static kvtc_status stats_measure(const kvtc_calibration *cal, const kvtc_cache *
         compare_tokens(cache, restored, 0, info->sinks, true, x, y, &sums);
         compare_tokens(cache, restored, info->sinks, end, false, x, y, &sums);
         compare_tokens(cache, restored, end, n, true, x, y, &sums);
-        r->ratio = info->compressed_tokens
-                       ? (double)info->compressed_fp16_bytes / (double)info->compressed_bytes
-                       : NAN;
-        r->file_ratio = (double)info->fp16_bytes / (double)info->total_bytes;
+        r->ratio = cli_stream_ratio(info);
+        r->file_ratio = cli_file_ratio(info);
         for (int k = 0; k < 2; k++)
             r->rel[k] = sums.energy[k] > 0            ? sums.diff[k] / sums.energy[k]
                         : info->compressed_tokens ? 0
@@ -158,13 +156,7 @@ static int print_stats_report(const stats_report *r, bool json)
         cli_json_f64(&j, "v_rel_error", r->rel[1]);
         cli_json_u64(&j, "tokens", info->n_tokens);
         cli_json_u64(&j, "compressed_tokens", info->compressed_tokens);
-        cli_json_u64(&j, "k_bits_per_token", info->k_bits_per_token);
-        cli_json_u64(&j, "v_bits_per_token", info->v_bits_per_token);
-        cli_json_f64(&j, "k_ratio_target", info->k_ratio);
-        cli_json_f64(&j, "v_ratio_target", info->v_ratio);
-        cli_json_u64(&j, "compressed_bytes", info->compressed_bytes);
-        cli_json_u64(&j, "raw_bytes", info->raw_bytes);
-        cli_json_u64(&j, "total_bytes", info->total_bytes);
+        cli_json_stream_sizes(&j, info);
         kvtc_jw_key(&j.jw, "raw_exact");
         kvtc_jw_bool(&j.jw, r->raw_exact);
         cli_json_f64(&j, "compress_ms", r->compress_ms);
