@@ -17,6 +17,7 @@ int bench_ttft(int argc, char **argv);
 int bench_codec(int argc, char **argv);
 int bench_prefill(int argc, char **argv);
 int bench_calibration(int argc, char **argv);
+int bench_memory(int argc, char **argv);
 
 /* ---- options ------------------------------------------------------------------- */
 

@@ -8,6 +8,8 @@
  *   prefill      prefill.c: the engine's prefill speed, GFLOP/s, and this
  *                machine's sgemm peak
  *   calibration  calibration.c: calibration time against calibration tokens
+ *   memory       memory.c: peak memory of compress and decompress against the
+ *                sizes of their input and output
  *
  * Every context is real text from the evaluation corpus (app/corpus.h), run
  * through the model; every figure is a median of repeated runs. What they
@@ -29,6 +31,7 @@ static const struct {
     {"codec", bench_codec, "codec throughput vs zstd and libdeflate, bytes per token"},
     {"prefill", bench_prefill, "engine prefill speed and this machine's sgemm peak"},
     {"calibration", bench_calibration, "calibration time against calibration tokens"},
+    {"memory", bench_memory, "peak memory of compress and decompress against file sizes"},
 };
 
 int cmd_bench(int argc, char **argv)

@@ -66,6 +66,8 @@ run "Time to first token, 4096 tokens of context" bench ttft --context 4096 --ra
 run "Codec throughput, memory per token, time against context" bench codec --context 4096
 run "Prefill speed and sgemm peak" bench prefill
 run "Calibration time against calibration tokens" bench calibration --calib-chunks 64
+run "Peak memory of compress and decompress, 4096 tokens" bench memory --context 4096
+run "Peak memory of compress and decompress, 16384 tokens" bench memory --context 16384
 
 mkdir -p "$(dirname "$OUT")"
 mv "$tmp" "$OUT"
