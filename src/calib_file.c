@@ -153,12 +153,20 @@ kvtc_status kvtc_calibration_write(const kvtc_calibration *cal, const char *path
 /* ---- reading ------------------------------------------------------------------ */
 
 /* Reads n floats; false if any is not finite or (when nonneg) is negative. */
-static bool get_f32s(kvtc_reader *r, float *v, size_t n, bool nonneg)
+/* The reader of a load, and what to tell as it consumes a file mapping. */
+typedef struct loader {
+    kvtc_reader r;
+    kvtc_consumed_fn consumed; /* NULL when the data is the caller's buffer */
+} loader;
+
+static bool get_f32s(loader *l, float *v, size_t n, bool nonneg)
 {
     bool ok = true;
     for (size_t i = 0; i < n; i++) {
-        v[i] = kvtc_get_f32(r);
+        v[i] = kvtc_get_f32(&l->r);
         ok &= isfinite(v[i]) && !(nonneg && v[i] < 0);
+        if (l->consumed && (i & 0xfffff) == 0xfffff)
+            l->consumed(l->r.p, l->r.pos);
     }
     return ok;
 }
@@ -167,9 +175,10 @@ static bool finite_nonneg(double v) { return isfinite(v) && v >= 0; }
 
 /* One kind's section at r's position; the fingerprint already matched, so a
  * bad field here means a malformed (not a corrupted) file. */
-static kvtc_status load_section(kvtc_reader *r, uint32_t kind, uint32_t p, size_t body_end,
+static kvtc_status load_section(loader *l, uint32_t kind, uint32_t p, size_t body_end,
                                 struct kvtc_calib_kind *c, kvtc_error *err)
 {
+    kvtc_reader *r = &l->r;
     const char *name = kind == KVTC_KEY ? "key" : "value";
     size_t start = r->pos;
     if (body_end - start < SECTION_FIXED_BYTES)
@@ -215,15 +224,15 @@ static kvtc_status load_section(kvtc_reader *r, uint32_t kind, uint32_t p, size_
     c->err_table = kvtc_malloc_array(n_err, sizeof(double));
     if (!c->mean || !c->eigenvalues || !c->basis || !c->err_table)
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a %u x %u calibration", p, rank);
-    if (!get_f32s(r, c->mean, p, false))
+    if (!get_f32s(l, c->mean, p, false))
         return kvtc_fail(err, KVTC_E_FORMAT, "%s mean has a non-finite value", name);
-    if (!get_f32s(r, c->eigenvalues, rank, true))
+    if (!get_f32s(l, c->eigenvalues, rank, true))
         return kvtc_fail(err, KVTC_E_FORMAT, "%s eigenvalues must be finite and >= 0", name);
     for (uint32_t j = 1; j < rank; j++)
         if (c->eigenvalues[j] > c->eigenvalues[j - 1])
             return kvtc_fail(err, KVTC_E_FORMAT, "%s eigenvalues are not in decreasing order",
                              name);
-    if (!get_f32s(r, c->basis, (size_t)p * rank, false))
+    if (!get_f32s(l, c->basis, (size_t)p * rank, false))
         return kvtc_fail(err, KVTC_E_FORMAT, "%s basis has a non-finite value", name);
     for (size_t i = 0; i < n_err; i++)
         if (!finite_nonneg(c->err_table[i] = kvtc_get_f64(r)))
@@ -233,9 +242,10 @@ static kvtc_status load_section(kvtc_reader *r, uint32_t kind, uint32_t p, size_
     return KVTC_OK;
 }
 
-static kvtc_status load_header(kvtc_reader *r, kvtc_calibration *cal, uint64_t *file_size,
+static kvtc_status load_header(loader *l, kvtc_calibration *cal, uint64_t *file_size,
                                kvtc_error *err)
 {
+    kvtc_reader *r = &l->r;
     size_t len = r->len;
     size_t have = len < sizeof MAGIC ? len : sizeof MAGIC;
     if (memcmp(r->p, MAGIC, have) != 0)
@@ -279,7 +289,7 @@ static kvtc_status load_header(kvtc_reader *r, kvtc_calibration *cal, uint64_t *
         return kvtc_fail(err, KVTC_E_FORMAT, "calibration file has %llu trailing bytes",
                          (unsigned long long)(len - *file_size));
     uint8_t digest[FINGERPRINT_BYTES];
-    kvtc_sha256(r->p, len - FINGERPRINT_BYTES, digest);
+    kvtc_sha256_stepwise(r->p, len - FINGERPRINT_BYTES, digest, l->consumed);
     if (memcmp(digest, r->p + len - FINGERPRINT_BYTES, FINGERPRINT_BYTES) != 0)
         return kvtc_fail(err, KVTC_E_CHECKSUM, "calibration fingerprint mismatch");
     memcpy(cal->fingerprint, digest, FINGERPRINT_BYTES);
@@ -300,8 +310,8 @@ static kvtc_status load_header(kvtc_reader *r, kvtc_calibration *cal, uint64_t *
     return KVTC_OK;
 }
 
-kvtc_status kvtc_calibration_load(const void *data, size_t len, kvtc_calibration **out,
-                                  kvtc_error *err)
+static kvtc_status load(const void *data, size_t len, kvtc_consumed_fn consumed,
+                        kvtc_calibration **out, kvtc_error *err)
 {
     if (!out || (!data && len))
         return kvtc_fail(err, KVTC_E_INVALID, "no data or output given");
@@ -309,17 +319,17 @@ kvtc_status kvtc_calibration_load(const void *data, size_t len, kvtc_calibration
     kvtc_calibration *cal = kvtc_calloc(1, sizeof *cal);
     if (!cal)
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a calibration");
-    kvtc_reader r;
-    kvtc_reader_init(&r, data, len);
+    loader l = {.consumed = consumed};
+    kvtc_reader_init(&l.r, data, len);
     uint64_t file_size = 0;
-    kvtc_status st = load_header(&r, cal, &file_size, err);
+    kvtc_status st = load_header(&l, cal, &file_size, err);
     uint32_t p = (uint32_t)kvtc_shape_features(&cal->shape);
     size_t body_end = (size_t)file_size - FINGERPRINT_BYTES;
     for (uint32_t k = 0; k < N_KINDS && st == KVTC_OK; k++)
-        st = load_section(&r, k, p, body_end, &cal->kind[k], err);
-    if (st == KVTC_OK && r.pos != body_end)
+        st = load_section(&l, k, p, body_end, &cal->kind[k], err);
+    if (st == KVTC_OK && l.r.pos != body_end)
         st = kvtc_fail(err, KVTC_E_FORMAT, "calibration has %zu unexplained bytes",
-                       body_end - r.pos);
+                       body_end - l.r.pos);
     if (st != KVTC_OK) {
         kvtc_calibration_free(cal);
         return st;
@@ -328,18 +338,26 @@ kvtc_status kvtc_calibration_load(const void *data, size_t len, kvtc_calibration
     return KVTC_OK;
 }
 
+kvtc_status kvtc_calibration_load(const void *data, size_t len, kvtc_calibration **out,
+                                  kvtc_error *err)
+{
+    return load(data, len, NULL, out, err);
+}
+
 kvtc_status kvtc_calibration_read(const char *path, kvtc_calibration **out, kvtc_error *err)
 {
     if (!path || !out)
         return kvtc_fail(err, KVTC_E_INVALID, "no path or output given");
     *out = NULL;
-    void *buf;
+    const void *map;
     size_t len;
-    kvtc_status st = kvtc_read_file(path, &buf, &len, err);
+    kvtc_status st = kvtc_map_file(path, &map, &len, err);
     if (st != KVTC_OK)
         return st;
-    st = kvtc_calibration_load(buf, len, out, err);
-    kvtc_buffer_free(buf);
+    /* Mapped, its pages let go as they are copied: reading the file into a
+     * buffer first would double the peak of every command that loads one. */
+    st = load(map, len, kvtc_release_pages, out, err);
+    kvtc_unmap_file(map, len);
     if (st != KVTC_OK)
         kvtc_fail_prefix(err, path);
     return st;

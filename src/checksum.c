@@ -10,9 +10,24 @@ uint32_t kvtc_crc32(const void *data, size_t len) { return libdeflate_crc32(0, d
 
 void kvtc_sha256(const void *data, size_t len, uint8_t out[32])
 {
+    kvtc_sha256_stepwise(data, len, out, NULL);
+}
+
+/* SHA-256 of a large buffer in steps, calling after(data, done) behind each
+ * step: a caller reading a file mapping lets its pages go there. */
+enum { CHECKSUM_STEP = 4 << 20 };
+
+void kvtc_sha256_stepwise(const void *data, size_t len, uint8_t out[32], kvtc_consumed_fn after)
+{
     struct sha256_ctx ctx;
     sha256_init(&ctx);
-    sha256_update(&ctx, len, data);
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done < CHECKSUM_STEP ? len - done : CHECKSUM_STEP;
+        sha256_update(&ctx, n, (const unsigned char *)data + done);
+        done += n;
+        if (after)
+            after(data, done);
+    }
     sha256_digest(&ctx, SHA256_DIGEST_SIZE, out);
 }
 

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -78,6 +79,48 @@ kvtc_status kvtc_read_file(const char *path, void **out, size_t *out_len, kvtc_e
     *out = buf;
     *out_len = size;
     return KVTC_OK;
+}
+
+kvtc_status kvtc_map_file(const char *path, const void **data, size_t *len, kvtc_error *err)
+{
+    *data = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return kvtc_fail_path(err, KVTC_E_IO, path, "cannot open: %s", strerror(errno));
+    struct stat st;
+    kvtc_status status = KVTC_OK;
+    if (fstat(fd, &st) != 0)
+        status = kvtc_fail_path(err, KVTC_E_IO, path, "cannot stat: %s", strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        status = kvtc_fail_path(err, KVTC_E_IO, path, "not a regular file");
+    else if (st.st_size < 0 || (uint64_t)st.st_size >= SIZE_MAX)
+        status = kvtc_fail_path(err, KVTC_E_IO, path, "file too large");
+    else if (st.st_size > 0) {
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED)
+            status = kvtc_fail_path(err, KVTC_E_IO, path, "cannot map: %s", strerror(errno));
+        else {
+            *data = p;
+            *len = (size_t)st.st_size;
+        }
+    }
+    close(fd);
+    return status;
+}
+
+void kvtc_unmap_file(const void *data, size_t len)
+{
+    if (data && len)
+        munmap((void *)data, len);
+}
+
+void kvtc_release_pages(const void *data, size_t upto)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t whole = upto / page * page; /* the mapping starts on a page */
+    if (whole)
+        madvise((void *)data, whole, MADV_DONTNEED);
 }
 
 /* ---- temporaries a signal handler can remove ---------------------------- */

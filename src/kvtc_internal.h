@@ -180,6 +180,9 @@ void kvtc_unpack_bits(const uint8_t *in, size_t n, uint32_t bits, uint8_t *codes
 
 uint32_t kvtc_crc32(const void *data, size_t len); /* libdeflate's CRC-32 */
 void kvtc_sha256(const void *data, size_t len, uint8_t out[32]);
+/* Told that data[0, upto) has been read and will not be read again. */
+typedef void (*kvtc_consumed_fn)(const void *data, size_t upto);
+void kvtc_sha256_stepwise(const void *data, size_t len, uint8_t out[32], kvtc_consumed_fn after);
 /* Lower-case hex of the first n bytes into out (2n+1 chars). */
 void kvtc_hex(const uint8_t *bytes, size_t n, char *out);
 
@@ -236,6 +239,14 @@ typedef struct kvtc_reader {
 } kvtc_reader;
 
 void kvtc_reader_init(kvtc_reader *r, const void *p, size_t len);
+
+/* A whole regular file mapped read-only (fileio.c), for loaders that copy what
+ * they read: kvtc_release_pages lets the pages behind them go from the
+ * resident set (they stay in the page cache), so a load peaks near the size
+ * of what it builds rather than twice that. */
+kvtc_status kvtc_map_file(const char *path, const void **data, size_t *len, kvtc_error *err);
+void kvtc_unmap_file(const void *data, size_t len);
+void kvtc_release_pages(const void *data, size_t upto); /* a kvtc_consumed_fn */
 const void *kvtc_get_bytes(kvtc_reader *r, size_t n); /* NULL on overrun */
 uint8_t kvtc_get_u8(kvtc_reader *r);
 uint16_t kvtc_get_u16(kvtc_reader *r);
