@@ -598,7 +598,7 @@ kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const char *pa
 typedef struct layer_writer {
     kvtc_outfile *f;
     size_t layer_bytes;
-    kvtc_error *err;
+    kvtc_error err; /* its own: the decoder's "stopped" message would replace it */
     kvtc_status st;
 } layer_writer;
 
@@ -606,9 +606,9 @@ static int write_layer(void *user, uint32_t layer, const void *key, const void *
 {
     (void)layer;
     layer_writer *lw = user;
-    lw->st = kvtc_outfile_write(lw->f, key, lw->layer_bytes, lw->err);
+    lw->st = kvtc_outfile_write(lw->f, key, lw->layer_bytes, &lw->err);
     if (lw->st == KVTC_OK)
-        lw->st = kvtc_outfile_write(lw->f, value, lw->layer_bytes, lw->err);
+        lw->st = kvtc_outfile_write(lw->f, value, lw->layer_bytes, &lw->err);
     return lw->st != KVTC_OK;
 }
 
@@ -635,10 +635,13 @@ kvtc_status kvtc_decompress_to_safetensors(const kvtc_calibration *cal, const vo
     kvtc_outfile f;
     if ((st = kvtc_outfile_open(&f, path, err)) == KVTC_OK &&
         (st = kvtc_outfile_write(&f, w.buf, w.len, err)) == KVTC_OK) {
-        layer_writer lw = {&f, layer_bytes(&described), err, KVTC_OK};
+        layer_writer lw = {.f = &f, .layer_bytes = layer_bytes(&described), .st = KVTC_OK};
         st = kvtc_decompress_layers(cal, data, len, opt, write_layer, &lw, err);
-        if (st == KVTC_E_CANCELLED && lw.st != KVTC_OK)
+        if (st == KVTC_E_CANCELLED && lw.st != KVTC_OK) {
             st = lw.st; /* the write failed, and said why */
+            if (err)
+                *err = lw.err;
+        }
         if (st == KVTC_OK)
             st = kvtc_outfile_commit(&f, err);
         else
