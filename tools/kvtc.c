@@ -81,6 +81,9 @@ static void remove_temporaries_on_signals(void)
         if (sigaction(signals[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
             sigaction(signals[i], &sa, NULL);
     }
+    /* Past a file size limit (ulimit -f) a write then fails with EFBIG and is
+     * reported like a full disk, instead of the process dying mid-write. */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 /* Output that did not reach stdout (a full disk, a closed pipe) is a failure. */
