@@ -1,26 +1,24 @@
-/* Golden files: tests/data/golden_v1.kvtcal and tests/data/golden_v1.kvtc were
- * written by this library when format version 1 was fixed. Today's decoder must
- * read them to exactly the same values, so a change that breaks old files fails
- * here. Checked bit for bit: the stream's header fields, the decoded
- * coefficients of every coded token (SHA-256) and the raw sink and window
- * tokens (SHA-256). The final reconstruction goes through BLAS, whose last bits
+/* Golden files, written by this library when each format version was fixed:
+ *   tests/data/golden_v1.kvtc  version 1 (F16; int8, fp8, int4 and dropped groups)
+ *   tests/data/golden_v2.kvtc  version 2 (F32; escaped tokens: a key token of
+ *                              1e20s and a value feature of 3e38, stored raw)
+ * both with tests/data/golden_v1.kvtcal. Today's decoder must read them to
+ * exactly the same values, so a change that breaks old files fails here.
+ * Checked bit for bit: the stream's header fields, the decoded coefficients of
+ * every coded token (SHA-256), the raw sink and window tokens (SHA-256) and the
+ * escaped tokens. The final reconstruction goes through BLAS, whose last bits
  * may differ between machines, so it is checked against a double-precision
  * reference within one fp16 rounding step instead (its SHA-256 is printed).
  *
- * To regenerate after an intended format change (bump the version first):
- *   KVTC_WRITE_GOLDEN=1 KVTC_SOURCE_DIR=<repo> ./test_golden
- * then paste the printed values into the EXPECT_* constants below. */
+ * To regenerate one after an intended format change (bump the version first):
+ *   KVTC_WRITE_GOLDEN=golden_vN KVTC_SOURCE_DIR=<repo> ./test_golden
+ * then paste the printed values into its entry of `goldens` below. Never
+ * regenerate a file of a released version: old files must keep decoding. */
 #include "codec.h"
 #include "codec_common.h"
 #include "container.h"
 
 #include <math.h>
-
-#define EXPECT_COEF_SHA "f724cec1c30aff1f729345154c3f5d127640416df035d02c3400763a435f5964"
-#define EXPECT_RAW_SHA "e69d9cefa781ec3f04d9abeb4b5fa202d5d6fccf212e5740195457cdecc29d7a"
-#define EXPECT_TOTAL_BYTES 3772
-#define EXPECT_K_BITS 200
-#define EXPECT_V_BITS 96
 
 #define TOKENS 60u
 #define POS0 5
@@ -36,37 +34,106 @@ static kvtc_model_shape golden_shape(void)
     return s;
 }
 
-static bool data_path(char *buf, size_t size, const char *name)
+/* An escaped token of a golden stream: the stream token index and the kind,
+ * and the feature that was set to `value` (every feature when `feature` < 0). */
+typedef struct golden_escape {
+    kvtc_kind kind;
+    uint32_t token;
+    int feature;
+    float value;
+} golden_escape;
+
+typedef struct golden {
+    const char *name, *model; /* tests/data/<name>.kvtc; its model name */
+    uint32_t version;
+    kvtc_dtype dtype;
+    double k_ratio, v_ratio;
+    const char *coef_sha, *raw_sha;
+    size_t total_bytes;
+    uint32_t k_bits, v_bits;
+    golden_escape escapes[2];
+    size_t n_escapes;
+} golden;
+
+static const golden goldens[] = {
+    /* keys: int8, dropped and fp8 groups of sizes 16 and 1; values: int4 */
+    {"golden_v1", "golden-v1", 1, KVTC_F16, 2.5, 4,
+     "f724cec1c30aff1f729345154c3f5d127640416df035d02c3400763a435f5964",
+     "e69d9cefa781ec3f04d9abeb4b5fa202d5d6fccf212e5740195457cdecc29d7a", 3772, 200, 96,
+     {{0}}, 0},
+    {"golden_v2", "golden-v2", 2, KVTC_F32, 2.5, 4, 
+     "fe892d45574a9470a9e64e2a6681583831f7aab7a90cccbe67a06b5c18a9e154",
+     "2f00203b33c53f1f93f5ae81e34234b635abab4d33f382e915748f0c44e291d1", 5445, 200, 96,
+     {{KVTC_KEY, 20, -1, 1e20f}, {KVTC_VALUE, 33, 5, 3e38f}}, 2},
+};
+
+static bool data_path(char *buf, size_t size, const char *name, const char *ext)
 {
     char rel[256];
-    snprintf(rel, sizeof rel, "tests/data/%s", name);
+    snprintf(rel, sizeof rel, "tests/data/%s%s", name, ext);
     return test_source_path(buf, size, rel);
 }
 
-static int write_golden(void)
+/* Where feature f (in [layer][head][dim] order) of token t of kind k lives. */
+static uint8_t *feature_at(kvtc_cache *c, kvtc_kind k, uint32_t t, uint32_t f)
+{
+    uint32_t d = c->shape.head_dim, h = f / d % c->shape.n_kv_head, l = f / d / c->shape.n_kv_head;
+    size_t at = ((size_t)h * c->n_tokens + t) * d + f % d;
+    return (uint8_t *)kvtc_cache_data(c, k, l) + at * kvtc_dtype_size(c->dtype);
+}
+
+static kvtc_cache *golden_cache(const golden *g)
 {
     kvtc_model_shape shape = golden_shape();
-    kvtc_calibration *cal = codec_test_calibration(&shape, SINKS, WINDOW, 1, 3, 200);
-    kvtc_cache *c = make_random_cache(&shape, KVTC_F16, TOKENS, POS0, CODEC_TEST_LOW_RANK, 4242);
+    kvtc_cache *c = make_random_cache(&shape, g->dtype, TOKENS, POS0, CODEC_TEST_LOW_RANK, 4242);
+    uint32_t p = (uint32_t)kvtc_shape_features(&shape);
+    for (size_t e = 0; c && e < g->n_escapes; e++) {
+        const golden_escape *x = &g->escapes[e];
+        for (uint32_t f = 0; f < p; f++)
+            if (x->feature < 0 || (uint32_t)x->feature == f)
+                memcpy(feature_at(c, x->kind, x->token, f), &x->value, sizeof x->value);
+    }
+    return c;
+}
+
+static int write_golden(const char *name)
+{
+    const golden *g = NULL;
+    for (size_t i = 0; i < sizeof goldens / sizeof *goldens; i++)
+        if (strcmp(goldens[i].name, name) == 0)
+            g = &goldens[i];
+    if (!CHECK_MSG(g, "no golden file '%s' (KVTC_WRITE_GOLDEN names one)", name))
+        return test_summary("test_golden");
+    kvtc_cache *c = golden_cache(g);
     char cal_path[4096], kvtc_path[4096];
     kvtc_compress_options opt;
     kvtc_compress_options_default(&opt);
-    opt.k_ratio = 2.5; /* keys: int8, dropped and fp8 groups of sizes 16 and 1 */
-    opt.v_ratio = 4;   /* values: int4 */
+    opt.k_ratio = g->k_ratio;
+    opt.v_ratio = g->v_ratio;
     opt.block_tokens = BLOCK_TOKENS;
     void *data = NULL;
     size_t len = 0;
     kvtc_error err;
-    if (!CHECK(cal && c) || !CHECK(data_path(cal_path, sizeof cal_path, "golden_v1.kvtcal")) ||
-        !CHECK(data_path(kvtc_path, sizeof kvtc_path, "golden_v1.kvtc")) ||
-        !CHECK_OK(kvtc_cache_set_model_name(c, "golden-v1", &err), &err) ||
+    /* The calibration is version 1's, written with it; later streams use that file. */
+    kvtc_calibration *cal = NULL;
+    if (!CHECK(c) || !CHECK(data_path(cal_path, sizeof cal_path, "golden_v1", ".kvtcal")))
+        return test_summary("test_golden");
+    if (g->version == 1) {
+        kvtc_model_shape shape = golden_shape();
+        cal = codec_test_calibration(&shape, SINKS, WINDOW, 1, 3, 200);
+        if (!CHECK(cal) || !CHECK_OK(kvtc_calibration_write(cal, cal_path, &err), &err))
+            return test_summary("test_golden");
+    } else if (!CHECK_OK(kvtc_calibration_read(cal_path, &cal, &err), &err)) {
+        return test_summary("test_golden");
+    }
+    if (!CHECK(data_path(kvtc_path, sizeof kvtc_path, g->name, ".kvtc")) ||
+        !CHECK_OK(kvtc_cache_set_model_name(c, g->model, &err), &err) ||
         !CHECK_OK(kvtc_compress(cal, c, &opt, &data, &len, &err), &err) ||
-        !CHECK_OK(kvtc_calibration_write(cal, cal_path, &err), &err) ||
         !CHECK_OK(kvtc_write_file_atomic(kvtc_path, data, len, &err), &err))
         return test_summary("test_golden");
-    printf("wrote %s and %s (%zu bytes); now run without KVTC_WRITE_GOLDEN and paste the "
+    printf("wrote %s%s%s (%zu bytes); now run without KVTC_WRITE_GOLDEN and paste the "
            "values it prints\n",
-           cal_path, kvtc_path, len);
+           g->version == 1 ? cal_path : "", g->version == 1 ? " and " : "", kvtc_path, len);
     kvtc_buffer_free(data);
     kvtc_cache_free(c);
     kvtc_calibration_free(cal);
@@ -132,8 +199,16 @@ static void raw_tokens_sha(const kvtc_cache *c, char hex[65])
 
 /* Coded tokens against x = coef . V^T + mean computed in double, RoPE applied,
  * allowing one fp16 rounding step. */
+static bool escaped(const golden *g, kvtc_kind k, uint32_t token)
+{
+    for (size_t e = 0; e < g->n_escapes; e++)
+        if (g->escapes[e].token == token && g->escapes[e].kind == k)
+            return true;
+    return false;
+}
+
 static void check_reconstruction(const kvtc_calibration *cal, const void *data, size_t len,
-                                 const kvtc_cache *out)
+                                 const kvtc_cache *out, const golden *g)
 {
     const kvtc_model_shape *s = &cal->shape;
     size_t p = (size_t)kvtc_shape_features(s);
@@ -148,6 +223,8 @@ static void check_reconstruction(const kvtc_calibration *cal, const void *data, 
                       &err))
             break;
         for (uint32_t t = 0; t < n; t++) {
+            if (escaped(g, (kvtc_kind)k, SINKS + t))
+                continue;
             for (size_t i = 0; i < p; i++) {
                 double x = ck->mean[i];
                 for (uint32_t j = 0; j < nc; j++)
@@ -176,59 +253,98 @@ static void check_reconstruction(const kvtc_calibration *cal, const void *data, 
     free(got);
 }
 
-int main(void)
+/* Escaped tokens come back bit-exact: the injected values, and the rest of
+ * the row as the original cache held it. */
+static void check_escapes(const golden *g, kvtc_cache *out)
 {
-    if (getenv("KVTC_WRITE_GOLDEN"))
-        return write_golden();
-    char cal_path[4096], kvtc_path[4096];
-    if (!CHECK(data_path(cal_path, sizeof cal_path, "golden_v1.kvtcal") &&
-               data_path(kvtc_path, sizeof kvtc_path, "golden_v1.kvtc")))
-        return test_summary("test_golden");
-    kvtc_calibration *cal = NULL;
+    kvtc_cache *in = golden_cache(g);
+    if (!CHECK(in))
+        return;
+    uint32_t p = (uint32_t)kvtc_shape_features(&out->shape);
+    size_t size = kvtc_dtype_size(out->dtype);
+    for (size_t e = 0; e < g->n_escapes; e++) {
+        const golden_escape *x = &g->escapes[e];
+        int differ = 0;
+        for (uint32_t f = 0; f < p; f++)
+            differ += memcmp(feature_at(in, x->kind, x->token, f),
+                             feature_at(out, x->kind, x->token, f), size) != 0;
+        float v;
+        memcpy(&v, feature_at(out, x->kind, x->token, x->feature < 0 ? 0 : (uint32_t)x->feature),
+               sizeof v);
+        CHECK_MSG(differ == 0 && v == x->value,
+                  "%s: escaped %s token %u: %d features differ, feature holds %g (want %g)",
+                  g->name, kvtc_kind_name(x->kind), x->token, differ, (double)v,
+                  (double)x->value);
+    }
+    kvtc_cache_free(in);
+}
+
+/* The stream's escaped tokens are skipped by the reconstruction check. */
+static void check_golden(const golden *g, const kvtc_calibration *cal, const char *kvtc_path)
+{
     void *data = NULL;
     size_t len = 0;
     kvtc_error err;
     kvtc_cache *out = NULL;
-    if (!CHECK_OK(kvtc_calibration_read(cal_path, &cal, &err), &err) ||
-        !CHECK_OK(kvtc_read_file(kvtc_path, &data, &len, &err), &err))
-        goto done;
-
+    if (!CHECK_OK(kvtc_read_file(kvtc_path, &data, &len, &err), &err))
+        return;
     kvtc_stream_info info = {.struct_size = sizeof info};
     kvtc_model_shape shape = golden_shape();
     if (CHECK_OK(kvtc_stream_info_get(data, len, &info, &err), &err)) {
-        CHECK_EQ(info.format_version, 1);
+        CHECK_EQ(info.format_version, g->version);
         CHECK(kvtc_shape_equal(&info.shape, &shape));
-        CHECK_EQ(info.dtype, KVTC_F16);
+        CHECK_EQ(info.dtype, g->dtype);
         CHECK_EQ(info.pos0, POS0);
         CHECK_EQ(info.n_tokens, TOKENS);
         CHECK_EQ(info.sinks, SINKS);
         CHECK_EQ(info.window, WINDOW);
         CHECK_EQ(info.block_tokens, BLOCK_TOKENS);
         CHECK_EQ(info.n_blocks, 2 + (TOKENS - SINKS - WINDOW + BLOCK_TOKENS - 1) / BLOCK_TOKENS);
-        CHECK_EQ(info.k_bits_per_token, EXPECT_K_BITS);
-        CHECK_EQ(info.v_bits_per_token, EXPECT_V_BITS);
-        CHECK_NEAR(info.k_ratio, 2.5, 0);
-        CHECK_NEAR(info.v_ratio, 4, 0);
-        CHECK_EQ(info.total_bytes, EXPECT_TOTAL_BYTES);
-        CHECK(strcmp(info.model_name, "golden-v1") == 0);
+        CHECK_EQ(info.k_bits_per_token, g->k_bits);
+        CHECK_EQ(info.v_bits_per_token, g->v_bits);
+        CHECK_NEAR(info.k_ratio, g->k_ratio, 0);
+        CHECK_NEAR(info.v_ratio, g->v_ratio, 0);
+        CHECK_EQ(info.total_bytes, g->total_bytes);
+        CHECK(strcmp(info.model_name, g->model) == 0);
         CHECK(memcmp(info.calib_fingerprint, kvtc_calibration_fingerprint(cal), 32) == 0);
     }
     char coef_sha[65] = "", raw_sha[65] = "", out_sha[65] = "";
     if (coefficients_sha(cal, data, len, coef_sha))
-        CHECK_MSG(strcmp(coef_sha, EXPECT_COEF_SHA) == 0, "coefficients SHA-256 %s", coef_sha);
-    if (!CHECK_OK(kvtc_decompress(cal, data, len, NULL, &out, &err), &err))
-        goto done;
-    raw_tokens_sha(out, raw_sha);
-    CHECK_MSG(strcmp(raw_sha, EXPECT_RAW_SHA) == 0, "raw tokens SHA-256 %s", raw_sha);
-    check_reconstruction(cal, data, len, out);
-    sha_hex(out->data, (size_t)kvtc_raw_chunk_bytes(&out->shape, out->dtype, out->n_tokens) * 2,
-            out_sha);
-    printf("total_bytes %zu, k_bits %u, v_bits %u\ncoefficients %s\nraw tokens   %s\n"
+        CHECK_MSG(strcmp(coef_sha, g->coef_sha) == 0, "%s: coefficients SHA-256 %s", g->name,
+                  coef_sha);
+    if (CHECK_OK(kvtc_decompress(cal, data, len, NULL, &out, &err), &err)) {
+        raw_tokens_sha(out, raw_sha);
+        CHECK_MSG(strcmp(raw_sha, g->raw_sha) == 0, "%s: raw tokens SHA-256 %s", g->name,
+                  raw_sha);
+        check_escapes(g, out);
+        check_reconstruction(cal, data, len, out, g);
+        sha_hex(out->data,
+                (size_t)kvtc_raw_chunk_bytes(&out->shape, out->dtype, out->n_tokens) * 2,
+                out_sha);
+    }
+    printf("%s: total_bytes %zu, k_bits %u, v_bits %u\ncoefficients %s\nraw tokens   %s\n"
            "decoded (this machine's BLAS) %s\n",
-           len, info.k_bits_per_token, info.v_bits_per_token, coef_sha, raw_sha, out_sha);
-done:
+           g->name, len, info.k_bits_per_token, info.v_bits_per_token, coef_sha, raw_sha,
+           out_sha);
     kvtc_cache_free(out);
     kvtc_buffer_free(data);
+}
+
+int main(void)
+{
+    const char *write = getenv("KVTC_WRITE_GOLDEN");
+    if (write)
+        return write_golden(write);
+    char cal_path[4096];
+    kvtc_calibration *cal = NULL;
+    kvtc_error err;
+    if (CHECK(data_path(cal_path, sizeof cal_path, "golden_v1", ".kvtcal")) &&
+        CHECK_OK(kvtc_calibration_read(cal_path, &cal, &err), &err))
+        for (size_t i = 0; i < sizeof goldens / sizeof *goldens; i++) {
+            char kvtc_path[4096];
+            if (CHECK(data_path(kvtc_path, sizeof kvtc_path, goldens[i].name, ".kvtc")))
+                check_golden(&goldens[i], cal, kvtc_path);
+        }
     kvtc_calibration_free(cal);
     return test_summary("test_golden");
 }
