@@ -93,6 +93,7 @@ typedef struct stream_seed {
     double k_ratio, v_ratio;
     uint32_t block_tokens;
     uint32_t append_tokens; /* > 0: compress, then append this many more */
+    float outlier; /* non-zero (F32 only): the middle token's first key feature, escaped (v2) */
 } stream_seed;
 
 /* Writes a seed only once it decodes and passes the fuzz checks. */
@@ -125,12 +126,20 @@ static void kvtc_seed(const kvtc_calibration *cal, const stream_seed *s, uint64_
     kvtc_cache *more = s->append_tokens ? fuzz_make_cache(s->dtype, s->append_tokens,
                                                           s->pos0 + s->n_tokens, seed + 1)
                                         : NULL;
+    kvtc_stream_info info = {.struct_size = sizeof info};
+    if (c && s->outlier != 0)
+        memcpy((float *)kvtc_cache_data(c, KVTC_KEY, 0) +
+                   (size_t)(s->n_tokens / 2) * kvtc_cache_shape(c)->head_dim,
+               &s->outlier, sizeof s->outlier);
     if (!c || (s->append_tokens && !more))
         fail("cannot make a cache", NULL);
     else if (kvtc_compress(cal, c, &opt, &out, &out_len, &err) != KVTC_OK)
         fail(s->name, &err);
     else if (more && kvtc_append(cal, out, out_len, more, &opt, &joined, &joined_len, &err))
         fail(s->name, &err);
+    else if (s->outlier != 0 && (kvtc_stream_info_get(out, out_len, &info, &err) != KVTC_OK ||
+                                 info.format_version != 2))
+        fail(s->name, NULL); /* the outlier must have been escaped */
     else
         stream_seed_check(cal, s->name, joined ? joined : out, joined ? joined_len : out_len);
     kvtc_buffer_free(out);
@@ -333,11 +342,12 @@ int main(int argc, char **argv)
     }
     /* p = 16 features: a ratio above ~7 leaves a kind no coordinate at all. */
     static const stream_seed streams[] = {
-        {"seed-f32-blocks", KVTC_F32, 40, 0, 4.0, 4.0, 8, 0},
-        {"seed-f16-mixed", KVTC_F16, 24, 0, 6.0, 2.0, 16, 0},
-        {"seed-bf16-raw-only", KVTC_BF16, 5, 0, 3.0, 3.0, 256, 0},
-        {"seed-f32-pos0", KVTC_F32, 12, 100, 5.0, 5.0, 4, 0},
-        {"seed-f16-appended", KVTC_F16, 20, 0, 4.0, 6.0, 8, 10},
+        {"seed-f32-blocks", KVTC_F32, 40, 0, 4.0, 4.0, 8, 0, 0},
+        {"seed-f16-mixed", KVTC_F16, 24, 0, 6.0, 2.0, 16, 0, 0},
+        {"seed-bf16-raw-only", KVTC_BF16, 5, 0, 3.0, 3.0, 256, 0, 0},
+        {"seed-f32-pos0", KVTC_F32, 12, 100, 5.0, 5.0, 4, 0, 0},
+        {"seed-f16-appended", KVTC_F16, 20, 0, 4.0, 6.0, 8, 10, 0},
+        {"seed-f32-escaped-v2", KVTC_F32, 32, 0, 4.0, 4.0, 8, 0, 1e30f},
     };
     for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++)
         kvtc_seed(cal, &streams[i], 100 + i);
