@@ -77,6 +77,8 @@ kvtc_status calibrate_on_corpus(const model *m, const tokenizer *tok, const cali
             progress(r->opt.progress_user, "prefill", chunks.n_chunks, chunks.n_chunks);
         stats->rows[KVTC_KEY] = kvtc_calibrator_rows(cal, KVTC_KEY);
         stats->rows[KVTC_VALUE] = kvtc_calibrator_rows(cal, KVTC_VALUE);
+        stats->excluded[KVTC_KEY] = kvtc_calibrator_excluded(cal, KVTC_KEY);
+        stats->excluded[KVTC_VALUE] = kvtc_calibrator_excluded(cal, KVTC_VALUE);
         double t0 = cli_now();
         st = kvtc_calibrator_finish(cal, out, err);
         stats->finish_s = cli_now() - t0;

@@ -47,6 +47,7 @@ typedef struct calib_stats {
     uint64_t chunks;            /* chunks run (fewer than asked when the corpus ends) */
     uint64_t tokens;            /* tokens run through the model */
     uint64_t rows[2];           /* rows the calibrator fitted per kind (K, V) */
+    uint64_t excluded[2];       /* tokens left out for their extreme energy, per kind */
     double prefill_s;           /* running the model and exporting caches */
     double add_s;               /* kvtc_calibrator_add (covariance accumulation) */
     double finish_s;            /* kvtc_calibrator_finish (eigen, error table) */

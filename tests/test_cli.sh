@@ -174,6 +174,23 @@ json_get() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(
 "$KVTC" calibrate -o calib.kvtcal --threads 2 calib_0.safetensors calib_1.safetensors \
   calib_2.safetensors >calibrate.out 2>calibrate.err || fail "calibrate: $(cat calibrate.err)"
 grep -q "variance explained" calibrate.out || fail "calibrate printed no summary"
+grep -Eq "outliers left out +0 +0 " calibrate.out || fail "calibrate: outliers on clean caches: $(grep outliers calibrate.out)"
+
+# One token of 60000s (energy ~1e9 x the others') in a calibration cache is
+# left out, and said so.
+python3 - calib_0.safetensors outlier.safetensors <<'EOF' || fail "making the outlier cache"
+import json, struct, sys
+blob = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", blob[:8])[0]
+t = json.loads(blob[8:8 + n])["layers.1.value"]
+heads, tokens, dim = t["shape"]
+at = 8 + n + t["data_offsets"][0] + (200 * dim) * 2  # head 0, token 200, F16
+blob[at:at + 2 * dim] = struct.pack("<%de" % dim, *([60000.0] * dim))
+open(sys.argv[2], "wb").write(blob)
+EOF
+"$KVTC" calibrate -o outlier.kvtcal outlier.safetensors calib_1.safetensors >outlier.out 2>&1 ||
+  fail "calibrate with an outlier token: $(cat outlier.out)"
+grep -Eq "outliers left out +0 +1 " outlier.out || fail "calibrate: the outlier token was not reported left out: $(grep outliers outlier.out)"
 "$KVTC" info --json calib.kvtcal >calib.json || fail "info --json calib.kvtcal"
 [ "$(json_get calib.json 'd["kind"]')" = kvtcal ] || fail "calibration kind"
 python3 - calib.json <<'EOF' || fail "calibration info values"

@@ -94,8 +94,10 @@ static int handle_option(void *user, int opt, const char *arg)
     return CLI_USAGE;
 }
 
+/* excluded: tokens per kind the calibrator left out for their extreme energy. */
 static void print_summary(const kvtc_calibration *cal, const char *path, const char *what,
-                          int n_caches, uint64_t tokens, double seconds)
+                          int n_caches, uint64_t tokens, const uint64_t excluded[2],
+                          double seconds)
 {
     const kvtc_model_shape *s = kvtc_calibration_shape(cal);
     char hex[65];
@@ -109,6 +111,8 @@ static void print_summary(const kvtc_calibration *cal, const char *path, const c
     printf("  rows fitted     %10llu  %10llu\n",
            (unsigned long long)kvtc_calibration_rows(cal, KVTC_KEY),
            (unsigned long long)kvtc_calibration_rows(cal, KVTC_VALUE));
+    printf("  outliers left out %8llu  %10llu   (energy above 10^4 x their cache's median)\n",
+           (unsigned long long)excluded[KVTC_KEY], (unsigned long long)excluded[KVTC_VALUE]);
     printf("  rank            %10u  %10u\n", kvtc_calibration_rank(cal, KVTC_KEY),
            kvtc_calibration_rank(cal, KVTC_VALUE));
     cli_print_variance_table(cal, "  ");
@@ -143,7 +147,8 @@ static int calibrate_corpus(calibrate_args *a, double start)
         cli_fail_err(a->output, &err);
         goto done;
     }
-    print_summary(cal, a->output, "chunk", (int)stats.chunks, stats.tokens, cli_now() - start);
+    print_summary(cal, a->output, "chunk", (int)stats.chunks, stats.tokens, stats.excluded,
+                  cli_now() - start);
     printf("  prefill %.1f s, accumulate %.1f s, basis and error table %.1f s\n", stats.prefill_s,
            stats.add_s, stats.finish_s);
     rc = CLI_OK;
@@ -234,7 +239,9 @@ int cmd_calibrate(int argc, char **argv)
         cli_fail_err(a.output, &err);
         goto done;
     }
-    print_summary(cal, a.output, "cache", argc - first, tokens, cli_now() - start);
+    uint64_t excluded[2] = {kvtc_calibrator_excluded(calibrator, KVTC_KEY),
+                            kvtc_calibrator_excluded(calibrator, KVTC_VALUE)};
+    print_summary(cal, a.output, "cache", argc - first, tokens, excluded, cli_now() - start);
     rc = CLI_OK;
 done:
     kvtc_calibration_free(cal);
