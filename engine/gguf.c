@@ -7,12 +7,9 @@
 #include "kvtc_internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define KVTC_GGUF_DEFAULT_ALIGNMENT 32
@@ -52,7 +49,7 @@ typedef struct name_index {
 struct kvtc_gguf_file {
     const unsigned char *buf;
     size_t len;
-    void *map; /* kvtc_gguf_open's mapping, NULL for kvtc_gguf_load */
+    const void *map; /* kvtc_gguf_open's mapping, NULL for kvtc_gguf_load */
     size_t map_len;
     uint32_t version;
     uint64_t alignment;
@@ -548,31 +545,14 @@ kvtc_status kvtc_gguf_open(const char *path, kvtc_gguf_file **out, kvtc_error *e
     if (!path || !out)
         return kvtc_fail(err, KVTC_E_INVALID, "kvtc_gguf_open: no path or output given");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kvtc_fail(err, KVTC_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
-        (uint64_t)st.st_size > SIZE_MAX) {
-        close(fd);
-        return kvtc_fail(err, KVTC_E_IO, "%s: not a readable regular file", path);
-    }
-    size_t len = (size_t)st.st_size;
-    void *map = NULL;
-    if (len) {
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            return kvtc_fail(err, KVTC_E_IO, "%s: cannot map: %s", path, strerror(e));
-        }
-    }
-    close(fd);
+    const void *map;
+    size_t len;
+    kvtc_status s = kvtc_map_file(path, &map, &len, err);
+    if (s != KVTC_OK)
+        return s;
     kvtc_gguf_file *f;
-    kvtc_status s = kvtc_gguf_load(map, len, &f, err);
-    if (s) {
-        if (map)
-            munmap(map, len);
+    if ((s = kvtc_gguf_load(map, len, &f, err)) != KVTC_OK) {
+        kvtc_unmap_file(map, len);
         kvtc_fail_prefix(err, path);
         return s;
     }
@@ -593,8 +573,7 @@ void kvtc_gguf_close(kvtc_gguf_file *f)
     kvtc_free(f->names);
     kvtc_free(f->kv_index.slots);
     kvtc_free(f->tensor_index.slots);
-    if (f->map)
-        munmap(f->map, f->map_len);
+    kvtc_unmap_file(f->map, f->map_len);
     kvtc_free(f);
 }
 

@@ -31,30 +31,49 @@
 
 #define TEMP_PREFIX ".kvtc-tmp."
 
+int kvtc_open_regular(const char *path, size_t *size, kvtc_error *err)
+{
+    /* Non-blocking, so that opening a FIFO (which would wait for a writer)
+     * returns at once and is refused below; reads of a regular file never
+     * block anyway. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        kvtc_fail_path(err, KVTC_E_IO, path, "cannot open: %s", strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    const char *why = NULL;
+    int e = 0;
+    if (fstat(fd, &st) != 0)
+        e = errno, why = "cannot stat";
+    else if (!S_ISREG(st.st_mode))
+        why = S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file";
+    else if (st.st_size < 0 || (uint64_t)st.st_size >= SIZE_MAX)
+        why = "file too large";
+    else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0)
+        e = errno, why = "cannot read";
+    if (why) {
+        close(fd);
+        if (e)
+            kvtc_fail_path(err, KVTC_E_IO, path, "%s: %s", why, strerror(e));
+        else
+            kvtc_fail_path(err, KVTC_E_IO, path, "%s", why);
+        return -1;
+    }
+    *size = (size_t)st.st_size;
+    return fd;
+}
+
 kvtc_status kvtc_read_file(const char *path, void **out, size_t *out_len, kvtc_error *err)
 {
     if (!path || !out || !out_len)
         return kvtc_fail(err, KVTC_E_INVALID, "kvtc_read_file: no path or output given");
     *out = NULL;
     *out_len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t size;
+    int fd = kvtc_open_regular(path, &size, err);
     if (fd < 0)
-        return kvtc_fail_path(err, KVTC_E_IO, path, "cannot open: %s", strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return kvtc_fail_path(err, KVTC_E_IO, path, "cannot stat: %s", strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return kvtc_fail_path(err, KVTC_E_IO, path, "not a regular file");
-    }
-    if (st.st_size < 0 || (uint64_t)st.st_size >= SIZE_MAX) {
-        close(fd);
-        return kvtc_fail_path(err, KVTC_E_IO, path, "file too large");
-    }
-    size_t size = (size_t)st.st_size;
+        return KVTC_E_IO; /* err says why */
     unsigned char *buf = kvtc_malloc(size);
     if (!buf) {
         close(fd);
@@ -85,24 +104,18 @@ kvtc_status kvtc_map_file(const char *path, const void **data, size_t *len, kvtc
 {
     *data = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t size;
+    int fd = kvtc_open_regular(path, &size, err);
     if (fd < 0)
-        return kvtc_fail_path(err, KVTC_E_IO, path, "cannot open: %s", strerror(errno));
-    struct stat st;
+        return KVTC_E_IO; /* err says why */
     kvtc_status status = KVTC_OK;
-    if (fstat(fd, &st) != 0)
-        status = kvtc_fail_path(err, KVTC_E_IO, path, "cannot stat: %s", strerror(errno));
-    else if (!S_ISREG(st.st_mode))
-        status = kvtc_fail_path(err, KVTC_E_IO, path, "not a regular file");
-    else if (st.st_size < 0 || (uint64_t)st.st_size >= SIZE_MAX)
-        status = kvtc_fail_path(err, KVTC_E_IO, path, "file too large");
-    else if (st.st_size > 0) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (size > 0) {
+        void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED)
             status = kvtc_fail_path(err, KVTC_E_IO, path, "cannot map: %s", strerror(errno));
         else {
             *data = p;
-            *len = (size_t)st.st_size;
+            *len = size;
         }
     }
     close(fd);

@@ -245,6 +245,9 @@ void kvtc_reader_init(kvtc_reader *r, const void *p, size_t len);
  * resident set (they stay in the page cache), so a load peaks near the size
  * of what it builds rather than twice that. */
 kvtc_status kvtc_map_file(const char *path, const void **data, size_t *len, kvtc_error *err);
+/* Opens a regular file for reading (a directory, FIFO or device is refused
+ * without blocking); its size through *size. -1 with err set on failure. */
+int kvtc_open_regular(const char *path, size_t *size, kvtc_error *err);
 void kvtc_unmap_file(const void *data, size_t len);
 void kvtc_release_pages(const void *data, size_t upto); /* a kvtc_consumed_fn */
 const void *kvtc_get_bytes(kvtc_reader *r, size_t n); /* NULL on overrun */

@@ -5,11 +5,9 @@
 #include "json.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -443,20 +441,14 @@ kvtc_status kvtc_cache_read_safetensors(const char *path, kvtc_cache **out, kvtc
         return kvtc_fail(err, KVTC_E_INVALID, "kvtc_cache_read_safetensors: no path or output");
     *out = NULL;
     /* Tensors are read straight into the cache, so a large file is never held twice. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t size;
+    int fd = kvtc_open_regular(path, &size, err);
     if (fd < 0)
-        return kvtc_fail(err, KVTC_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st_buf;
-    kvtc_status st;
-    if (fstat(fd, &st_buf) != 0)
-        st = kvtc_fail(err, KVTC_E_IO, "%s: cannot stat: %s", path, strerror(errno));
-    else if (!S_ISREG(st_buf.st_mode))
-        st = kvtc_fail(err, KVTC_E_IO, "%s: not a regular file", path);
-    else {
-        source src = {.mem = NULL, .fd = fd, .size = (uint64_t)st_buf.st_size};
-        if ((st = load(&src, out, err)) != KVTC_OK)
-            kvtc_fail_prefix(err, path);
-    }
+        return KVTC_E_IO; /* err says why */
+    source src = {.mem = NULL, .fd = fd, .size = size};
+    kvtc_status st = load(&src, out, err);
+    if (st != KVTC_OK)
+        kvtc_fail_prefix(err, path);
     close(fd);
     return st;
 }
