@@ -24,26 +24,31 @@ static void clear_bar(void)
 
 void cli_set_command(const char *name) { g_command = name; }
 
-static void print_prefix(void)
+/* One line on stderr: "kvtc CMD: [FILE: ]MESSAGE[SUFFIX]", control characters
+ * (from a file name, an argument) made visible so that nothing a user did
+ * not write reaches the terminal as such. */
+static void print_line(const char *file, const char *suffix, const char *fmt, va_list ap)
 {
+    char line[8192];
+    size_t n = (size_t)snprintf(line, sizeof line, strcmp(g_command, "kvtc") == 0 ? "kvtc: "
+                                                                                  : "kvtc %s: ",
+                                g_command);
+    if (file && n < sizeof line)
+        n += (size_t)snprintf(line + n, sizeof line - n, "%s: ", file);
+    if (n < sizeof line)
+        vsnprintf(line + n, sizeof line - n, fmt, ap);
+    kvtc_text_sanitize(line);
+    fflush(stdout);
     clear_bar();
-    if (strcmp(g_command, "kvtc") == 0)
-        fputs("kvtc: ", stderr);
-    else
-        fprintf(stderr, "kvtc %s: ", g_command);
+    fprintf(stderr, "%s%s\n", line, suffix);
 }
 
 int cli_fail(const char *file, const char *fmt, ...)
 {
-    fflush(stdout);
-    print_prefix();
-    if (file)
-        fprintf(stderr, "%s: ", file);
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    print_line(file, "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     return CLI_FAIL;
 }
 
@@ -58,16 +63,15 @@ int cli_fail_err(const char *file, const kvtc_error *err)
 
 int cli_usage_error(const char *fmt, ...)
 {
-    fflush(stdout);
-    print_prefix();
+    char see[96];
+    if (strcmp(g_command, "kvtc") == 0)
+        snprintf(see, sizeof see, " (see 'kvtc --help')");
+    else
+        snprintf(see, sizeof see, " (see 'kvtc %s --help')", g_command);
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    print_line(NULL, see, fmt, ap);
     va_end(ap);
-    if (strcmp(g_command, "kvtc") == 0)
-        fputs(" (see 'kvtc --help')\n", stderr);
-    else
-        fprintf(stderr, " (see 'kvtc %s --help')\n", g_command);
     return CLI_USAGE;
 }
 

@@ -313,6 +313,14 @@ expect_fail() {
 
 expect_fail 1 missing.safetensors out.kvtc -- \
   "$KVTC" compress -c calib.kvtcal -r 8 -o out.kvtc missing.safetensors
+# A FIFO as input is refused at once (opening one would wait for a writer).
+mkfifo input.fifo && expect_fail 1 "input.fifo: not a regular file" out.kvtc -- \
+  timeout 20 "$KVTC" compress -c calib.kvtcal -r 8 -o out.kvtc input.fifo
+# Control characters in a file name or an argument never reach the terminal raw.
+evil=$'evil\e[2J\r.safetensors'
+: >"$evil"
+expect_fail 1 "evil?[2J?.safetensors" out.kvtc -- "$KVTC" compress -c calib.kvtcal -r 8 -o out.kvtc "$evil"
+expect_fail 2 "unknown option '--x?[2J'" - -- "$KVTC" info $'--x\e[2J'
 expect_fail 1 missing.kvtcal out.kvtc -- \
   "$KVTC" compress -c missing.kvtcal -r 8 -o out.kvtc test.safetensors
 expect_fail 1 notes.txt out.kvtc -- sh -c "echo 'just text' >notes.txt &&
