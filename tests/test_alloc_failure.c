@@ -30,6 +30,10 @@ static struct {
     kvtc_cache *decoded;
     uint32_t n_blocks;
     char out_path[4096];
+    /* an F32 cache with a 1e30 (escaped: a version 2 stream), its stream and decoding */
+    kvtc_cache *escaped_cache, *escaped_decoded;
+    void *escaped_stream;
+    size_t escaped_len;
 } g;
 
 /* ---- the steps: each frees what it made and reports a wrong result ------------ */
@@ -100,6 +104,28 @@ static kvtc_status step_compress_2_threads(void *arg, kvtc_error *err, bool *wro
 {
     (void)arg;
     return compress_with(2, err, wrong);
+}
+
+/* Compression and decompression through the escape path (2 threads). */
+static kvtc_status step_escaped_round_trip(void *arg, kvtc_error *err, bool *wrong)
+{
+    (void)arg;
+    kvtc_compress_options opt = g.copt;
+    opt.n_threads = 2;
+    kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = 2};
+    void *out = NULL;
+    size_t len = 0;
+    kvtc_cache *back = NULL;
+    kvtc_status st = kvtc_compress(g.cal, g.escaped_cache, &opt, &out, &len, err);
+    if (st == KVTC_OK) {
+        *wrong = !test_bytes_equal(out, len, g.escaped_stream, g.escaped_len);
+        st = kvtc_decompress(g.cal, out, len, &dopt, &back, err);
+        if (st == KVTC_OK)
+            *wrong |= !test_caches_equal(back, g.escaped_decoded);
+    }
+    kvtc_cache_free(back);
+    kvtc_buffer_free(out);
+    return st;
 }
 
 static kvtc_status step_decompress(void *arg, kvtc_error *err, bool *wrong)
@@ -277,6 +303,15 @@ static bool make_inputs(void)
               CHECK_OK(kvtc_cache_save_safetensors(g.cache, &g.st_file, &g.st_len, &err), &err) &&
               CHECK(temp_path(g.out_path, sizeof g.out_path, "out.file"));
     g.n_blocks = ok ? info.n_blocks : 0;
+    if (ok && CHECK(g.escaped_cache = make_random_cache(&SHAPE, KVTC_F32, 30, 0, 4, 22))) {
+        ((float *)kvtc_cache_data(g.escaped_cache, KVTC_KEY, 1))[13 * SHAPE.head_dim] = 1e30f;
+        ok = CHECK_OK(kvtc_compress(g.cal, g.escaped_cache, &g.copt, &g.escaped_stream,
+                                    &g.escaped_len, &err), &err) &&
+             CHECK_OK(kvtc_decompress(g.cal, g.escaped_stream, g.escaped_len, &dopt,
+                                      &g.escaped_decoded, &err), &err) &&
+             CHECK_OK(kvtc_stream_info_get(g.escaped_stream, g.escaped_len, &info, &err), &err) &&
+             CHECK_EQ(info.format_version, 2);
+    }
     return ok;
 }
 
@@ -292,6 +327,9 @@ static void free_inputs(void)
     kvtc_buffer_free(g.joined);
     kvtc_buffer_free(g.calib_file);
     kvtc_buffer_free(g.st_file);
+    kvtc_cache_free(g.escaped_cache);
+    kvtc_cache_free(g.escaped_decoded);
+    kvtc_buffer_free(g.escaped_stream);
 }
 
 int main(void)
@@ -312,6 +350,7 @@ int main(void)
         {"decompress_block (all)", step_decompress_blocks, NULL},
         {"append", step_append, NULL},
         {"stream_info", step_stream_info, NULL},
+        {"escaped token round trip (v2)", step_escaped_round_trip, NULL},
         {"calibration save", step_save, &g_saved[SAVED_CALIBRATION]},
         {"calibration load", step_load, &g_saved[SAVED_CALIBRATION]},
         {"calibration write+read", step_write_read, &g_saved[SAVED_CALIBRATION]},

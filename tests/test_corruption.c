@@ -85,11 +85,15 @@ static void print_counts(const char *what, const counts *c)
     printf("\n");
 }
 
-static void corrupt_stream(const kvtc_calibration *cal)
+/* escaped: an F32 cache whose token 12 holds a 1e30, stored raw in an escape
+ * list (a version 2 stream); otherwise an F16 cache (version 1). */
+static void corrupt_stream(const kvtc_calibration *cal, bool escaped)
 {
-    kvtc_cache *cache = make_random_cache(&SHAPE, KVTC_F16, 26, 0, 3, 77);
+    kvtc_cache *cache = make_random_cache(&SHAPE, escaped ? KVTC_F32 : KVTC_F16, 26, 0, 3, 77);
     if (!CHECK(cache != NULL))
         return;
+    if (escaped)
+        ((float *)kvtc_cache_data(cache, KVTC_VALUE, 1))[12 * SHAPE.head_dim + 3] = 1e30f;
     kvtc_compress_options copt;
     kvtc_compress_options_default(&copt);
     copt.k_ratio = 4.0;
@@ -104,9 +108,11 @@ static void corrupt_stream(const kvtc_calibration *cal)
         CHECK_OK(kvtc_decompress(cal, stream, len, &dopt, &ref, &err), &err)) {
         kvtc_stream_info info = {.struct_size = sizeof info};
         CHECK_OK(kvtc_stream_info_get(stream, len, &info, &err), &err);
-        printf("stream: %zu bytes, %u tokens in %u blocks (%u raw sinks, %u raw window)\n", len,
-               info.n_tokens, info.n_blocks, info.sinks, info.window);
+        printf("stream: version %u, %zu bytes, %u tokens in %u blocks (%u raw sinks, %u raw "
+               "window)\n",
+               info.format_version, len, info.n_tokens, info.n_blocks, info.sinks, info.window);
         CHECK(info.n_blocks >= 4 && info.compressed_tokens > 0); /* raw and coded blocks */
+        CHECK_EQ(info.format_version, escaped ? 2 : 1);
         counts c = {0};
         uint8_t *damaged = malloc(len);
         if (CHECK(damaged != NULL)) {
@@ -121,7 +127,7 @@ static void corrupt_stream(const kvtc_calibration *cal)
             }
         }
         free(damaged);
-        print_counts("corruption", &c);
+        print_counts(escaped ? "corruption (v2, escaped token)" : "corruption (v1)", &c);
         CHECK_EQ(c.silent, 0);
         CHECK_EQ(c.cases, c.detected + c.identical);
     }
@@ -202,7 +208,8 @@ int main(void)
     if (cal && other) {
         CHECK(memcmp(kvtc_calibration_fingerprint(cal), kvtc_calibration_fingerprint(other),
                      32) != 0);
-        corrupt_stream(cal);
+        corrupt_stream(cal, false);
+        corrupt_stream(cal, true);
         corrupt_calibration(cal);
         wrong_calibration(cal, other);
     }
