@@ -24,27 +24,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # A long F16 cache (2 layers, 2 KV heads, head_dim 8, 200000 tokens: 25.6 MB),
-# a tile of random tokens repeated, so that its decompression takes a while.
-python3 - "$work/big.safetensors" <<'PY' || { echo "test_signals: FAIL: cannot write the cache"; exit 1; }
-import json, random, struct, sys
-L, H, T, D, TILE = 2, 2, 200000, 8, 1000
-rnd = random.Random(7)
-tensors, blobs, offset = {}, [], 0
-for l in range(L):
-    for kind in ("key", "value"):
-        heads = [struct.pack("<%de" % (TILE * D), *[rnd.gauss(0, 1) for _ in range(TILE * D)])
-                 for _ in range(H)]
-        blob = b"".join(h * (T // TILE) for h in heads)  # layout [H, T, D]
-        tensors["layers.%d.%s" % (l, kind)] = {
-            "dtype": "F16", "shape": [H, T, D], "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-tensors["__metadata__"] = {"rope_theta": "10000", "rope_style": "interleaved", "pos0": "0"}
-header = json.dumps(tensors).encode()
-header += b" " * (-len(header) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(header)) + header + b"".join(blobs))
-PY
+# a tile of 1000 random tokens repeated, so that its decompression takes a while.
+python3 "$(dirname "$0")/support/gaussian_cache.py" "$work/big.safetensors" 2 2 200000 8 7 1000 ||
+  { echo "test_signals: FAIL: cannot write the cache"; exit 1; }
 if ! "$bin" calibrate --sinks 2 --window 8 -o "$work/calib.kvtcal" "$work/big.safetensors" >/dev/null ||
    ! "$bin" compress -c "$work/calib.kvtcal" --ratio 4 -o "$work/big.kvtc" "$work/big.safetensors" >/dev/null; then
   echo "test_signals: FAIL: the CLI cannot make the inputs"

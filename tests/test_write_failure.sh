@@ -94,25 +94,10 @@ work=$(mktemp -d)
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 
 # Three small F16 caches (2 layers, 2 KV heads, head_dim 8, 48 tokens).
-python3 - "$work" <<'EOF' || { echo "test_write_failure: FAIL: cannot write caches"; exit 1; }
-import json, random, struct, sys
-L, H, T, D = 2, 2, 48, 8
-for n in range(3):
-    rnd = random.Random(n)
-    tensors, blobs, offset = {}, [], 0
-    for l in range(L):
-        for kind in ("key", "value"):
-            blob = struct.pack("<%de" % (H * T * D), *[rnd.gauss(0, 1) for _ in range(H * T * D)])
-            tensors["layers.%d.%s" % (l, kind)] = {
-                "dtype": "F16", "shape": [H, T, D], "data_offsets": [offset, offset + len(blob)]}
-            blobs.append(blob)
-            offset += len(blob)
-    tensors["__metadata__"] = {"rope_theta": "10000", "rope_style": "interleaved", "pos0": "0"}
-    header = json.dumps(tensors).encode()
-    header += b" " * (-len(header) % 8)
-    with open("%s/cache%d.safetensors" % (sys.argv[1], n), "wb") as f:
-        f.write(struct.pack("<Q", len(header)) + header + b"".join(blobs))
-EOF
+for n in 0 1 2; do
+  python3 "$(dirname "$0")/support/gaussian_cache.py" "$work/cache$n.safetensors" 2 2 48 8 "$n" ||
+    { echo "test_write_failure: FAIL: cannot write caches"; exit 1; }
+done
 if ! "$bin" calibrate --sinks 2 --window 8 -o "$work/calib.kvtcal" \
      "$work/cache0.safetensors" "$work/cache1.safetensors" >/dev/null ||
    ! "$bin" compress -c "$work/calib.kvtcal" --ratio 4 -o "$work/good.kvtc" \
