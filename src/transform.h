@@ -25,4 +25,29 @@ void kvtc_transform_reconstruct_layer(const kvtc_calibration *cal, kvtc_kind kin
                                       const float *coef, uint32_t n, uint32_t n_coords,
                                       float *out);
 
+/* The same reconstruction on bf16 tiles (kernels.h), where
+ * kvtc_transform_tiles_usable says so: the coefficients packed once per
+ * decode with kvtc_transform_tile_coefficients, the basis once per
+ * calibration (kvtc_transform_tile_basis). Results agree with the sgemm path
+ * within a few float roundings (3 bf16 terms), and each row's value depends
+ * only on that row: the same bytes for any split of the tokens into blocks or
+ * threads. */
+bool kvtc_transform_tiles_usable(const kvtc_calibration *cal);
+/* bf16 elements per packed coefficient row. */
+size_t kvtc_transform_tile_row(uint32_t n_coords);
+/* n rows of n_coords coefficients (leading dimension ld) into packed rows. */
+void kvtc_transform_tile_coefficients(const float *coef, size_t ld, uint32_t n,
+                                      uint32_t n_coords, uint16_t *packed);
+/* The kind's basis packed for at least n_coords columns: made on first use
+ * (under a lock; later calls only look it up), kept until the calibration is
+ * freed. NULL when out of memory. */
+const struct kvtc_tile_basis *kvtc_transform_tile_basis(const kvtc_calibration *cal,
+                                                        kvtc_kind kind, uint32_t n_coords);
+void kvtc_transform_reconstruct_tiles(const kvtc_calibration *cal, kvtc_kind kind,
+                                      uint32_t layer, const uint16_t *packed, uint32_t n,
+                                      uint32_t n_coords, const struct kvtc_tile_basis *basis,
+                                      float *out);
+/* Frees the packed bases of kvtc_transform_tile_basis. */
+void kvtc_transform_release_tiles(kvtc_calibration *cal);
+
 #endif /* KVTC_TRANSFORM_H */

@@ -1,0 +1,127 @@
+/* The bf16 tile kernels (src/kernels.c, src/kernels_amx.c): the product of
+ * packed operands against a double reference for every tail of m, n and k,
+ * within its bound (2^-15 of sum |a b|, measured about 2^-18); a decode on the
+ * tiles against the sgemm decode of the same stream, value by value within
+ * the same bound, with the same relative error to the original cache, and the
+ * same bytes for 1, 2 and 3 threads. Skips (saying so) on a CPU without AMX. */
+#include "codec_common.h"
+#include "kernels.h"
+#include "kvtc_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* One m x n x k product with B packed at depth kp_b >= A's. */
+static void check_gemm(test_rng *r, uint32_t m, uint32_t n, uint32_t k, uint32_t extra_k)
+{
+    uint32_t kp = kvtc_tile_depth(k), kb = k + extra_k, kp_b = kvtc_tile_depth(kb);
+    float *a = malloc((size_t)m * k * sizeof *a), *b = malloc((size_t)n * kb * sizeof *b);
+    float *c = malloc(((size_t)m * n + 1) * sizeof *c);
+    uint16_t *pa = malloc(((size_t)m * 3 * kp + 1) * 2), *pb = malloc((size_t)n * 3 * kp_b * 2);
+    if (!CHECK(a && b && c && pa && pb))
+        goto done;
+    for (size_t i = 0; i < (size_t)m * k; i++)
+        a[i] = (float)(rng_gaussian(r) * 100.0);
+    for (size_t i = 0; i < (size_t)n * kb; i++)
+        b[i] = (float)rng_gaussian(r) * 0.1f;
+    kvtc_tile_pack_a(a, k, m, k, 3, pa);
+    kvtc_tile_pack_b(b, kb, n, kb, 3, pb);
+    kvtc_tile_gemm(pa, m, kp, pb, kp_b, n, 3, c, n);
+    int bad = 0;
+    double worst = 0;
+    for (uint32_t i = 0; i < m; i++)
+        for (uint32_t j = 0; j < n; j++) {
+            double x = 0, mag = 0;
+            for (uint32_t l = 0; l < k; l++) {
+                x += (double)a[i * k + l] * b[j * kb + l];
+                mag += fabs((double)a[i * k + l] * b[j * kb + l]);
+            }
+            double e = fabs(c[i * n + j] - x) / (mag + 1e-30);
+            worst = e > worst ? e : worst;
+            bad += e > 0x1p-15;
+        }
+    CHECK_MSG(bad == 0, "m %u n %u k %u: %d products off by more than 2^-15 of sum |ab| (worst %g)",
+              m, n, k, bad, worst);
+done:
+    free(a), free(b), free(c), free(pa), free(pb);
+}
+
+/* Decodes `data` into a cache with n_threads threads. */
+static kvtc_cache *decode_with(const kvtc_calibration *cal, const void *data, size_t len,
+                               uint32_t n_threads)
+{
+    kvtc_decompress_options opt;
+    kvtc_decompress_options_default(&opt);
+    opt.n_threads = n_threads;
+    kvtc_cache *out = NULL;
+    kvtc_error err;
+    return CHECK_OK(kvtc_decompress(cal, data, len, &opt, &out, &err), &err) ? out : NULL;
+}
+
+static void check_decode(void)
+{
+    /* 2 layers x 2 kv heads x 32 dims: 64 features per layer, 4 tiles. */
+    kvtc_model_shape shape = {2, 2, 32, KVTC_ROPE_NEOX, 0, 10000.0, 0};
+    kvtc_calibration *cal = codec_test_calibration(&shape, 4, 16, 11, 3, 300);
+    kvtc_cache *c = make_random_cache(&shape, KVTC_F32, 299, 3, CODEC_TEST_LOW_RANK, 77);
+    kvtc_compress_options copt;
+    kvtc_compress_options_default(&copt);
+    copt.k_ratio = copt.v_ratio = 6;
+    copt.block_tokens = 64;
+    void *data = NULL;
+    size_t len = 0;
+    kvtc_error err;
+    kvtc_cache *tiles[3] = {NULL, NULL, NULL}, *plain = NULL;
+    if (!CHECK(cal && c) || !CHECK_OK(kvtc_compress(cal, c, &copt, &data, &len, &err), &err))
+        goto done;
+    for (uint32_t t = 0; t < 3; t++)
+        tiles[t] = decode_with(cal, data, len, t + 1);
+    kvtc_kernels_limit(KVTC_KERNELS_PORTABLE);
+    plain = decode_with(cal, data, len, 2);
+    kvtc_kernels_limit(KVTC_KERNELS_AMX_BF16);
+    if (!CHECK(tiles[0] && tiles[1] && tiles[2] && plain))
+        goto done;
+    CHECK_MSG(test_caches_equal(tiles[0], tiles[1]) && test_caches_equal(tiles[0], tiles[2]),
+              "the tile decode depends on the thread count");
+    /* Value by value against sgemm, relative to each head's largest value
+     * (the sum |coef v| is of that order for these caches). */
+    size_t elems = (size_t)kvtc_shape_features(&shape) * c->n_tokens * 2;
+    const float *x = (const float *)tiles[0]->data, *y = (const float *)plain->data;
+    double worst = 0, most = 0;
+    for (size_t i = 0; i < elems; i++)
+        most = fmax(most, fabs(y[i]));
+    for (size_t i = 0; i < elems; i++)
+        worst = fmax(worst, fabs((double)x[i] - y[i]));
+    CHECK_MSG(worst <= most * 0x1p-15, "tile decode off the sgemm decode by %g (largest %g)",
+              worst, most);
+    double e_tiles = codec_rel_error(c, tiles[0], 0, 4, 299 - 20);
+    double e_plain = codec_rel_error(c, plain, 0, 4, 299 - 20);
+    printf("relative error: tiles %.6f, sgemm %.6f; largest difference %.3g of the largest value\n",
+           e_tiles, e_plain, worst / most);
+    CHECK_MSG(fabs(e_tiles - e_plain) <= 1e-4 * e_plain, "errors differ: %g against %g", e_tiles,
+              e_plain);
+done:
+    for (int t = 0; t < 3; t++)
+        kvtc_cache_free(tiles[t]);
+    kvtc_cache_free(plain);
+    kvtc_cache_free(c);
+    kvtc_buffer_free(data);
+    kvtc_calibration_free(cal);
+}
+
+int main(void)
+{
+    if (kvtc_kernels_level() != KVTC_KERNELS_AMX_BF16)
+        test_skip("test_kernels", "this CPU (or OS) has no AMX bf16 tiles; decodes use sgemm");
+    test_rng r;
+    rng_seed(&r, 5);
+    const uint32_t ms[] = {1, 15, 16, 17, 31, 32, 33, 70};
+    const uint32_t ns[] = {16, 32, 48, 96};
+    const uint32_t ks[] = {1, 31, 32, 33, 100};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++)
+            for (size_t l = 0; l < sizeof ks / sizeof ks[0]; l++)
+                check_gemm(&r, ms[i], ns[j], ks[l], (uint32_t)(l % 2) * 40);
+    check_decode();
+    return test_summary("test_kernels");
+}
