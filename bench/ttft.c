@@ -171,6 +171,7 @@ typedef struct kernel_job {
     uint32_t n_coded_blocks, layer;
     float *coef[2], *rows[2]; /* [tokens][n_coords], [tokens][n_kv_head * head_dim] */
     bool tiles;               /* the codec's bf16 tile path (transform.h) */
+    uint32_t tile_terms[2];
     uint16_t *coef_tiles[2];  /* coef packed for it */
     const struct kvtc_tile_basis *basis_tiles[2];
 } kernel_job;
@@ -200,7 +201,8 @@ static kvtc_status reconstruct_item(void *user, uint32_t item, kvtc_error *err)
     size_t row0 = b->first - j->coded[0]->first;
     if (j->tiles)
         kvtc_transform_reconstruct_tiles(j->cal, (kvtc_kind)k, j->layer,
-                                         j->coef_tiles[k] + row0 * kvtc_transform_tile_row(nc),
+                                         j->coef_tiles[k] +
+                                             row0 * kvtc_transform_tile_row(nc, j->tile_terms[k]),
                                          b->n_tokens, nc, j->basis_tiles[k],
                                          j->rows[k] + row0 * hd);
     else
@@ -238,11 +240,13 @@ static kvtc_status time_kernels(const bench_env *e, const void *data, size_t len
         j.rows[k] = kvtc_malloc_array((size_t)n_coded * hd + 1, sizeof(float));
         if (j.tiles && j.coef[k]) {
             /* packed once per decode, like the codec does (with its dequantization) */
-            j.coef_tiles[k] = kvtc_calloc((size_t)n_coded * kvtc_transform_tile_row(nc) + 1,
-                                          sizeof(uint16_t));
-            j.basis_tiles[k] = kvtc_transform_tile_basis(e->cal, (kvtc_kind)k, nc);
+            uint32_t terms = j.tile_terms[k] = kvtc_transform_tile_terms(e->cal, s.plan[k]);
+            j.coef_tiles[k] = kvtc_calloc(
+                (size_t)n_coded * kvtc_transform_tile_row(nc, terms) + 1, sizeof(uint16_t));
+            j.basis_tiles[k] = kvtc_transform_tile_basis(e->cal, (kvtc_kind)k, nc, terms);
             if (j.coef_tiles[k])
-                kvtc_transform_tile_coefficients(j.coef[k], nc, n_coded, nc, j.coef_tiles[k]);
+                kvtc_transform_tile_coefficients(j.coef[k], nc, n_coded, nc, terms,
+                                                 j.coef_tiles[k]);
         }
     }
     if (!j.coded || !j.coef[0] || !j.coef[1] || !j.rows[0] || !j.rows[1] ||

@@ -553,6 +553,7 @@ typedef struct decoder {
     uint32_t coded_first, n_coded;
     float *coef[2];            /* [n_coded][n_coords of the kind] */
     bool tiles;                /* reconstruct on bf16 tiles (transform.h) */
+    uint32_t tile_terms[2];
     uint16_t *coef_tiles[2];   /* coef packed for them: [n_coded][kvtc_transform_tile_row] */
     const struct kvtc_tile_basis *basis_tiles[2];
     float *rows[2];            /* features of one layer: [n_coded][n_kv_head * head_dim] */
@@ -650,9 +651,10 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
         }
         if (d->tiles)
             kvtc_transform_tile_coefficients(
-                coef, plan->n_coords, b->n_tokens, plan->n_coords,
-                d->coef_tiles[kind] +
-                    (size_t)(b->first - d->coded_first) * kvtc_transform_tile_row(plan->n_coords));
+                coef, plan->n_coords, b->n_tokens, plan->n_coords, d->tile_terms[kind],
+                d->coef_tiles[kind] + (size_t)(b->first - d->coded_first) *
+                                          kvtc_transform_tile_row(plan->n_coords,
+                                                                  d->tile_terms[kind]));
     }
     kvtc_free(raw);
     kvtc_free(codes);
@@ -678,7 +680,8 @@ static kvtc_status rebuild_item(void *user, uint32_t item, kvtc_error *err)
     if (d->tiles)
         kvtc_transform_reconstruct_tiles(
             d->cal, (kvtc_kind)kind, d->cur_layer,
-            d->coef_tiles[kind] + row0 * kvtc_transform_tile_row(nc), b->n_tokens, nc,
+            d->coef_tiles[kind] + row0 * kvtc_transform_tile_row(nc, d->tile_terms[kind]),
+            b->n_tokens, nc,
             d->basis_tiles[kind], rows);
     else
         kvtc_transform_reconstruct_layer(d->cal, (kvtc_kind)kind, d->cur_layer,
@@ -761,11 +764,12 @@ static kvtc_status decode_coefficients(decoder *d, kvtc_error *err)
         d->coef[k] = kvtc_malloc_array((size_t)d->n_coded * s->plan[k]->n_coords, sizeof(float));
         d->escapes[k] = kvtc_calloc((size_t)(d->coded_b1 - d->coded_b0) + 1, sizeof(escape_list));
         if (d->tiles) {
-            d->coef_tiles[k] = kvtc_malloc_array((size_t)d->n_coded,
-                                                 kvtc_transform_tile_row(s->plan[k]->n_coords) *
-                                                     sizeof(uint16_t));
-            d->basis_tiles[k] = kvtc_transform_tile_basis(d->cal, (kvtc_kind)k,
-                                                          s->plan[k]->n_coords);
+            uint32_t nc = s->plan[k]->n_coords;
+            d->tile_terms[k] = kvtc_transform_tile_terms(d->cal, s->plan[k]);
+            d->coef_tiles[k] = kvtc_malloc_array(
+                (size_t)d->n_coded, kvtc_transform_tile_row(nc, d->tile_terms[k]) * 2);
+            d->basis_tiles[k] = kvtc_transform_tile_basis(d->cal, (kvtc_kind)k, nc,
+                                                          d->tile_terms[k]);
         }
         if (!d->coef[k] || !d->escapes[k] ||
             (d->tiles && (!d->coef_tiles[k] || !d->basis_tiles[k])))

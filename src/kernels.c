@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__linux__)
 #include <sys/syscall.h>
@@ -45,33 +46,43 @@ const char *kvtc_kernels_name(kvtc_kernel_level level)
 
 uint32_t kvtc_tile_depth(uint32_t k) { return (k + 31u) & ~31u; }
 
-/* x = hi + lo + (about 2^-16 x): hi rounded to bf16, lo the bf16 of the rest. */
-static void split_bf16(float x, uint16_t *hi, uint16_t *lo)
+/* The bf16 parts of x[0..k): hi = bf16(x), lo = bf16(x - hi) (x = hi + lo
+ * within about 2^-16 x), through the vectorized array conversions, in chunks. */
+enum { SPLIT_CHUNK = 256 };
+
+static void split_chunk(const float *x, uint32_t m, uint16_t *hi, uint16_t *lo)
 {
-    *hi = kvtc_f32_to_bf16(x);
-    *lo = kvtc_f32_to_bf16(x - kvtc_bf16_to_f32(*hi));
+    float back[SPLIT_CHUNK];
+    kvtc_from_f32(KVTC_BF16, x, hi, m);
+    if (!lo)
+        return;
+    kvtc_to_f32(KVTC_BF16, hi, back, m);
+    for (uint32_t i = 0; i < m; i++)
+        back[i] = x[i] - back[i];
+    kvtc_from_f32(KVTC_BF16, back, lo, m);
 }
 
-/* Part t of x[i] in the k order of a packed row: A takes [hi | lo | hi], B
- * [hi | hi | lo], so that their product is hi*hi + lo*hi + hi*lo (with one
- * term: hi*hi). Zero past k. */
-static uint16_t part(const float *x, uint32_t k, uint32_t i, uint32_t t, bool is_a)
-{
-    if (i >= k)
-        return 0;
-    uint16_t hi, lo;
-    split_bf16(x[i], &hi, &lo);
-    return t == (is_a ? 1u : 2u) ? lo : hi;
-}
-
+/* A row takes the parts along k as [hi | lo | hi], B as [hi | hi | lo], so
+ * that their product is hi*hi + lo*hi + hi*lo (with one term: hi*hi). Zero
+ * past k. */
 void kvtc_tile_pack_a(const float *src, size_t lda, uint32_t rows, uint32_t k, uint32_t terms,
                       uint16_t *dst)
 {
     uint32_t kp = kvtc_tile_depth(k);
-    for (uint32_t r = 0; r < rows; r++)
+    uint16_t lo[SPLIT_CHUNK];
+    for (uint32_t r = 0; r < rows; r++) {
+        uint16_t *row = dst + (size_t)r * terms * kp;
+        for (uint32_t i = 0; i < k; i += SPLIT_CHUNK) {
+            uint32_t m = k - i < SPLIT_CHUNK ? k - i : SPLIT_CHUNK;
+            split_chunk(src + r * lda + i, m, row + i, terms == 3 ? lo : NULL);
+            if (terms == 3) {
+                memcpy(row + kp + i, lo, m * sizeof *lo);
+                memcpy(row + 2 * kp + i, row + i, m * sizeof *lo);
+            }
+        }
         for (uint32_t t = 0; t < terms; t++)
-            for (uint32_t i = 0; i < kp; i++)
-                dst[((size_t)r * terms + t) * kp + i] = part(src + r * lda, k, i, t, true);
+            memset(row + (size_t)t * kp + k, 0, (kp - k) * sizeof *row);
+    }
 }
 
 void kvtc_tile_pack_b(const float *src, size_t ldb, uint32_t n, uint32_t k, uint32_t terms,
@@ -79,13 +90,19 @@ void kvtc_tile_pack_b(const float *src, size_t ldb, uint32_t n, uint32_t k, uint
 {
     uint32_t kp = kvtc_tile_depth(k);
     size_t depth = (size_t)terms * kp;
+    uint16_t hi[SPLIT_CHUNK], lo[SPLIT_CHUNK];
+    memset(dst, 0, (size_t)n * depth * sizeof *dst);
     for (uint32_t j = 0; j < n; j++) {
         /* Tile j/16 holds depth/2 rows of 16 pairs: (k, k+1) of its 16 columns. */
         uint16_t *tile = dst + (size_t)(j / 16) * 16 * depth + (j % 16) * 2;
-        for (uint32_t t = 0; t < terms; t++)
-            for (uint32_t i = 0; i < kp; i++) {
-                size_t at = (size_t)t * kp + i;
-                tile[(at / 2) * 32 + at % 2] = part(src + j * ldb, k, i, t, false);
-            }
+        for (uint32_t i = 0; i < k; i += SPLIT_CHUNK) {
+            uint32_t m = k - i < SPLIT_CHUNK ? k - i : SPLIT_CHUNK;
+            split_chunk(src + j * ldb + i, m, hi, terms == 3 ? lo : NULL);
+            for (uint32_t t = 0; t < terms; t++)
+                for (uint32_t l = 0; l < m; l++) {
+                    size_t at = (size_t)t * kp + i + l;
+                    tile[(at / 2) * 32 + at % 2] = t == 2 ? lo[l] : hi[l];
+                }
+        }
     }
 }

@@ -27,8 +27,6 @@ kvtc_kernel_level kvtc_kernels_level(void);
 void kvtc_kernels_limit(kvtc_kernel_level max);
 const char *kvtc_kernels_name(kvtc_kernel_level level);
 
-/* bf16 parts per operand of the inverse projection (see above). */
-#define KVTC_TILE_TERMS 3u
 /* k rounded up to the tile depth (32). */
 uint32_t kvtc_tile_depth(uint32_t k);
 /* Rows of A: row r of src (k floats, leading dimension lda) into dst row r
