@@ -388,8 +388,9 @@ int bench_ttft(int argc, char **argv)
     /* decode speed: the restored fp16 cache over the codec's share of a restore */
     double decode_ms = coef_ms + rebuild_ms;
     double decode_mb_s = decode_ms > 0 ? fp16_kb * 1024 * n / 1e6 / (decode_ms / 1e3) : 0;
+    kvtc_kernel_level level = kvtc_kernels_level();
     const char *kernel_name = kvtc_kernels_name(
-        kvtc_transform_tiles_usable(e.cal) ? KVTC_KERNELS_AMX_BF16 : KVTC_KERNELS_PORTABLE);
+        kvtc_transform_tiles_usable(e.cal) || level < KVTC_KERNELS_AVX2 ? level : KVTC_KERNELS_AVX2);
 
     if (a.json) {
         cli_json j;

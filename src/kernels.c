@@ -17,31 +17,48 @@
 
 static kvtc_kernel_level detected = KVTC_KERNELS_PORTABLE;
 static atomic_int limit = KVTC_KERNELS_AMX_BF16;
+/* detected capped by limit, -1 until first asked: one load on the hot path */
+static atomic_int level = -1;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 
 static void detect(void)
 {
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && __GNUC__ >= 11
+#if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+        detected = KVTC_KERNELS_AVX2;
+#if defined(__linux__) && __GNUC__ >= 11
     /* Linux hands out the 8 KB tile state only to a process that asks. */
-    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+    if (detected == KVTC_KERNELS_AVX2 && __builtin_cpu_supports("amx-tile") &&
+        __builtin_cpu_supports("amx-bf16") &&
         syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0)
         detected = KVTC_KERNELS_AMX_BF16;
+#endif
 #endif
 }
 
 kvtc_kernel_level kvtc_kernels_level(void)
 {
+    int l = atomic_load_explicit(&level, memory_order_relaxed);
+    if (l >= 0)
+        return (kvtc_kernel_level)l;
     pthread_once(&detect_once, detect);
     int cap = atomic_load(&limit);
-    return (int)detected < cap ? detected : (kvtc_kernel_level)cap;
+    l = (int)detected < cap ? (int)detected : cap;
+    atomic_store(&level, l);
+    return (kvtc_kernel_level)l;
 }
 
-void kvtc_kernels_limit(kvtc_kernel_level max) { atomic_store(&limit, (int)max); }
-
-const char *kvtc_kernels_name(kvtc_kernel_level level)
+void kvtc_kernels_limit(kvtc_kernel_level max)
 {
-    return level == KVTC_KERNELS_AMX_BF16 ? "amx-bf16" : "sgemm";
+    atomic_store(&limit, (int)max);
+    atomic_store(&level, -1);
+}
+
+const char *kvtc_kernels_name(kvtc_kernel_level l)
+{
+    static const char *names[] = {"portable", "avx2", "amx-bf16"};
+    return (unsigned)l < 3 ? names[l] : "?";
 }
 
 uint32_t kvtc_tile_depth(uint32_t k) { return (k + 31u) & ~31u; }

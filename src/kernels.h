@@ -1,7 +1,9 @@
 /* CPU kernels chosen at run time: the bf16 tile product (Intel AMX) the
- * inverse projection runs on where the CPU has it. Where it does not (or
- * kvtc_kernels_limit turned it off) callers keep the OpenBLAS sgemm, which
- * makes its own choice among AVX-512, AVX2 and portable kernels.
+ * inverse projection runs on where the CPU has it (elsewhere, or when
+ * kvtc_kernels_limit turned it off, callers keep the OpenBLAS sgemm, which
+ * makes its own choice among AVX-512, AVX2 and portable kernels), and AVX2
+ * forms of the per-element stages (dtype conversion, RoPE) that give the
+ * portable code's bytes.
  *
  * The tile product computes C = A B^T in float from bf16 operands. Each float
  * operand is split into `terms` bf16 parts: 1 (x ~ hi, 8 significant bits) or
@@ -16,8 +18,9 @@
 #include <stdint.h>
 
 typedef enum kvtc_kernel_level {
-    KVTC_KERNELS_PORTABLE = 0, /* sgemm (OpenBLAS picks its own kernels) */
-    KVTC_KERNELS_AMX_BF16 = 1  /* bf16 tiles */
+    KVTC_KERNELS_PORTABLE = 0, /* C loops; sgemm (OpenBLAS picks its own kernels) */
+    KVTC_KERNELS_AVX2 = 1,     /* AVX2 + F16C conversions and RoPE; sgemm */
+    KVTC_KERNELS_AMX_BF16 = 2  /* and bf16 tiles for the inverse projection */
 } kvtc_kernel_level;
 
 /* The best level this CPU and OS allow (asking Linux for the tile state
@@ -42,5 +45,13 @@ void kvtc_tile_pack_b(const float *src, size_t ldb, uint32_t n, uint32_t k, uint
  * Only when kvtc_kernels_level() is KVTC_KERNELS_AMX_BF16. */
 void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
                     uint32_t n, uint32_t terms, float *c, size_t ldc);
+
+/* AVX2 kernels (kernels_avx2.c), only when kvtc_kernels_level() >=
+ * KVTC_KERNELS_AVX2: the bytes of kvtc_f32_to_f16 / kvtc_f32_to_bf16 on each
+ * element, and kvtc_rope_apply's values for interleaved pairs. */
+void kvtc_f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n);
+void kvtc_f32_to_bf16_avx2(const float *src, uint16_t *dst, size_t n);
+void kvtc_rope_interleaved_avx2(float *head, const float *cos_t, const float *sin_t,
+                                uint32_t half, bool inverse);
 
 #endif /* KVTC_KERNELS_H */

@@ -1,5 +1,6 @@
 /* Rotary position embedding: undone on keys before projection (the basis is
  * position-free) and redone after reconstruction. */
+#include "kernels.h"
 #include "kvtc_internal.h"
 
 #include <math.h>
@@ -50,6 +51,9 @@ void kvtc_rope_apply(const kvtc_model_shape *shape, float *head, const float *co
             a[i] = x0 * c - x1 * s;
             b[i] = x0 * s + x1 * c;
         }
+    } else if (shape->rope_style == KVTC_ROPE_INTERLEAVED &&
+               kvtc_kernels_level() >= KVTC_KERNELS_AVX2) {
+        kvtc_rope_interleaved_avx2(head, cos_t, sin_t, half, inverse);
     } else if (shape->rope_style == KVTC_ROPE_INTERLEAVED) {
         for (uint32_t i = 0; i < half; i++) {
             float c = cos_t[i], s = sign * sin_t[i];

@@ -14,6 +14,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* One m x n x k product with B packed at depth kp_b >= A's. */
 static void check_gemm(test_rng *r, uint32_t m, uint32_t n, uint32_t k, uint32_t extra_k,
@@ -123,12 +124,67 @@ done:
     kvtc_calibration_free(cal);
 }
 
+/* The AVX2 conversions and RoPE against the portable code, bit for bit, on
+ * every fp16 boundary class: zeros, subnormals, the rounding ties, overflow,
+ * infinities and nans with payloads. */
+static void check_elementwise(test_rng *r)
+{
+    enum { N = 4099 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y), *z = malloc(N * sizeof *z);
+    uint16_t *a = malloc(N * 2), *b = malloc(N * 2);
+    if (!CHECK(x && y && z && a && b))
+        goto done;
+    for (uint32_t i = 0; i < N; i++) {
+        uint32_t bits = (uint32_t)rng_u64(r);
+        switch (i % 6) {
+        case 0: break;                                                 /* any pattern */
+        case 1: bits = (bits & 0x80000000u) | (0x33000000u + (bits & 0xffffffu)); break; /* f16 subnormal */
+        case 2: bits = (bits & 0x80000000u) | 0x477fe000u | (bits & 0x3000u); break; /* near 65504 */
+        case 3: bits = (bits & 0xffffe000u) | 0x1000u; break;          /* f16 ties */
+        case 4: bits = (bits & 0xffff0000u) | 0x8000u; break;          /* bf16 ties */
+        case 5: bits = (bits & 0x80000000u) | 0x7f800000u | (bits & 0x7fffffu); break; /* inf, nan */
+        }
+        memcpy(&x[i], &bits, 4);
+    }
+    for (int dt = 0; dt < 2; dt++) {
+        kvtc_dtype dtype = dt ? KVTC_BF16 : KVTC_F16;
+        kvtc_kernels_limit(KVTC_KERNELS_PORTABLE);
+        kvtc_from_f32(dtype, x, a, N);
+        kvtc_kernels_limit(KVTC_KERNELS_AMX_BF16);
+        kvtc_from_f32(dtype, x, b, N);
+        CHECK_MSG(memcmp(a, b, N * 2) == 0, "AVX2 %s conversion differs from the portable one",
+                  kvtc_dtype_name(dtype));
+    }
+    kvtc_model_shape shape = {1, 1, 128, KVTC_ROPE_INTERLEAVED, 128, 10000.0, 1};
+    float c[64], s[64];
+    for (uint32_t i = 0; i < N; i++)
+        x[i] = (float)rng_gaussian(r);
+    for (int inverse = 0; inverse < 2; inverse++)
+        for (int64_t pos = 0; pos < 3000; pos += 997) {
+            kvtc_rope_angles(&shape, pos, c, s);
+            memcpy(y, x, 128 * sizeof *x);
+            memcpy(z, x, 128 * sizeof *x);
+            kvtc_kernels_limit(KVTC_KERNELS_PORTABLE);
+            kvtc_rope_apply(&shape, y, c, s, inverse);
+            kvtc_kernels_limit(KVTC_KERNELS_AMX_BF16);
+            kvtc_rope_apply(&shape, z, c, s, inverse);
+            CHECK_MSG(memcmp(y, z, 128 * sizeof *y) == 0, "AVX2 RoPE differs at position %lld",
+                      (long long)pos);
+        }
+done:
+    free(x), free(y), free(z), free(a), free(b);
+}
+
 int main(void)
 {
-    if (kvtc_kernels_level() != KVTC_KERNELS_AMX_BF16)
-        test_skip("test_kernels", "this CPU (or OS) has no AMX bf16 tiles; decodes use sgemm");
     test_rng r;
     rng_seed(&r, 5);
+    if (kvtc_kernels_level() >= KVTC_KERNELS_AVX2)
+        check_elementwise(&r);
+    else
+        printf("this CPU has no AVX2: the element-wise kernels are the portable ones\n");
+    if (kvtc_kernels_level() != KVTC_KERNELS_AMX_BF16)
+        test_skip("test_kernels", "this CPU (or OS) has no AMX bf16 tiles; decodes use sgemm");
     const uint32_t ms[] = {1, 15, 16, 17, 31, 32, 33, 70};
     const uint32_t ns[] = {16, 32, 48, 96};
     const uint32_t ks[] = {1, 31, 32, 33, 100};
