@@ -8,6 +8,9 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #if defined(__x86_64__) && defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -21,16 +24,28 @@ static atomic_int limit = KVTC_KERNELS_AMX_BF16;
 static atomic_int level = -1;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 
+/* From cpuid itself (the compilers' __builtin_cpu_supports do not all know
+ * the tile features): the instructions, and the OS saving the AVX state. */
 static void detect(void)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+#if defined(__x86_64__)
+    unsigned a, b, c, d, b7 = 0, d7 = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return;
+    bool f16c = c & (1u << 29), osxsave = c & (1u << 27);
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        b7 = b;
+        d7 = d;
+    }
+    unsigned xcr0 = 0, xcr0_hi = 0;
+    if (osxsave)
+        __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_hi) : "c"(0));
+    if (f16c && (b7 & (1u << 5)) && (xcr0 & 6u) == 6u)
         detected = KVTC_KERNELS_AVX2;
-#if defined(__linux__) && __GNUC__ >= 11
-    /* Linux hands out the 8 KB tile state only to a process that asks. */
-    if (detected == KVTC_KERNELS_AVX2 && __builtin_cpu_supports("amx-tile") &&
-        __builtin_cpu_supports("amx-bf16") &&
+#if defined(__linux__) && KVTC_HAVE_TILE_INTRINSICS
+    /* AMX-TILE and AMX-BF16; Linux hands out the 8 KB tile state only to a
+     * process that asks. */
+    if (detected == KVTC_KERNELS_AVX2 && (d7 & (1u << 24)) && (d7 & (1u << 22)) &&
         syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0)
         detected = KVTC_KERNELS_AMX_BF16;
 #endif

@@ -17,6 +17,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Whether this compiler has the AMX intrinsics (gcc 11, clang 12 on). */
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
+                            (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define KVTC_HAVE_TILE_INTRINSICS 1
+#else
+#define KVTC_HAVE_TILE_INTRINSICS 0
+#endif
+
 typedef enum kvtc_kernel_level {
     KVTC_KERNELS_PORTABLE = 0, /* C loops; sgemm (OpenBLAS picks its own kernels) */
     KVTC_KERNELS_AVX2 = 1,     /* AVX2 + F16C conversions and RoPE; sgemm */
@@ -40,11 +48,12 @@ void kvtc_tile_pack_a(const float *src, size_t lda, uint32_t rows, uint32_t k, u
  * into the tiles' pair-interleaved layout (n * terms * kp bf16). */
 void kvtc_tile_pack_b(const float *src, size_t ldb, uint32_t n, uint32_t k, uint32_t terms,
                       uint16_t *dst);
-/* c[m][n] (leading dimension ldc) = A B^T over the first kp columns of each
- * term (A packed with depth kp, B with depth kp_b >= kp); n a multiple of 16.
- * Only when kvtc_kernels_level() is KVTC_KERNELS_AMX_BF16. */
+/* c[m][n] (leading dimension ldc) = bias + A B^T over the first kp columns
+ * of each term (A packed with depth kp, B with depth kp_b >= kp); bias (n
+ * floats, added to every row, as the accumulators' start) may be NULL; n a
+ * multiple of 16. Only when kvtc_kernels_level() is KVTC_KERNELS_AMX_BF16. */
 void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
-                    uint32_t n, uint32_t terms, float *c, size_t ldc);
+                    uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc);
 
 /* AVX2 kernels (kernels_avx2.c), only when kvtc_kernels_level() >=
  * KVTC_KERNELS_AVX2: the bytes of kvtc_f32_to_f16 / kvtc_f32_to_bf16 on each

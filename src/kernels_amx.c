@@ -5,7 +5,7 @@
 
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 11
+#if KVTC_HAVE_TILE_INTRINSICS
 #include <immintrin.h>
 
 /* The 64-byte tile configuration (palette 1). Tiles 0-3 accumulate C (rows
@@ -32,8 +32,9 @@ __attribute__((target("amx-tile"))) static void configure(uint32_t r0, uint32_t 
 
 __attribute__((target("amx-tile,amx-bf16"))) void
 kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
-               uint32_t n, uint32_t terms, float *c, size_t ldc)
+               uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc)
 {
+    static const float zeros[32];
     size_t depth = (size_t)terms * kp, depth_b = (size_t)terms * kp_b;
     size_t a_stride = depth * 2, c_stride = ldc * 4;
     uint32_t config = 0; /* r0 << 8 | r1 of the loaded configuration */
@@ -48,11 +49,15 @@ kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, ui
         for (uint32_t n0 = 0; n0 < n; n0 += 32) {
             bool two_n = n - n0 >= 32, two_m = r1 > 0;
             const uint16_t *b0 = b + (size_t)n0 * depth_b, *b1 = b0 + 16 * depth_b;
-            _tile_zero(0);
-            _tile_zero(1);
+            /* every row of an accumulator starts at the bias (a load with stride 0) */
+            const float *start = bias ? bias + n0 : zeros;
+            _tile_loadd(0, start, 0);
+            if (two_n)
+                _tile_loadd(1, start + 16, 0);
             if (two_m) {
-                _tile_zero(2);
-                _tile_zero(3);
+                _tile_loadd(2, start, 0);
+                if (two_n)
+                    _tile_loadd(3, start + 16, 0);
             }
             for (uint32_t t = 0; t < terms; t++)
                 for (size_t k = 0; k < kp; k += 32) {
@@ -88,9 +93,10 @@ kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, ui
 #else
 
 void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
-                    uint32_t n, uint32_t terms, float *c, size_t ldc)
+                    uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc)
 {
-    (void)a, (void)m, (void)kp, (void)b, (void)kp_b, (void)n, (void)terms, (void)c, (void)ldc;
+    (void)a, (void)m, (void)kp, (void)b, (void)kp_b, (void)n, (void)terms, (void)bias, (void)c,
+        (void)ldc;
 }
 
 #endif

@@ -6,7 +6,7 @@
 
 #include "kvtc_internal.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) /* gcc and clang */
 #include <immintrin.h>
 
 __attribute__((target("avx2,f16c"))) void kvtc_f32_to_f16_avx2(const float *src, uint16_t *dst,

@@ -145,8 +145,7 @@ void kvtc_transform_reconstruct_tiles(const kvtc_calibration *cal, kvtc_kind kin
     size_t hd = layer_features(cal);
     const uint16_t *b = basis->data + layer * hd * basis->terms * basis->kp;
     kvtc_tile_gemm(packed, n, kvtc_tile_depth(n_coords), b, basis->kp, (uint32_t)hd,
-                   basis->terms, out, hd);
-    add_mean(cal->kind[kind].mean + layer * hd, n, hd, out);
+                   basis->terms, cal->kind[kind].mean + layer * hd, out, hd);
 }
 
 void kvtc_transform_release_tiles(kvtc_calibration *cal)

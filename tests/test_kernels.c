@@ -32,13 +32,18 @@ static void check_gemm(test_rng *r, uint32_t m, uint32_t n, uint32_t k, uint32_t
         b[i] = (float)rng_gaussian(r) * 0.1f;
     kvtc_tile_pack_a(a, k, m, k, terms, pa);
     kvtc_tile_pack_b(b, kb, n, kb, terms, pb);
-    kvtc_tile_gemm(pa, m, kp, pb, kp_b, n, terms, c, n);
+    float *bias = malloc(n * sizeof *bias);
+    if (!CHECK(bias))
+        goto done;
+    for (uint32_t j = 0; j < n; j++)
+        bias[j] = (float)rng_gaussian(r);
+    kvtc_tile_gemm(pa, m, kp, pb, kp_b, n, terms, bias, c, n);
     double bound = terms == 3 ? 0x1p-15 : 0x1p-7;
     int bad = 0;
     double worst = 0;
     for (uint32_t i = 0; i < m; i++)
         for (uint32_t j = 0; j < n; j++) {
-            double x = 0, mag = 0;
+            double x = bias[j], mag = fabs(bias[j]);
             for (uint32_t l = 0; l < k; l++) {
                 x += (double)a[i * k + l] * b[j * kb + l];
                 mag += fabs((double)a[i * k + l] * b[j * kb + l]);
@@ -49,6 +54,7 @@ static void check_gemm(test_rng *r, uint32_t m, uint32_t n, uint32_t k, uint32_t
         }
     CHECK_MSG(bad == 0, "m %u n %u k %u, %u terms: %d products off by more than %g of sum |ab| "
               "(worst %g)", m, n, k, terms, bad, bound, worst);
+    free(bias);
 done:
     free(a), free(b), free(c), free(pa), free(pb);
 }
