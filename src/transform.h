@@ -4,8 +4,9 @@
  * coordinate c on the basis column c of the kind, n_coords <= its rank. One
  * sgemm does each direction: its rounding may depend on the BLAS, the machine
  * and the matrix sizes, so callers that must reproduce a result bit for bit
- * transform the same rows in the same batches. Thread-safe (the calibration
- * is only read). */
+ * transform the same rows in the same batches. Decoding may reconstruct on
+ * bf16 tiles instead (below). Thread-safe (the calibration is only read,
+ * but for its packed tiles, made once under a lock). */
 #ifndef KVTC_TRANSFORM_H
 #define KVTC_TRANSFORM_H
 
