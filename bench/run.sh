@@ -2,7 +2,8 @@
 # make bench: runs every benchmark of 'kvtc bench' on the default model and
 # writes docs/BENCHMARKS.md with the machine it ran on and each benchmark's
 # output exactly as printed, under the command that printed it.
-# About 15 minutes on 2 cores (plus 3-4 minutes the first time, to build the
+# About 25 minutes on 2 cores (bench/compare.sh builds c100641 once and runs
+# both versions' ttft benchmark side by side) (plus 3-4 minutes the first time, to build the
 # default calibration). BUILD picks the build folder (default: build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,20 @@ run "Time to first token, 1024 tokens of context" bench ttft --context 1024 --ra
 run "Time to first token, 2048 tokens of context" bench ttft --context 2048 --ratio 16
 run "Time to first token, 4096 tokens of context" bench ttft --context 4096 --ratio 16
 run "Codec throughput, memory per token, time against context" bench codec --context 4096
+echo "== Restore against c100641: bench/compare.sh" >&2
+start=$SECONDS
+BUILD="$BUILD" bench/compare.sh c100641 | tee "$tmp.section"
+{
+  echo
+  echo "## Restore of 4096 tokens against c100641 (before the tile kernels), side by side"
+  echo
+  echo '```'
+  echo "\$ bench/compare.sh c100641"
+  cat "$tmp.section"
+  echo '```'
+  echo
+  echo "($((SECONDS - start)) s)"
+} >> "$tmp"
 run "Prefill speed and sgemm peak" bench prefill
 run "Calibration time against calibration tokens" bench calibration --calib-chunks 64
 run "Peak memory of compress and decompress, 4096 tokens" bench memory --context 4096

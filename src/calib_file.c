@@ -3,6 +3,7 @@
  * before it. Loading checks the fingerprint before interpreting any section,
  * then validates every field before allocating. */
 #include "kvtc_internal.h"
+#include "transform.h"
 
 #include <math.h>
 #include <string.h>
@@ -35,6 +36,7 @@ void kvtc_calibration_free(kvtc_calibration *cal)
         return;
     for (int k = 0; k < 2; k++)
         kvtc_calib_kind_release(&cal->kind[k]);
+    kvtc_transform_release_tiles(cal);
     kvtc_free(cal);
 }
 

@@ -552,6 +552,10 @@ typedef struct decoder {
     uint32_t first, n_tokens;  /* tokens decoded */
     uint32_t coded_first, n_coded;
     float *coef[2];            /* [n_coded][n_coords of the kind] */
+    bool tiles;                /* reconstruct on bf16 tiles (transform.h) */
+    uint32_t tile_terms[2];
+    uint16_t *coef_tiles[2];   /* coef packed for them: [n_coded][kvtc_transform_tile_row] */
+    const struct kvtc_tile_basis *basis_tiles[2];
     float *rows[2];            /* features of one layer: [n_coded][n_kv_head * head_dim] */
     float *rope_cos, *rope_sin; /* RoPE angles of the coded tokens: [n_coded][rope_dims / 2] */
     kvtc_cache *layer;         /* one layer of the decoded tokens, keys and values */
@@ -645,6 +649,12 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
                              codes);
             group_bytes += kvtc_group_chunk_bytes(&plan->groups[i], b->n_tokens);
         }
+        if (d->tiles)
+            kvtc_transform_tile_coefficients(
+                coef, plan->n_coords, b->n_tokens, plan->n_coords, d->tile_terms[kind],
+                d->coef_tiles[kind] + (size_t)(b->first - d->coded_first) *
+                                          kvtc_transform_tile_row(plan->n_coords,
+                                                                  d->tile_terms[kind]));
     }
     kvtc_free(raw);
     kvtc_free(codes);
@@ -667,8 +677,15 @@ static kvtc_status rebuild_item(void *user, uint32_t item, kvtc_error *err)
     size_t hd = (size_t)shape->n_kv_head * shape->head_dim;
     size_t row0 = b->first - d->coded_first;
     float *rows = d->rows[kind] + row0 * hd;
-    kvtc_transform_reconstruct_layer(d->cal, (kvtc_kind)kind, d->cur_layer,
-                                     d->coef[kind] + row0 * nc, b->n_tokens, nc, rows);
+    if (d->tiles)
+        kvtc_transform_reconstruct_tiles(
+            d->cal, (kvtc_kind)kind, d->cur_layer,
+            d->coef_tiles[kind] + row0 * kvtc_transform_tile_row(nc, d->tile_terms[kind]),
+            b->n_tokens, nc,
+            d->basis_tiles[kind], rows);
+    else
+        kvtc_transform_reconstruct_layer(d->cal, (kvtc_kind)kind, d->cur_layer,
+                                         d->coef[kind] + row0 * nc, b->n_tokens, nc, rows);
     bool rope = kind == KVTC_KEY && shape->rope_style != KVTC_ROPE_NONE;
     size_t half = shape->rope_dims / 2, elem = kvtc_dtype_size(d->s.dtype);
     uint8_t *out = kvtc_cache_data(d->layer, (kvtc_kind)kind, 0);
@@ -706,6 +723,7 @@ static void decoder_release(decoder *d)
 {
     for (int k = 0; k < 2; k++) {
         kvtc_free(d->coef[k]);
+        kvtc_free(d->coef_tiles[k]);
         kvtc_free(d->rows[k]);
         for (uint32_t i = 0; d->escapes[k] && i < d->coded_b1 - d->coded_b0; i++) {
             kvtc_free(d->escapes[k][i].index);
@@ -741,10 +759,20 @@ static kvtc_status decode_coefficients(decoder *d, kvtc_error *err)
         }
     }
     d->coded_first = d->n_coded ? s->blocks[d->coded_b0].first : 0;
+    d->tiles = d->n_coded > 0 && kvtc_transform_tiles_usable(d->cal);
     for (int k = 0; k < 2; k++) {
         d->coef[k] = kvtc_malloc_array((size_t)d->n_coded * s->plan[k]->n_coords, sizeof(float));
         d->escapes[k] = kvtc_calloc((size_t)(d->coded_b1 - d->coded_b0) + 1, sizeof(escape_list));
-        if (!d->coef[k] || !d->escapes[k])
+        if (d->tiles) {
+            uint32_t nc = s->plan[k]->n_coords;
+            d->tile_terms[k] = kvtc_transform_tile_terms(d->cal, s->plan[k]);
+            d->coef_tiles[k] = kvtc_malloc_array(
+                (size_t)d->n_coded, kvtc_transform_tile_row(nc, d->tile_terms[k]) * 2);
+            d->basis_tiles[k] = kvtc_transform_tile_basis(d->cal, (kvtc_kind)k, nc,
+                                                          d->tile_terms[k]);
+        }
+        if (!d->coef[k] || !d->escapes[k] ||
+            (d->tiles && (!d->coef_tiles[k] || !d->basis_tiles[k])))
             return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u decoded tokens",
                              d->n_coded);
     }

@@ -1,4 +1,5 @@
 /* Number formats: fp16, bf16 and fp8 (e4m3) conversions, and cache dtypes. */
+#include "kernels.h"
 #include "kvtc_internal.h"
 
 #include <math.h>
@@ -195,9 +196,20 @@ void kvtc_to_f32(kvtc_dtype dtype, const void *src, float *dst, size_t n)
 void kvtc_from_f32(kvtc_dtype dtype, const float *src, void *dst, size_t n)
 {
     uint16_t *h = dst;
+    bool avx2 = kvtc_kernels_level() >= KVTC_KERNELS_AVX2;
     switch (dtype) {
     case KVTC_F32: memcpy(dst, src, n * 4); break;
-    case KVTC_F16: CONVERT_ARRAY(h, src, n, f32_to_f16_lane); break;
-    case KVTC_BF16: CONVERT_ARRAY(h, src, n, f32_to_bf16_lane); break;
+    case KVTC_F16:
+        if (avx2)
+            kvtc_f32_to_f16_avx2(src, h, n);
+        else
+            CONVERT_ARRAY(h, src, n, f32_to_f16_lane);
+        break;
+    case KVTC_BF16:
+        if (avx2)
+            kvtc_f32_to_bf16_avx2(src, h, n);
+        else
+            CONVERT_ARRAY(h, src, n, f32_to_bf16_lane);
+        break;
     }
 }

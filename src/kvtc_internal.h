@@ -138,6 +138,9 @@ struct kvtc_calibration {
     uint32_t sinks, window;
     struct kvtc_calib_kind kind[2];
     uint8_t fingerprint[32];
+    /* The basis packed for the bf16 tile product, made on first use
+     * (transform.c); freed with the calibration. */
+    struct kvtc_tile_basis *tiles[2];
 };
 
 /* Error table: for every allowed group size g (index si), every start that is a

@@ -24,6 +24,22 @@ void kvtc_unpack_bits(const uint8_t *in, size_t n, uint32_t bits, uint8_t *codes
     }
     uint32_t per_byte = 8 / bits;
     uint8_t mask = (uint8_t)((1u << bits) - 1u);
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+    /* whole bytes with a constant count per byte (no division per code) */
+    if (bits == 4)
+        for (; i + 2 <= n; i += 2) {
+            uint8_t v = in[i / 2];
+            codes[i] = v & 15u;
+            codes[i + 1] = v >> 4;
+        }
+    else if (bits == 2)
+        for (; i + 4 <= n; i += 4) {
+            uint8_t v = in[i / 4];
+            codes[i] = v & 3u;
+            codes[i + 1] = (v >> 2) & 3u;
+            codes[i + 2] = (v >> 4) & 3u;
+            codes[i + 3] = v >> 6;
+        }
+    for (; i < n; i++)
         codes[i] = (uint8_t)((in[i / per_byte] >> ((i % per_byte) * bits)) & mask);
 }

@@ -1,5 +1,6 @@
 /* Rotary position embedding: undone on keys before projection (the basis is
  * position-free) and redone after reconstruction. */
+#include "kernels.h"
 #include "kvtc_internal.h"
 
 #include <math.h>
@@ -38,17 +39,28 @@ void kvtc_rope_angles(const kvtc_model_shape *shape, int64_t pos, float *cos_out
 void kvtc_rope_apply(const kvtc_model_shape *shape, float *head, const float *cos_t,
                      const float *sin_t, bool inverse)
 {
-    uint32_t dims = rope_dims_of(shape), half = dims / 2;
-    uint32_t stride = shape->rope_style == KVTC_ROPE_INTERLEAVED ? 2 : 1;
-    uint32_t partner = shape->rope_style == KVTC_ROPE_INTERLEAVED ? 1 : half;
-    if (shape->rope_style == KVTC_ROPE_NONE)
-        return;
-    for (uint32_t i = 0; i < half; i++) {
-        float c = cos_t[i], s = inverse ? -sin_t[i] : sin_t[i];
-        float *a = &head[i * stride], *b = a + partner;
-        float x0 = *a, x1 = *b;
-        *a = x0 * c - x1 * s;
-        *b = x0 * s + x1 * c;
+    uint32_t half = rope_dims_of(shape) / 2;
+    float sign = inverse ? -1.0f : 1.0f;
+    /* One loop per style, each with unit-stride (NeoX) or pairwise (interleaved)
+     * access the compiler vectorizes; the same operations in the same order. */
+    if (shape->rope_style == KVTC_ROPE_NEOX) {
+        float *restrict a = head, *restrict b = head + half;
+        for (uint32_t i = 0; i < half; i++) {
+            float c = cos_t[i], s = sign * sin_t[i];
+            float x0 = a[i], x1 = b[i];
+            a[i] = x0 * c - x1 * s;
+            b[i] = x0 * s + x1 * c;
+        }
+    } else if (shape->rope_style == KVTC_ROPE_INTERLEAVED &&
+               kvtc_kernels_level() >= KVTC_KERNELS_AVX2) {
+        kvtc_rope_interleaved_avx2(head, cos_t, sin_t, half, inverse);
+    } else if (shape->rope_style == KVTC_ROPE_INTERLEAVED) {
+        for (uint32_t i = 0; i < half; i++) {
+            float c = cos_t[i], s = sign * sin_t[i];
+            float x0 = head[2 * i], x1 = head[2 * i + 1];
+            head[2 * i] = x0 * c - x1 * s;
+            head[2 * i + 1] = x0 * s + x1 * c;
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "bench.h"
 #include "commands.h"
+#include "kernels.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -113,8 +114,9 @@ int main(int argc, char **argv)
         return check_stdout(CLI_OK);
     }
     if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
-        printf("kvtc %s (libkvtc %s, OpenBLAS kernels %s)\n", KVTC_VERSION_STRING,
-               kvtc_version(), openblas_get_corename());
+        printf("kvtc %s (libkvtc %s, OpenBLAS kernels %s, decode kernels %s)\n",
+               KVTC_VERSION_STRING, kvtc_version(), openblas_get_corename(),
+               kvtc_kernels_name(kvtc_kernels_level()));
         return check_stdout(CLI_OK);
     }
     if (strcmp(name, "help") == 0) {
