@@ -57,17 +57,15 @@ void bench_env_close(bench_env *e)
     memset(e, 0, sizeof *e);
 }
 
-/* Opens the model (the default one, fetched if missing, when a->model_path is
- * NULL) and, with need_cal, its calibration (the default one when -c is not
+/* Opens the model (a->model_path as model_resolve reads it: the default one
+ * when NULL, a named one fetched if missing) and, with need_cal, its calibration (the default one when -c is not
  * given). Prints the error and returns CLI_FAIL on failure. */
 static int env_open(bench_env *e, const bench_args *a, bool need_cal)
 {
     memset(e, 0, sizeof *e);
     e->threads = a->threads;
     kvtc_error err;
-    if (a->model_path)
-        snprintf(e->model_path, sizeof e->model_path, "%s", a->model_path);
-    else if (default_model_path(e->model_path, sizeof e->model_path, true, &err) != KVTC_OK)
+    if (model_resolve(a->model_path, e->model_path, sizeof e->model_path, true, &err) != KVTC_OK)
         return cli_fail(NULL, "%s", err.message);
     if (model_open(e->model_path, &e->m, &e->tok, &err) != KVTC_OK)
         return cli_fail_err(e->model_path, &err);

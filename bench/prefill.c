@@ -10,14 +10,14 @@
 #include <stdio.h>
 
 static const char prefill_usage[] =
-    "usage: kvtc bench prefill [--model PATH] [--repeat K] [--threads N] [--json]\n"
+    "usage: kvtc bench prefill [--model MODEL] [--repeat K] [--threads N] [--json]\n"
     "\n"
     "Prefill speed of the reference engine at 512, 2048 and 4096 tokens of the\n"
     "evaluation corpus on 1 and N threads: tokens/s and achieved GFLOP/s, next to\n"
     "the peak of a 2048x2048 sgemm on this machine.\n"
     "\n"
     "options:\n"
-    "      --model PATH   GGUF model (default: SmolLM2-135M-Instruct, fetched)\n"
+    "      --model MODEL  model name or GGUF path (default: smollm2-135m)\n"
     "      --repeat K     runs per figure, median (default 1)\n"
     "      --threads N    most threads (default: all CPUs)\n"
     "      --json         print the results as JSON\n"
