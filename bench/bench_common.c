@@ -181,3 +181,27 @@ double bench_sgemm_peak_gflops(uint32_t threads, int n)
     kvtc_free(c);
     return best;
 }
+
+double bench_memory_bandwidth_gbs(uint32_t threads)
+{
+    const size_t n = (size_t)64 << 20; /* floats: 256 MiB per vector */
+    float *x = kvtc_malloc_array(n, sizeof(float)), *y = kvtc_malloc_array(n, sizeof(float));
+    double best = 0;
+    if (x && y) {
+        for (size_t i = 0; i < n; i++)
+            x[i] = y[i] = (float)(i % 7);
+        openblas_set_num_threads((int)threads);
+        volatile float sink = 0;
+        for (int rep = 0; rep < 4; rep++) {
+            double t0 = cli_now();
+            sink += cblas_sdot((int)n, x, 1, y, 1);
+            double s = cli_now() - t0;
+            if (rep > 0 && 2.0 * n * sizeof(float) / s / 1e9 > best)
+                best = 2.0 * n * sizeof(float) / s / 1e9;
+        }
+        (void)sink;
+    }
+    kvtc_free(x);
+    kvtc_free(y);
+    return best;
+}

@@ -1,6 +1,6 @@
 /* What the benchmarks of `kvtc bench` share: their options, the model and
  * calibration they open, the contexts they run, and medians. One file per
- * benchmark (ttft.c, codec_throughput.c, prefill.c, calibration.c), each
+ * benchmark (ttft.c, codec_throughput.c, prefill.c, decode.c, calibration.c), each
  * entry point taking the benchmark's own argv (argv[0] its name). */
 #ifndef KVTC_BENCH_COMMON_H
 #define KVTC_BENCH_COMMON_H
@@ -16,6 +16,7 @@
 int bench_ttft(int argc, char **argv);
 int bench_codec(int argc, char **argv);
 int bench_prefill(int argc, char **argv);
+int bench_decode(int argc, char **argv);
 int bench_calibration(int argc, char **argv);
 
 /* ---- options ------------------------------------------------------------------- */
@@ -80,5 +81,8 @@ double bench_median(const double *v, size_t n);
 double bench_median_ms(const void *array, size_t n, size_t size, size_t offset);
 /* GFLOP/s of the best of a few square sgemms of size n on `threads` threads. */
 double bench_sgemm_peak_gflops(uint32_t threads, int n);
+/* GB/s read by the best of a few OpenBLAS sdot over two 256 MiB vectors on
+ * `threads` threads (0 when out of memory). */
+double bench_memory_bandwidth_gbs(uint32_t threads);
 
 #endif /* KVTC_BENCH_COMMON_H */
