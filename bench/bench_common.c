@@ -102,6 +102,14 @@ bool bench_begin(int argc, char **argv, const char *shorts, const struct option 
     return *rc == CLI_OK;
 }
 
+int bench_fail(bench_env *e, kvtc_status st, const kvtc_error *err)
+{
+    if (st != KVTC_E_IO)
+        cli_fail_err(e->model_path, err);
+    bench_env_close(e);
+    return CLI_FAIL;
+}
+
 int32_t *bench_context_ids(const bench_env *e, size_t n)
 {
     int32_t *ids;

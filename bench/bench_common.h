@@ -66,6 +66,9 @@ typedef struct bench_env {
 bool bench_begin(int argc, char **argv, const char *shorts, const struct option *longs,
                  const char *usage, bench_args *a, bench_env *e, bool need_cal, int *rc);
 void bench_env_close(bench_env *e);
+/* A benchmark that failed with st: prints err (unless st is KVTC_E_IO, the
+ * status of a failure already printed), closes e and returns CLI_FAIL. */
+int bench_fail(bench_env *e, kvtc_status st, const kvtc_error *err);
 
 /* The first n tokens of the evaluation corpus; NULL on failure (printed). */
 int32_t *bench_context_ids(const bench_env *e, size_t n);

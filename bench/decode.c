@@ -83,7 +83,6 @@ int bench_decode(int argc, char **argv)
     int rc;
     if (!bench_begin(argc, argv, "", longs, decode_usage, &a, &e, false, &rc))
         return rc;
-    rc = CLI_FAIL;
     if (a.context + DECODE_STEPS > e.m->cfg.context_length) {
         cli_usage_error("--context %u: the model holds %u tokens, %d of them for the steps",
                         a.context, e.m->cfg.context_length, DECODE_STEPS);
@@ -101,12 +100,8 @@ int bench_decode(int argc, char **argv)
         runs[i].bandwidth_gbs = bench_memory_bandwidth_gbs(runs[i].threads);
     }
     kvtc_free(ids);
-    if (st != KVTC_OK) {
-        if (st != KVTC_E_IO)
-            cli_fail_err(e.model_path, &err);
-        bench_env_close(&e);
-        return rc;
-    }
+    if (st != KVTC_OK)
+        return bench_fail(&e, st, &err);
     struct rusage ru;
     double peak_mb = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss / 1024.0 : 0;
     if (a.json) {

@@ -54,7 +54,6 @@ int bench_prefill(int argc, char **argv)
     double seconds[2][N_PREFILL_CONTEXTS], peak[2];
     kvtc_error err;
     kvtc_status st = ids ? KVTC_OK : KVTC_E_IO;
-    rc = CLI_FAIL;
     for (size_t ti = 0; ti < n_threads && st == KVTC_OK; ti++) {
         session *s = NULL;
         st = session_create(e.m, max_n, thread_counts[ti], &s, &err);
@@ -74,12 +73,8 @@ int bench_prefill(int argc, char **argv)
         peak[ti] = bench_sgemm_peak_gflops(thread_counts[ti], 2048);
     }
     kvtc_free(ids);
-    if (st != KVTC_OK) {
-        if (st != KVTC_E_IO)
-            cli_fail_err(e.model_path, &err);
-        bench_env_close(&e);
-        return rc;
-    }
+    if (st != KVTC_OK)
+        return bench_fail(&e, st, &err);
     if (a.json) {
         cli_json j;
         cli_json_begin(&j);

@@ -364,6 +364,18 @@ static void test_tiny_qwen2(void)
     model_free(m);
 }
 
+/* The hyperparameters a model file must give. */
+static void check_config(const model *m, const model_config *want)
+{
+    CHECK_EQ(m->cfg.arch, want->arch);
+    CHECK_EQ(m->cfg.n_layer, want->n_layer);
+    CHECK_EQ(m->cfg.n_head, want->n_head);
+    CHECK_EQ(m->cfg.n_kv_head, want->n_kv_head);
+    CHECK_EQ(m->cfg.head_dim, want->head_dim);
+    CHECK_EQ(m->cfg.rope_style, want->rope_style);
+    CHECK(m->cfg.rope_theta == want->rope_theta);
+}
+
 /* Qwen2.5-Coder-0.5B, when fetched: its hyperparameters, the reference's
  * logits and greedy continuations on prose, code and a chat prompt, its NLL,
  * and cache export -> import. */
@@ -379,13 +391,9 @@ static void test_qwen2_05b(void)
     kvtc_error err;
     if (!CHECK_OK(model_open(path, &m, &tok, &err), &err))
         return;
-    CHECK_EQ(m->cfg.arch, MODEL_ARCH_QWEN2);
-    CHECK_EQ(m->cfg.n_layer, 24);
-    CHECK_EQ(m->cfg.n_head, 14);
-    CHECK_EQ(m->cfg.n_kv_head, 2);
-    CHECK_EQ(m->cfg.head_dim, 64);
-    CHECK_EQ(m->cfg.rope_style, KVTC_ROPE_NEOX);
-    CHECK(m->cfg.rope_theta == 1e6);
+    model_config want = {.arch = MODEL_ARCH_QWEN2, .n_layer = 24, .n_head = 14, .n_kv_head = 2,
+                         .head_dim = 64, .rope_style = KVTC_ROPE_NEOX, .rope_theta = 1e6};
+    check_config(m, &want);
     CHECK(m->layers[0].bqkv != NULL && m->output != m->token_embd);
     check_fixtures(m, QWEN2_FIXTURES, QWEN2_05B_FILE, 2);
     check_nll(m, tok, 256);
@@ -416,12 +424,10 @@ int main(void)
         !CHECK_MSG(strcmp(found, path) == 0, "default_model_path gives %s, not %s", found, path) ||
         !CHECK_OK(model_open(path, &m, &tok, &err), &err))
         return test_summary(NAME);
-    CHECK_EQ(m->cfg.n_layer, 30);
-    CHECK_EQ(m->cfg.n_head, 9);
-    CHECK_EQ(m->cfg.n_kv_head, 3);
-    CHECK_EQ(m->cfg.head_dim, 64);
-    CHECK_EQ(m->cfg.rope_style, KVTC_ROPE_INTERLEAVED);
-    CHECK(m->cfg.rope_theta == 100000.0);
+    model_config want = {.arch = MODEL_ARCH_LLAMA, .n_layer = 30, .n_head = 9, .n_kv_head = 3,
+                         .head_dim = 64, .rope_style = KVTC_ROPE_INTERLEAVED,
+                         .rope_theta = 100000.0};
+    check_config(m, &want);
     CHECK(m->output == m->token_embd);
     check_fixtures(m, FIXTURES, DEFAULT_MODEL_FILE, 2);
     check_nll(m, tok, 512);

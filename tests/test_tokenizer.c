@@ -143,15 +143,24 @@ static void check_long_runs(const tokenizer *t)
     free(s);
 }
 
+/* The vocabulary's size, its BOS and EOS ids and where <|im_start|> is. */
+static void check_vocab(const tokenizer *t, uint32_t size, int32_t bos, int32_t eos,
+                        int32_t im_start)
+{
+    char buf[64];
+    CHECK_EQ(tokenizer_vocab_size(t), size);
+    CHECK_EQ(tokenizer_bos(t), bos);
+    CHECK_EQ(tokenizer_eos(t), eos);
+    CHECK(tokenizer_token_bytes(t, im_start, buf, sizeof buf) == 12 &&
+          !memcmp(buf, "<|im_start|>", 12));
+}
+
 /* Checks that need no reference: ids, bytes, edges, errors, sizes. */
 static void test_edges(const tokenizer *t)
 {
     kvtc_error err = {0};
-    CHECK_EQ(tokenizer_vocab_size(t), 49152);
-    CHECK_EQ(tokenizer_bos(t), 1);
-    CHECK_EQ(tokenizer_eos(t), 2);
+    check_vocab(t, 49152, 1, 2, 1);
     char buf[64];
-    CHECK(tokenizer_token_bytes(t, 1, buf, sizeof buf) == 12 && !memcmp(buf, "<|im_start|>", 12));
     CHECK(tokenizer_token_bytes(t, 216, buf, sizeof buf) == 1 && buf[0] == ' '); /* "Ġ" */
     CHECK_EQ(tokenizer_token_bytes(t, -1, buf, sizeof buf), 0);
     CHECK_EQ(tokenizer_token_bytes(t, 49152, buf, sizeof buf), 0);
@@ -199,12 +208,7 @@ static void test_edges(const tokenizer *t)
 static void test_qwen2_edges(const tokenizer *t)
 {
     kvtc_error err = {0};
-    CHECK_EQ(tokenizer_vocab_size(t), 151936);
-    CHECK_EQ(tokenizer_bos(t), 151643);
-    CHECK_EQ(tokenizer_eos(t), 151645);
-    char buf[64];
-    CHECK(tokenizer_token_bytes(t, 151644, buf, sizeof buf) == 12 &&
-          !memcmp(buf, "<|im_start|>", 12));
+    check_vocab(t, 151936, 151643, 151645, 151644);
     char all[256], *back = NULL;
     for (int b = 0; b < 256; b++)
         all[b] = (char)(255 - b);
