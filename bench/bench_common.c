@@ -58,8 +58,9 @@ void bench_env_close(bench_env *e)
 }
 
 /* Opens the model (a->model_path as model_resolve reads it: the default one
- * when NULL, a named one fetched if missing) and, with need_cal, its calibration (the default one when -c is not
- * given). Prints the error and returns CLI_FAIL on failure. */
+ * when NULL, a named one fetched if missing) and, with need_cal, its
+ * calibration (the default one when -c is not given). Prints the error and
+ * returns CLI_FAIL on failure. */
 static int env_open(bench_env *e, const bench_args *a, bool need_cal)
 {
     memset(e, 0, sizeof *e);

@@ -3,7 +3,8 @@
 # writes docs/BENCHMARKS.md with the machine it ran on and each benchmark's
 # output exactly as printed, under the command that printed it.
 # About 25 minutes on 2 cores (plus 3-4 minutes the first time, to build the
-# default calibration); the prefill and decode speeds also on Qwen2.5-Coder-0.5B. BUILD picks the build folder (default: build).
+# default calibration); the prefill and decode speeds also on Qwen2.5-Coder-0.5B.
+# BUILD picks the build folder (default: build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"

@@ -1,7 +1,8 @@
 /* Byte-level BPE as GPT-2 defined it: text is split into words by a fixed
- * pattern (SmolLM2 first isolates every digit; Qwen2 has a pattern of its own), each word's bytes are mapped
- * to printable characters, and merges are applied lowest rank first. Special
- * (control) tokens written in the text are matched literally before that. */
+ * pattern (SmolLM2 first isolates every digit; Qwen2 has a pattern of its
+ * own), each word's bytes are mapped to printable characters, and merges are
+ * applied lowest rank first. Special (control) tokens written in the text are
+ * matched literally before that. */
 #include "tokenizer.h"
 
 #include "kvtc_internal.h"
@@ -444,9 +445,9 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle)
     return NULL;
 }
 
-/* The default system message of a ChatML template after its opening
- * "<|im_start|>system" + newline at p (the newline written as is, or as the
- * escape \n when escaped): the literal up to "<|im_end|>", when it has no
+/* The default system message of a ChatML template, p just after its opening
+ * "<|im_start|>system" and newline (written as is, or as the two characters
+ * of the escape \n): the literal up to "<|im_end|>", when it has no
  * quote, brace or backslash (those would mean an expression such as
  * messages[0]['content'] or escapes we do not read). */
 static kvtc_status default_system(const char *p, const char *tpl_end, char **out, kvtc_error *err)
