@@ -16,9 +16,11 @@ $(BUILD)/CMakeCache.txt:
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
-# The default model (SmolLM2-135M-Instruct), fetched once into ~/.cache/kvtc.
+# The default model (SmolLM2-135M-Instruct) and the small Qwen2.5-Coder-0.5B
+# that the tests also run, fetched once into ~/.cache/kvtc.
 model: build
 	@$(BUILD)/kvtc fetch >/dev/null
+	@$(BUILD)/kvtc fetch qwen2.5-coder-0.5b >/dev/null
 
 # The whole test suite: unit and integration tests, then the suite again under
 # ASan+UBSan and the threaded tests under TSan, then each fuzz target briefly.

@@ -15,9 +15,15 @@
  * again). When it is missing or damaged and fetch is true, fetches it (messages
  * on stderr); fails with a one-line reason when it cannot be had. */
 kvtc_status default_model_path(char *buf, size_t cap, bool fetch, kvtc_error *err);
-/* model_open on `path`, or on the default model (fetched if needed) when path
- * is NULL. */
-kvtc_status model_open_or_default(const char *path, model **out, tokenizer **tok,
+/* What a --model option names, as a file path in buf: NULL is the default
+ * model, a name of the table (models.h, `kvtc fetch --list`) is that model in
+ * the cache folder (fetched as default_model_path does), anything else a path,
+ * copied as given (./NAME reaches a file named like a model). */
+kvtc_status model_resolve(const char *name_or_path, char *buf, size_t cap, bool fetch,
+                          kvtc_error *err);
+/* model_open on what model_resolve makes of name_or_path (fetching a named
+ * model if needed). */
+kvtc_status model_open_or_default(const char *name_or_path, model **out, tokenizer **tok,
                                   kvtc_error *err);
 
 #endif /* KVTC_APP_DEFAULT_MODEL_H */

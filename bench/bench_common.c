@@ -57,17 +57,16 @@ void bench_env_close(bench_env *e)
     memset(e, 0, sizeof *e);
 }
 
-/* Opens the model (the default one, fetched if missing, when a->model_path is
- * NULL) and, with need_cal, its calibration (the default one when -c is not
- * given). Prints the error and returns CLI_FAIL on failure. */
+/* Opens the model (a->model_path as model_resolve reads it: the default one
+ * when NULL, a named one fetched if missing) and, with need_cal, its
+ * calibration (the default one when -c is not given). Prints the error and
+ * returns CLI_FAIL on failure. */
 static int env_open(bench_env *e, const bench_args *a, bool need_cal)
 {
     memset(e, 0, sizeof *e);
     e->threads = a->threads;
     kvtc_error err;
-    if (a->model_path)
-        snprintf(e->model_path, sizeof e->model_path, "%s", a->model_path);
-    else if (default_model_path(e->model_path, sizeof e->model_path, true, &err) != KVTC_OK)
+    if (model_resolve(a->model_path, e->model_path, sizeof e->model_path, true, &err) != KVTC_OK)
         return cli_fail(NULL, "%s", err.message);
     if (model_open(e->model_path, &e->m, &e->tok, &err) != KVTC_OK)
         return cli_fail_err(e->model_path, &err);
@@ -102,6 +101,14 @@ bool bench_begin(int argc, char **argv, const char *shorts, const struct option 
     }
     *rc = env_open(e, a, need_cal);
     return *rc == CLI_OK;
+}
+
+int bench_fail(bench_env *e, kvtc_status st, const kvtc_error *err)
+{
+    if (st != KVTC_E_IO)
+        cli_fail_err(e->model_path, err);
+    bench_env_close(e);
+    return CLI_FAIL;
 }
 
 int32_t *bench_context_ids(const bench_env *e, size_t n)
@@ -181,5 +188,29 @@ double bench_sgemm_peak_gflops(uint32_t threads, int n)
     kvtc_free(a);
     kvtc_free(b);
     kvtc_free(c);
+    return best;
+}
+
+double bench_memory_bandwidth_gbs(uint32_t threads)
+{
+    const size_t n = (size_t)64 << 20; /* floats: 256 MiB per vector */
+    float *x = kvtc_malloc_array(n, sizeof(float)), *y = kvtc_malloc_array(n, sizeof(float));
+    double best = 0;
+    if (x && y) {
+        for (size_t i = 0; i < n; i++)
+            x[i] = y[i] = (float)(i % 7);
+        openblas_set_num_threads((int)threads);
+        volatile float sink = 0;
+        for (int rep = 0; rep < 4; rep++) {
+            double t0 = cli_now();
+            sink += cblas_sdot((int)n, x, 1, y, 1);
+            double s = cli_now() - t0;
+            if (rep > 0 && 2.0 * n * sizeof(float) / s / 1e9 > best)
+                best = 2.0 * n * sizeof(float) / s / 1e9;
+        }
+        (void)sink;
+    }
+    kvtc_free(x);
+    kvtc_free(y);
     return best;
 }

@@ -1,6 +1,6 @@
 /* What the benchmarks of `kvtc bench` share: their options, the model and
  * calibration they open, the contexts they run, and medians. One file per
- * benchmark (ttft.c, codec_throughput.c, prefill.c, calibration.c), each
+ * benchmark (ttft.c, codec_throughput.c, prefill.c, decode.c, calibration.c), each
  * entry point taking the benchmark's own argv (argv[0] its name). */
 #ifndef KVTC_BENCH_COMMON_H
 #define KVTC_BENCH_COMMON_H
@@ -16,6 +16,7 @@
 int bench_ttft(int argc, char **argv);
 int bench_codec(int argc, char **argv);
 int bench_prefill(int argc, char **argv);
+int bench_decode(int argc, char **argv);
 int bench_calibration(int argc, char **argv);
 int bench_memory(int argc, char **argv);
 
@@ -66,6 +67,9 @@ typedef struct bench_env {
 bool bench_begin(int argc, char **argv, const char *shorts, const struct option *longs,
                  const char *usage, bench_args *a, bench_env *e, bool need_cal, int *rc);
 void bench_env_close(bench_env *e);
+/* A benchmark that failed with st: prints err (unless st is KVTC_E_IO, the
+ * status of a failure already printed), closes e and returns CLI_FAIL. */
+int bench_fail(bench_env *e, kvtc_status st, const kvtc_error *err);
 
 /* The first n tokens of the evaluation corpus; NULL on failure (printed). */
 int32_t *bench_context_ids(const bench_env *e, size_t n);
@@ -81,5 +85,8 @@ double bench_median(const double *v, size_t n);
 double bench_median_ms(const void *array, size_t n, size_t size, size_t offset);
 /* GFLOP/s of the best of a few square sgemms of size n on `threads` threads. */
 double bench_sgemm_peak_gflops(uint32_t threads, int n);
+/* GB/s read by the best of a few OpenBLAS sdot over two 256 MiB vectors on
+ * `threads` threads (0 when out of memory). */
+double bench_memory_bandwidth_gbs(uint32_t threads);
 
 #endif /* KVTC_BENCH_COMMON_H */

@@ -11,7 +11,7 @@
 #include <string.h>
 
 static const char calibration_usage[] =
-    "usage: kvtc bench calibration [--model PATH] [--calib-chunks N] [--threads N] [--json]\n"
+    "usage: kvtc bench calibration [--model MODEL] [--calib-chunks N] [--threads N] [--json]\n"
     "\n"
     "Calibration time against calibration tokens: runs N chunks of the calibration\n"
     "corpus through the model (the default recipe's chunk length), then fits a\n"
@@ -19,7 +19,7 @@ static const char calibration_usage[] =
     "each part: prefill, covariance accumulation, eigensolver, DP error table.\n"
     "\n"
     "options:\n"
-    "      --model PATH        GGUF model (default: SmolLM2-135M-Instruct, fetched)\n"
+    "      --model MODEL       model name or GGUF path (default: smollm2-135m)\n"
     "      --calib-chunks N    most chunks (default " CLI_STR(CALIB_DEFAULT_CHUNKS) ", the default calibration's)\n"
     "      --threads N         threads (default: all CPUs)\n"
     "      --json              print the results as JSON\n"

@@ -7,6 +7,8 @@
  *                context length
  *   prefill      prefill.c: the engine's prefill speed, GFLOP/s, and this
  *                machine's sgemm peak
+ *   decode       decode.c: the engine's decode speed, bytes read per second,
+ *                and this machine's memory bandwidth
  *   calibration  calibration.c: calibration time against calibration tokens
  *   memory       memory.c: peak memory of compress and decompress against the
  *                sizes of their input and output
@@ -30,6 +32,7 @@ static const struct {
     {"ttft", bench_ttft, "time to first token: restore from a .kvtc vs recompute"},
     {"codec", bench_codec, "codec throughput vs zstd and libdeflate, bytes per token"},
     {"prefill", bench_prefill, "engine prefill speed and this machine's sgemm peak"},
+    {"decode", bench_decode, "engine decode speed and this machine's memory bandwidth"},
     {"calibration", bench_calibration, "calibration time against calibration tokens"},
     {"memory", bench_memory, "peak memory of compress and decompress against file sizes"},
 };

@@ -12,7 +12,7 @@
 #include <zstd.h>
 
 static const char codec_usage[] =
-    "usage: kvtc bench codec [--model PATH] [-c CALIB] [--ratio R] [--context N]\n"
+    "usage: kvtc bench codec [--model MODEL] [-c CALIB] [--ratio R] [--context N]\n"
     "                        [--repeat K] [--threads N] [--json]\n"
     "\n"
     "Compress and decompress throughput (MB/s of fp16 cache) of kvtc at 1 and N\n"
@@ -22,7 +22,7 @@ static const char codec_usage[] =
     "and compress/decompress time against context length (prefixes of the cache).\n"
     "\n"
     "options:\n"
-    "      --model PATH        GGUF model (default: SmolLM2-135M-Instruct, fetched)\n"
+    "      --model MODEL       model name or GGUF path (default: smollm2-135m)\n"
     "  -c, --calibration FILE  calibration (default: the model's default one)\n"
     "  -r, --ratio R           target ratio of the throughput runs (default 16)\n"
     "      --context N         context tokens (default 4096)\n"

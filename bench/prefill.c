@@ -10,14 +10,14 @@
 #include <stdio.h>
 
 static const char prefill_usage[] =
-    "usage: kvtc bench prefill [--model PATH] [--repeat K] [--threads N] [--json]\n"
+    "usage: kvtc bench prefill [--model MODEL] [--repeat K] [--threads N] [--json]\n"
     "\n"
     "Prefill speed of the reference engine at 512, 2048 and 4096 tokens of the\n"
     "evaluation corpus on 1 and N threads: tokens/s and achieved GFLOP/s, next to\n"
     "the peak of a 2048x2048 sgemm on this machine.\n"
     "\n"
     "options:\n"
-    "      --model PATH   GGUF model (default: SmolLM2-135M-Instruct, fetched)\n"
+    "      --model MODEL  model name or GGUF path (default: smollm2-135m)\n"
     "      --repeat K     runs per figure, median (default 1)\n"
     "      --threads N    most threads (default: all CPUs)\n"
     "      --json         print the results as JSON\n"
@@ -54,7 +54,6 @@ int bench_prefill(int argc, char **argv)
     double seconds[2][N_PREFILL_CONTEXTS], peak[2];
     kvtc_error err;
     kvtc_status st = ids ? KVTC_OK : KVTC_E_IO;
-    rc = CLI_FAIL;
     for (size_t ti = 0; ti < n_threads && st == KVTC_OK; ti++) {
         session *s = NULL;
         st = session_create(e.m, max_n, thread_counts[ti], &s, &err);
@@ -74,12 +73,8 @@ int bench_prefill(int argc, char **argv)
         peak[ti] = bench_sgemm_peak_gflops(thread_counts[ti], 2048);
     }
     kvtc_free(ids);
-    if (st != KVTC_OK) {
-        if (st != KVTC_E_IO)
-            cli_fail_err(e.model_path, &err);
-        bench_env_close(&e);
-        return rc;
-    }
+    if (st != KVTC_OK)
+        return bench_fail(&e, st, &err);
     if (a.json) {
         cli_json j;
         cli_json_begin(&j);

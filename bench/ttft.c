@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 static const char ttft_usage[] =
-    "usage: kvtc bench ttft [--model PATH] [-c CALIB] [--ratio R] [--context N]\n"
+    "usage: kvtc bench ttft [--model MODEL] [-c CALIB] [--ratio R] [--context N]\n"
     "                       [--repeat K] [--threads N] [--json]\n"
     "\n"
     "Time to first token of a resumed conversation, measured side by side:\n"
@@ -31,7 +31,7 @@ static const char ttft_usage[] =
     "then session_import_cache) and where the restore time goes.\n"
     "\n"
     "options:\n"
-    "      --model PATH        GGUF model (default: SmolLM2-135M-Instruct, fetched)\n"
+    "      --model MODEL       model name or GGUF path (default: smollm2-135m)\n"
     "  -c, --calibration FILE  calibration (default: the model's default one, built\n"
     "                          on first use)\n"
     "  -r, --ratio R           target compression ratio (default 16)\n"

@@ -1,7 +1,8 @@
 /* Byte-level BPE as GPT-2 defined it: text is split into words by a fixed
- * pattern (SmolLM2 first isolates every digit), each word's bytes are mapped
- * to printable characters, and merges are applied lowest rank first. Special
- * (control) tokens written in the text are matched literally before that. */
+ * pattern (SmolLM2 first isolates every digit; Qwen2 has a pattern of its
+ * own), each word's bytes are mapped to printable characters, and merges are
+ * applied lowest rank first. Special (control) tokens written in the text are
+ * matched literally before that. */
 #include "tokenizer.h"
 
 #include "kvtc_internal.h"
@@ -135,6 +136,13 @@ static uint32_t byte_to_cp(unsigned b)
 
 /* ---- the tokenizer --------------------------------------------------------------------- */
 
+/* How text is split into words before BPE. */
+typedef enum pre_tokenizer {
+    PRE_GPT2,        /* the GPT-2 pattern */
+    PRE_GPT2_DIGITS, /* every digit isolated first, then the GPT-2 pattern (SmolLM2) */
+    PRE_QWEN2,       /* Qwen2's pattern: single digits, case-free contractions */
+} pre_tokenizer;
+
 typedef struct merge_slot {
     uint64_t pair; /* left id << 32 | right id; UINT64_MAX when empty */
     uint32_t rank;
@@ -156,7 +164,7 @@ struct tokenizer {
     uint32_t n_specials;
     uint32_t special_start[257]; /* specials[special_start[b] .. special_start[b+1]) begin with b */
     int32_t bos, eos;
-    bool split_digits;
+    pre_tokenizer pre;
     bool chatml;
     char *chat_system; /* the template's default system message, or NULL */
 };
@@ -396,7 +404,7 @@ static kvtc_status load_specials(tokenizer *t, const int32_t *types, kvtc_error 
 }
 
 /* Pre-tokenizers with llama.cpp's names: the GPT-2 pattern, with or without
- * digits isolated first. */
+ * digits isolated first, and Qwen2's. */
 static kvtc_status load_pre_tokenizer(tokenizer *t, const kvtc_gguf_file *f, kvtc_error *err)
 {
     static const char *const with_digits[] = {"smollm", "starcoder", "refact", "command-r",
@@ -414,9 +422,13 @@ static kvtc_status load_pre_tokenizer(tokenizer *t, const kvtc_gguf_file *f, kvt
     }
     for (size_t i = 0; i < sizeof with_digits / sizeof *with_digits; i++)
         if (strlen(with_digits[i]) == n && !memcmp(s, with_digits[i], n)) {
-            t->split_digits = true;
+            t->pre = PRE_GPT2_DIGITS;
             return KVTC_OK;
         }
+    if (n == 5 && !memcmp(s, "qwen2", 5)) {
+        t->pre = PRE_QWEN2;
+        return KVTC_OK;
+    }
     for (size_t i = 0; i < sizeof plain / sizeof *plain; i++)
         if (strlen(plain[i]) == n && !memcmp(s, plain[i], n))
             return KVTC_OK;
@@ -433,13 +445,33 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle)
     return NULL;
 }
 
-/* ChatML templates: the default system message is a template literal
- * "<|im_start|>system\n...<|im_end|>" with no quote or brace inside (those
- * would mean an expression such as messages[0]['content']). A model without
- * a template gets plain ChatML. */
+/* The default system message of a ChatML template, p just after its opening
+ * "<|im_start|>system" and newline (written as is, or as the two characters
+ * of the escape \n): the literal up to "<|im_end|>", when it has no
+ * quote, brace or backslash (those would mean an expression such as
+ * messages[0]['content'] or escapes we do not read). */
+static kvtc_status default_system(const char *p, const char *tpl_end, char **out, kvtc_error *err)
+{
+    const char *q = find_bytes(p, (size_t)(tpl_end - p), "<|im_end|>");
+    if (!q)
+        return KVTC_OK;
+    size_t len = (size_t)(q - p);
+    if (memchr(p, '\'', len) || memchr(p, '"', len) || memchr(p, '{', len) ||
+        memchr(p, '}', len) || memchr(p, '\\', len))
+        return KVTC_OK;
+    if (!(*out = kvtc_malloc(len + 1)))
+        return kvtc_fail(err, KVTC_E_NOMEM, "tokenizer: out of memory");
+    memcpy(*out, p, len);
+    (*out)[len] = '\0';
+    return KVTC_OK;
+}
+
+/* ChatML templates, and their default system message (SmolLM2 writes its
+ * template's newlines as they are, Qwen2.5 as \n escapes). A model without a
+ * template gets plain ChatML. */
 static kvtc_status load_chat_template(tokenizer *t, const kvtc_gguf_file *f, kvtc_error *err)
 {
-    static const char start[] = "<|im_start|>system\n", end[] = "<|im_end|>";
+    static const char *const starts[] = {"<|im_start|>system\n", "<|im_start|>system\\n"};
     const char *tpl;
     size_t n;
     if (!kvtc_gguf_get_str(f, "tokenizer.chat_template", &tpl, &n)) {
@@ -447,22 +479,14 @@ static kvtc_status load_chat_template(tokenizer *t, const kvtc_gguf_file *f, kvt
         return KVTC_OK;
     }
     t->chatml = find_bytes(tpl, n, "<|im_start|>") != NULL;
-    for (const char *p = tpl; (p = find_bytes(p, n - (size_t)(p - tpl), start)) != NULL;) {
-        p += strlen(start);
-        const char *q = find_bytes(p, n - (size_t)(p - tpl), end);
-        if (!q)
-            break;
-        size_t len = (size_t)(q - p);
-        if (memchr(p, '\'', len) || memchr(p, '"', len) || memchr(p, '{', len) ||
-            memchr(p, '}', len))
-            continue;
-        t->chat_system = kvtc_malloc(len + 1);
-        if (!t->chat_system)
-            return kvtc_fail(err, KVTC_E_NOMEM, "tokenizer: out of memory");
-        memcpy(t->chat_system, p, len);
-        t->chat_system[len] = '\0';
-        break;
-    }
+    for (size_t k = 0; k < sizeof starts / sizeof *starts && !t->chat_system; k++)
+        for (const char *p = tpl; !t->chat_system &&
+                                  (p = find_bytes(p, n - (size_t)(p - tpl), starts[k])) != NULL;) {
+            p += strlen(starts[k]);
+            kvtc_status st = default_system(p, tpl + n, &t->chat_system, err);
+            if (st != KVTC_OK)
+                return st;
+        }
     return KVTC_OK;
 }
 
@@ -625,26 +649,38 @@ static void encode_word(encoder *e, size_t b0, size_t b1)
         e->ids[e->n_ids++] = e->sym_id[i];
 }
 
+static const char *const contractions[] = {"re", "ve", "ll", "s", "t", "m", "d"};
+
+static uint32_t ascii_lower(uint32_t c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+/* Where a contraction ('s 't 're 've 'm 'll 'd) starting at code point i ends,
+ * or 0; any case of its letters with fold_case. */
+static size_t contraction_end(const encoder *e, size_t i, size_t b, bool fold_case)
+{
+    const uint32_t *cp = e->cps;
+    if (cp[i] != '\'')
+        return 0;
+    for (size_t k = 0; k < sizeof contractions / sizeof *contractions; k++) {
+        size_t len = strlen(contractions[k]);
+        bool match = i + len < b;
+        for (size_t c = 0; match && c < len; c++)
+            match = (fold_case ? ascii_lower(cp[i + 1 + c]) : cp[i + 1 + c]) ==
+                    (uint32_t)contractions[k][c];
+        if (match)
+            return i + 1 + len;
+    }
+    return 0;
+}
+
 /* The GPT-2 pattern on code points [a, b) of the span:
  *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+  */
 static void split_gpt2(encoder *e, size_t a, size_t b)
 {
-    static const char *const contractions[] = {"re", "ve", "ll", "s", "t", "m", "d"};
     const uint32_t *cp = e->cps;
     const unsigned char *cls = e->cls;
     size_t i = a;
     while (i < b) {
-        size_t end = 0;
-        if (cp[i] == '\'') {
-            for (size_t k = 0; k < sizeof contractions / sizeof *contractions && !end; k++) {
-                size_t len = strlen(contractions[k]);
-                bool match = i + len < b;
-                for (size_t c = 0; match && c < len; c++)
-                    match = cp[i + 1 + c] == (uint32_t)contractions[k][c];
-                if (match)
-                    end = i + 1 + len;
-            }
-        }
+        size_t end = contraction_end(e, i, b, false);
         if (!end) {
             /* An ASCII space joins a following letter, number or symbol run. */
             size_t j = cp[i] == ' ' && i + 1 < b && cls[i + 1] != CLASS_SPACE ? i + 1 : i;
@@ -665,6 +701,57 @@ static void split_gpt2(encoder *e, size_t a, size_t b)
     }
 }
 
+static bool is_line_break(uint32_t cp) { return cp == '\r' || cp == '\n'; }
+
+/* Where the word of Qwen2's pattern (llama.cpp's "qwen2") that starts at code
+ * point i of [i, b) ends; its alternatives are tried in order, as the regex does:
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}
+ *   | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+  */
+static size_t qwen2_word_end(const encoder *e, size_t i, size_t b)
+{
+    const uint32_t *cp = e->cps;
+    const unsigned char *cls = e->cls;
+    size_t end = contraction_end(e, i, b, true);
+    if (end)
+        return end;
+    /* A letter run, after at most one character that is no line break, letter or number. */
+    size_t j = cls[i] != CLASS_LETTER && cls[i] != CLASS_NUMBER && !is_line_break(cp[i]) &&
+                       i + 1 < b && cls[i + 1] == CLASS_LETTER
+                   ? i + 1
+                   : i;
+    if (cls[j] == CLASS_LETTER) {
+        for (end = j + 1; end < b && cls[end] == CLASS_LETTER;)
+            end++;
+        return end;
+    }
+    if (cls[i] == CLASS_NUMBER)
+        return i + 1; /* digits one by one */
+    /* A symbol run, after at most one ASCII space, takes the line breaks after it. */
+    size_t k = cp[i] == ' ' && i + 1 < b && cls[i + 1] == CLASS_OTHER ? i + 1 : i;
+    if (cls[k] == CLASS_OTHER) {
+        for (end = k + 1; end < b && cls[end] == CLASS_OTHER;)
+            end++;
+        while (end < b && is_line_break(cp[end]))
+            end++;
+        return end;
+    }
+    /* A space run: up to its last line break; without one, all of it at the
+     * end of the span, else all but the last space (which starts the next word). */
+    size_t run = i, last_break = 0;
+    for (; run < b && cls[run] == CLASS_SPACE; run++)
+        if (is_line_break(cp[run]))
+            last_break = run + 1;
+    return last_break ? last_break : run == b || run - i == 1 ? run : run - 1;
+}
+
+static void split_qwen2(encoder *e, size_t a, size_t b)
+{
+    for (size_t i = a, end; i < b; i = end) {
+        end = qwen2_word_end(e, i, b);
+        encode_word(e, e->cp_off[i], e->cp_off[end]);
+    }
+}
+
 /* Plain text between special tokens: decode, classify, split, encode. */
 static void encode_span(encoder *e, size_t b0, size_t b1)
 {
@@ -677,7 +764,11 @@ static void encode_span(encoder *e, size_t b0, size_t b1)
         i += len;
     }
     e->cp_off[m] = (uint32_t)b1;
-    if (!e->t->split_digits) {
+    if (e->t->pre == PRE_QWEN2) {
+        split_qwen2(e, 0, m);
+        return;
+    }
+    if (e->t->pre == PRE_GPT2) {
         split_gpt2(e, 0, m);
         return;
     }

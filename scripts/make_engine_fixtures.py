@@ -18,6 +18,14 @@ Run once, in a throwaway virtual environment:
         --gguf ~/.cache/kvtc/SmolLM2-135M-Instruct.Q4_1.gguf \
         --llama2c ../shared/models/stories260K.bin
 
+With --qwen2 it writes tests/data/engine_fixtures_qwen2.txt instead: the same
+records for a qwen2 GGUF (Qwen2.5-Coder-0.5B), on prose, code and chat
+prompts tokenized by the HF `tokenizers` reference of
+make_tokenizer_fixtures.py (pip install gguf numpy tokenizers jinja2):
+    /tmp/fixtures-venv/bin/python scripts/make_engine_fixtures.py \
+        --qwen2 ~/.cache/kvtc/Qwen2.5-Coder-0.5B-Instruct-AWQ.Q4_K_M.gguf
+(about 10 minutes on one core: the reference recomputes every prefix.)
+
 Output format, one record per prompt (ids are token ids, logits %.6g):
     model <file name> <sha256>
     prompt <n> <id> ...
@@ -63,8 +71,9 @@ def rope(x, pos, theta, dims, neox):
 class Model:
     """Weights as float32 [out, in] matrices; hyperparameters as attributes."""
 
-    def forward(self, tokens):
-        """Logits [T, vocab] of a whole sequence starting at position 0."""
+    def forward(self, tokens, last_only=False):
+        """Logits [T, vocab] of a whole sequence starting at position 0 (of
+        its last position only, [1, vocab], with last_only)."""
         T = len(tokens)
         hd, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
         pos = np.arange(T)
@@ -90,6 +99,8 @@ class Model:
             gate = h @ L["w1"].T
             up = h @ L["w3"].T
             x = x + ((gate / (1.0 + np.exp(-gate))) * up) @ L["w2"].T
+        if last_only:
+            x = x[-1:]
         return rmsnorm(x, self.out_norm, self.eps) @ self.out.T
 
 
@@ -254,12 +265,12 @@ def text_pieces(text):
     return [p for p in pieces if p != "Ġ"]
 
 
-def record(out, model, prompt):
-    logits = model.forward(prompt)[-1]
+def record(out, model, prompt, last_only=False):
+    logits = model.forward(prompt, last_only)[-1]
     top = np.argsort(-logits, kind="stable")[:TOP_K]
     seq = list(prompt)
     for _ in range(GREEDY):
-        seq.append(int(np.argmax(model.forward(seq)[-1])))
+        seq.append(int(np.argmax(model.forward(seq, last_only)[-1])))
     out.append(f"prompt {len(prompt)} " + " ".join(map(str, prompt)))
     out.append(f"top {TOP_K} " + " ".join(f"{i}:{logits[i]:.6g}" for i in top))
     out.append(f"greedy {GREEDY} " + " ".join(map(str, seq[len(prompt):])))
@@ -273,13 +284,61 @@ def sha256(path):
     return h.hexdigest()
 
 
+QWEN2_TEXTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    # Over 128 tokens, so that attention runs over more than one query chunk.
+    "#include <stdio.h>\n#include <stdlib.h>\n\n/* A singly linked list of ints. */\n"
+    "struct node {\n    int value;\n    struct node *next;\n};\n\n"
+    "static struct node *push(struct node *head, int value)\n{\n"
+    "    struct node *n = malloc(sizeof *n);\n    if (!n)\n        return head;\n"
+    "    n->value = value;\n    n->next = head;\n    return n;\n}\n\n"
+    "static size_t length(const struct node *head)\n{\n    size_t n = 0;\n"
+    "    for (; head; head = head->next)\n        n++;\n    return n;\n}\n\n"
+    "static void free_list(struct node *head)\n{\n",
+]
+QWEN2_CHAT = "Write a C function that returns the larger of two ints."
+
+
+def qwen2_fixtures(path, output):
+    import jinja2
+    import gguf
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_tokenizer_fixtures import build_tokenizer, field_str
+
+    reader = gguf.GGUFReader(path)
+    tok = build_tokenizer(reader)
+    template = jinja2.Environment().from_string(field_str(reader, "tokenizer.chat_template"))
+    chat = template.render(messages=[{"role": "user", "content": QWEN2_CHAT}],
+                           add_generation_prompt=True)
+    del reader
+    m = load_gguf(path)
+    out = ["# Reference logits and greedy continuations of a qwen2 model for",
+           "# tests/test_engine.c, written by scripts/make_engine_fixtures.py --qwen2",
+           "# (gguf + numpy; prompts tokenized by HF tokenizers).",
+           f"model {os.path.basename(path)} {sha256(path)}"]
+    for text in QWEN2_TEXTS + [chat]:
+        record(out, m, tok.encode(text, add_special_tokens=False).ids, last_only=True)
+        print(out[-3][:60], flush=True)
+    with open(output, "w") as f:
+        f.write("\n".join(out) + "\n")
+    print(f"wrote {output}")
+
+
 def main():
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--gguf", required=True)
-    ap.add_argument("--llama2c", required=True)
-    ap.add_argument("-o", "--output", default=os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "engine_fixtures.txt"))
+    ap.add_argument("--gguf")
+    ap.add_argument("--llama2c")
+    ap.add_argument("--qwen2", help="write the qwen2 fixtures of this GGUF instead")
+    ap.add_argument("-o", "--output")
     args = ap.parse_args()
+    if args.qwen2:
+        qwen2_fixtures(args.qwen2, args.output or os.path.join(data, "engine_fixtures_qwen2.txt"))
+        return
+    if not args.gguf or not args.llama2c:
+        ap.error("--gguf and --llama2c are required (or --qwen2)")
+    args.output = args.output or os.path.join(data, "engine_fixtures.txt")
 
     out = ["# Reference logits and greedy continuations for tests/test_engine.c,",
            "# written by scripts/make_engine_fixtures.py (gguf + numpy)."]

@@ -2,11 +2,20 @@
 """Writes tests/data/tokenizer_fixtures.txt: token ids of sample texts and chat
 prompts from an independent reference, the HuggingFace `tokenizers` library,
 built from the GGUF's own vocabulary and merges (read with the `gguf` package)
-with SmolLM2's pre-tokenizer (individual digits, then GPT-2 byte-level split).
+with the pre-tokenizer the GGUF names: SmolLM2's (individual digits, then
+GPT-2 byte-level split) or Qwen2's (its split regex, then byte level).
 Chat prompts are rendered from the GGUF's chat template with jinja2.
 
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install gguf tokenizers jinja2
     /tmp/venv/bin/python scripts/make_tokenizer_fixtures.py [MODEL.gguf] [OUT.txt]
+    /tmp/venv/bin/python scripts/make_tokenizer_fixtures.py \
+        ~/.cache/kvtc/Qwen2.5-Coder-0.5B-Instruct-AWQ.Q4_K_M.gguf \
+        tests/data/tokenizer_fixtures_qwen2.txt
+
+Qwen2's tokenizer.json also applies NFC normalization, which neither the
+GGUF nor llama.cpp carries; the reference here has none either, as kvtc's
+tokenizer, so texts that are not NFC (the combining marks below) are
+tokenized as written.
 
 Output format, one record per blank-line-separated block ('#' lines are
 comments; byte strings are lower-case hex of UTF-8):
@@ -19,7 +28,7 @@ import sys
 
 import gguf
 import jinja2
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 CONTROL = 3  # llama.cpp token type of special (control) tokens
 
@@ -72,6 +81,30 @@ TEXTS = [
     "<jupyter_code>print(1)<jupyter_output>1<empty_output>",
 ]
 
+# More code and prose for Qwen2's pattern: case-free contractions, single
+# digits, symbol runs that take their line breaks, space runs before breaks.
+QWEN2_TEXTS = [
+    "I'M SURE YOU'LL SEE IT'S FINE, WE'VE DONE IT, THEY'RE HERE, I'D SAY DON'T.",
+    "It'S mIxEd: 'Re 'rE 'VE 'Ll 'D 'M 'T",
+    "#include <stdio.h>\n#define MAX_LEN 4096\n\nstruct point {\n    int x, y;\n};\n",
+    "static inline uint32_t rotl(uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n"
+    "        self.items.append(x)\n",
+    "if (a && b || !c) {\r\n    x += 0x1F;\r\n}\r\n",
+    "fn main() {\n    let v: Vec<i64> = (1..=10).map(|x| x * x).collect();\n    println!(\"{:?}\", v);\n}\n",
+    "SELECT id, name FROM users WHERE age >= 18 ORDER BY name;\n",
+    "    \n\n    indented after blank lines\n\t\t\n",
+    "end of line spaces   \nand tabs\t\t\nnext",
+    "x=1;y=22;z=333;w=4444",
+    "\u00a0\u00a0non-breaking\u00a0 and \u3000 ideographic",
+    "\"Quoted\" (parenthesised) [bracketed]: a;b,c.d!e?f",
+    "The year 1984 had 365 days; \u0661\u0662\u0663 and \uff11\uff12\uff13 are digits too.",
+    "Prose: The committee, having reviewed the proposal, decided that further study "
+    "was warranted before any funds could be released.",
+    "\u00bfQu\u00e9 tal? \u00a1Muy bien! Stra\u00dfe, \u0153uvre, \u00e6ther",
+    "tabs\tbefore\twords and (punct\t) then\n\n\n",
+]
+
 CHATS = [
     ([("user", "What is the capital of France?")], True),
     ([("system", "You are terse."), ("user", "Hi!"), ("assistant", "Hello."),
@@ -94,20 +127,36 @@ def field_str(reader, key):
     return bytes(reader.fields[key].parts[-1]).decode("utf-8")
 
 
+# Qwen2's tokenizer.json pre-tokenizer: this split regex (isolated), then
+# byte level without its own regex.
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def pre_tokenizer(pre):
+    if pre == "smollm":
+        # SmolLM2's tokenizer.json: Sequence[Digits(individual_digits), ByteLevel].
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+    if pre == "qwen2":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    raise SystemExit("pre-tokenizer %r: only smollm and qwen2 are known here" % pre)
+
+
 def build_tokenizer(reader):
     tokens = field_strings(reader, "tokenizer.ggml.tokens")
     types = field_ints(reader, "tokenizer.ggml.token_type")
     merges = [tuple(m.split(" ")) for m in field_strings(reader, "tokenizer.ggml.merges")]
     assert field_str(reader, "tokenizer.ggml.model") == "gpt2"
-    assert field_str(reader, "tokenizer.ggml.pre") == "smollm", "only SmolLM2's pre-tokenizer"
     assert len(set(tokens)) == len(tokens) and all(len(m) == 2 for m in merges)
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    # SmolLM2's tokenizer.json: Sequence[Digits(individual_digits), ByteLevel(no prefix space)].
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizer(field_str(reader, "tokenizer.ggml.pre"))
     tok.decoder = decoders.ByteLevel()
     specials = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
                 if ty == CONTROL]
@@ -135,7 +184,8 @@ def main():
     lines = ["# Generated by scripts/make_tokenizer_fixtures.py from "
              + os.path.basename(model) + " with tokenizers " + __import__("tokenizers").__version__,
              "# Do not edit; rerun the script.", ""]
-    for text in TEXTS:
+    texts = TEXTS + (QWEN2_TEXTS if field_str(reader, "tokenizer.ggml.pre") == "qwen2" else [])
+    for text in texts:
         ids = tok.encode(text, add_special_tokens=False).ids
         assert tok.decode(ids, skip_special_tokens=False) == text, text
         lines += ["# " + repr(text)[:100], "text " + hexs(text),
@@ -150,7 +200,7 @@ def main():
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
-    print("wrote %s: %d texts, %d chats" % (out, len(TEXTS), len(CHATS)))
+    print("wrote %s: %d texts, %d chats" % (out, len(texts), len(CHATS)))
 
 
 if __name__ == "__main__":

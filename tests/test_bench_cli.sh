@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The 'kvtc bench' and 'kvtc demo' command lines: help, usage errors, and a
-# short time-to-first-token run on the default model, with a small calibration
-# made here, whose JSON must carry the documented keys (skipped, with exit 77
-# and the reason, only when the model is absent).
+# The 'kvtc bench' and 'kvtc demo' command lines: help, usage errors, a short
+# time-to-first-token run on the default model with a small calibration made
+# here, and a short decode run, whose JSON must carry the documented keys
+# (skipped, with exit 77 and the reason, only when the model is absent).
 set -uo pipefail
 KVTC="${KVTC_BIN:-./kvtc}"
 fail=0
@@ -21,7 +21,7 @@ trap 'rm -f /tmp/kvtc_bench_cli.$$' EXIT
 
 check 0 "bench --help" "$KVTC" bench --help
 grep -q ttft /tmp/kvtc_bench_cli.$$ || { echo "FAIL: bench --help lists no ttft"; fail=1; }
-for b in ttft codec prefill calibration; do
+for b in ttft codec prefill decode calibration; do
   check 0 "bench $b --help" "$KVTC" bench "$b" --help
 done
 check 0 "demo --help" "$KVTC" demo --help
@@ -58,5 +58,16 @@ else
     grep -q "\"$key\"" /tmp/kvtc_bench_cli.$$ || { echo "FAIL: ttft JSON lacks $key"; fail=1; }
   done
   grep -q '"context": *512' /tmp/kvtc_bench_cli.$$ || { echo "FAIL: context is not 512"; fail=1; }
+fi
+if ! "$KVTC" bench decode --model "$model" --context 200 --threads 2 --json \
+     >/tmp/kvtc_bench_cli.$$ 2>&1; then
+  echo "FAIL: bench decode on the default model"
+  sed 's/^/  | /' /tmp/kvtc_bench_cli.$$
+  fail=1
+else
+  for key in context steps peak_rss_mb threads ms_per_token tokens_per_s bytes_per_token \
+             gb_per_s memory_bandwidth_gb_per_s; do
+    grep -q "\"$key\"" /tmp/kvtc_bench_cli.$$ || { echo "FAIL: decode JSON lacks $key"; fail=1; }
+  done
 fi
 exit $fail

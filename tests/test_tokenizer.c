@@ -1,8 +1,8 @@
-/* Tokenizer of the default model against token ids from an independent
- * implementation (HuggingFace tokenizers, tests/data/tokenizer_fixtures.txt,
- * written by scripts/make_tokenizer_fixtures.py): every text encodes to exactly
- * the reference ids and decodes back to itself; chat prompts are formatted
- * exactly as the model's Jinja template renders them. */
+/* Tokenizers of the default model and of Qwen2.5-Coder-0.5B against token ids
+ * from an independent implementation (HuggingFace tokenizers,
+ * tests/data/tokenizer_fixtures*.txt, written by scripts/make_tokenizer_fixtures.py):
+ * every text encodes to exactly the reference ids and decodes back to itself;
+ * chat prompts are formatted exactly as the model's Jinja template renders them. */
 #include "gguf.h"
 #include "kvtc_internal.h"
 #include "test_alloc.h"
@@ -121,15 +121,46 @@ static void test_fixtures(const tokenizer *t, const char *path)
     CHECK_MSG(texts >= 40 && chats >= 3, "only %d texts and %d chats in %s", texts, chats, path);
 }
 
+/* Long runs stay fast and exact: 200k letters, spaces and digits (one token each). */
+static void check_long_runs(const tokenizer *t)
+{
+    kvtc_error err = {0};
+    size_t big = 200000, n = 0;
+    int32_t *ids = NULL;
+    char *s = malloc(big), *back = NULL;
+    if (!CHECK(s != NULL))
+        return;
+    for (int kind = 0; kind < 3; kind++) {
+        memset(s, "a 7"[kind], big);
+        back = NULL;
+        if (CHECK_OK(tokenizer_encode(t, s, big, false, &ids, &n, &err), &err) &&
+            CHECK_OK(tokenizer_decode(t, ids, n, &back, &err), &err))
+            CHECK_MSG(strlen(back) == big && !memcmp(back, s, big), "run of '%c'", "a 7"[kind]);
+        CHECK_MSG(kind != 2 || n == big, "digits are single tokens: %zu", n);
+        kvtc_free(back);
+        kvtc_free(ids);
+    }
+    free(s);
+}
+
+/* The vocabulary's size, its BOS and EOS ids and where <|im_start|> is. */
+static void check_vocab(const tokenizer *t, uint32_t size, int32_t bos, int32_t eos,
+                        int32_t im_start)
+{
+    char buf[64];
+    CHECK_EQ(tokenizer_vocab_size(t), size);
+    CHECK_EQ(tokenizer_bos(t), bos);
+    CHECK_EQ(tokenizer_eos(t), eos);
+    CHECK(tokenizer_token_bytes(t, im_start, buf, sizeof buf) == 12 &&
+          !memcmp(buf, "<|im_start|>", 12));
+}
+
 /* Checks that need no reference: ids, bytes, edges, errors, sizes. */
 static void test_edges(const tokenizer *t)
 {
     kvtc_error err = {0};
-    CHECK_EQ(tokenizer_vocab_size(t), 49152);
-    CHECK_EQ(tokenizer_bos(t), 1);
-    CHECK_EQ(tokenizer_eos(t), 2);
+    check_vocab(t, 49152, 1, 2, 1);
     char buf[64];
-    CHECK(tokenizer_token_bytes(t, 1, buf, sizeof buf) == 12 && !memcmp(buf, "<|im_start|>", 12));
     CHECK(tokenizer_token_bytes(t, 216, buf, sizeof buf) == 1 && buf[0] == ' '); /* "Ġ" */
     CHECK_EQ(tokenizer_token_bytes(t, -1, buf, sizeof buf), 0);
     CHECK_EQ(tokenizer_token_bytes(t, 49152, buf, sizeof buf), 0);
@@ -151,22 +182,7 @@ static void test_edges(const tokenizer *t)
     kvtc_free(back);
     kvtc_free(ids);
 
-    /* Long runs stay fast and exact: 200k letters, spaces and digits. */
-    size_t big = 200000;
-    char *s = malloc(big);
-    if (s) {
-        for (int kind = 0; kind < 3; kind++) {
-            memset(s, "a 7"[kind], big);
-            back = NULL;
-            if (CHECK_OK(tokenizer_encode(t, s, big, false, &ids, &n, &err), &err) &&
-                CHECK_OK(tokenizer_decode(t, ids, n, &back, &err), &err))
-                CHECK_MSG(strlen(back) == big && !memcmp(back, s, big), "run of '%c'", "a 7"[kind]);
-            CHECK_MSG(kind != 2 || n == big, "digits are single tokens: %zu", n);
-            kvtc_free(back);
-            kvtc_free(ids);
-        }
-        free(s);
-    }
+    check_long_runs(t);
 
     /* Bytes without a token of their own (0x04 here) are dropped, as by the reference. */
     if (CHECK_OK(tokenizer_encode(t, "\x04", 1, false, &ids, &n, &err), &err))
@@ -185,6 +201,25 @@ static void test_edges(const tokenizer *t)
     chat_message no_content = {"user", NULL};
     CHECK_STATUS(tokenizer_chat_prompt(t, &no_content, 1, true, &prompt, &err), KVTC_E_INVALID,
                  NULL);
+}
+
+/* Qwen2.5's vocabulary: its ids, no BOS added (the GGUF says add_bos_token
+ * false; tokenizer_encode adds it only when asked), every byte has a token. */
+static void test_qwen2_edges(const tokenizer *t)
+{
+    kvtc_error err = {0};
+    check_vocab(t, 151936, 151643, 151645, 151644);
+    char all[256], *back = NULL;
+    for (int b = 0; b < 256; b++)
+        all[b] = (char)(255 - b);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (CHECK_OK(tokenizer_encode(t, all, sizeof all, false, &ids, &n, &err), &err) &&
+        CHECK_OK(tokenizer_decode(t, ids, n, &back, &err), &err))
+        CHECK(strlen(back) == 255 && !memcmp(back, all, 255)); /* up to the NUL byte */
+    kvtc_free(back);
+    kvtc_free(ids);
+    check_long_runs(t);
 }
 
 /* Allocation failures while encoding and loading: NOMEM, nothing leaked. */
@@ -230,28 +265,36 @@ static void test_missing_vocab(void)
     kvtc_gguf_close(f);
 }
 
-int main(void)
+/* One model's tokenizer: its fixtures, its edges, its allocation failures;
+ * skipped (printed) when the model is absent. */
+static void test_model(const char *file, const char *fixtures_rel,
+                       void (*edges)(const tokenizer *))
 {
-    test_alloc_install(); /* before any other kvtc call */
-    test_missing_vocab();
     char model[4096], fixtures[4096];
-    if (!CHECK(test_model_cache_path(model, sizeof model, "SmolLM2-135M-Instruct.Q4_1.gguf")) ||
-        !CHECK(test_source_path(fixtures, sizeof fixtures, "tests/data/tokenizer_fixtures.txt")))
-        return test_summary("test_tokenizer");
-    if (!test_input_present("test_tokenizer", "the default model's tokenizer", model,
-                            "make test fetches it"))
-        test_skip("test_tokenizer", "the default model is absent; the synthetic checks passed");
+    if (!CHECK(test_model_cache_path(model, sizeof model, file)) ||
+        !CHECK(test_source_path(fixtures, sizeof fixtures, fixtures_rel)) ||
+        !test_input_present("test_tokenizer", file, model, "make test fetches it"))
+        return;
     kvtc_gguf_file *f = NULL;
     kvtc_error err = {0};
     if (!CHECK_OK(kvtc_gguf_open(model, &f, &err), &err))
-        return test_summary("test_tokenizer");
+        return;
     tokenizer *t = NULL;
     if (CHECK_OK(tokenizer_load_gguf(f, &t, &err), &err)) {
         test_fixtures(t, fixtures);
-        test_edges(t);
+        edges(t);
         test_alloc_failures(f, t);
     }
     tokenizer_free(t);
     kvtc_gguf_close(f);
+}
+
+int main(void)
+{
+    test_alloc_install(); /* before any other kvtc call */
+    test_missing_vocab();
+    test_model("SmolLM2-135M-Instruct.Q4_1.gguf", "tests/data/tokenizer_fixtures.txt", test_edges);
+    test_model("Qwen2.5-Coder-0.5B-Instruct-AWQ.Q4_K_M.gguf",
+               "tests/data/tokenizer_fixtures_qwen2.txt", test_qwen2_edges);
     return test_summary("test_tokenizer");
 }

@@ -10,7 +10,7 @@
 
 static const char usage[] =
     "usage: kvtc calibrate -o CALIB.kvtcal [options] CACHE.safetensors...\n"
-    "       kvtc calibrate -o CALIB.kvtcal --corpus [--model PATH] [options]\n"
+    "       kvtc calibrate -o CALIB.kvtcal --corpus [--model MODEL] [options]\n"
     "\n"
     "Fits the PCA basis and the bit-allocation error table of one model on its KV\n"
     "caches. Caches are read one at a time, so any number of them fit in memory.\n"
@@ -23,7 +23,8 @@ static const char usage[] =
     "      --rank N            basis columns kept per kind (default min(features, "
     CLI_STR(KVTC_DEFAULT_MAX_RANK) "))\n"
     "      --corpus            calibrate on the calibration corpus instead of caches\n"
-    "  -m, --model PATH        with --corpus: the model (GGUF with a tokenizer)\n"
+    "  -m, --model MODEL       with --corpus: the model, a name (kvtc fetch --list) or\n"
+    "                          a GGUF path with a tokenizer\n"
     "      --chunks N          with --corpus: chunks of text (default "
     CLI_STR(CALIB_DEFAULT_CHUNKS) ")\n"
     "      --chunk-tokens N    with --corpus: tokens per chunk (default "

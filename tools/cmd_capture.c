@@ -13,15 +13,15 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: kvtc capture [--model PATH] (--text FILE | --prompt TEXT | --sample N)\n"
+    "usage: kvtc capture [--model MODEL] (--text FILE | --prompt TEXT | --sample N)\n"
     "                    [options] -o CACHE.safetensors\n"
     "\n"
     "Runs a model over the input and saves its KV cache (keys after RoPE, as the\n"
     "model holds them), one [kv_heads, tokens, head_dim] tensor per layer and kind.\n"
     "\n"
     "options:\n"
-    "  -m, --model PATH      GGUF or llama2.c checkpoint (default: SmolLM2-135M-Instruct,\n"
-    "                        fetched on first use)\n"
+    "  -m, --model MODEL     a model name (kvtc fetch --list; fetched on first use), a\n"
+    "                        GGUF or a llama2.c checkpoint (default: smollm2-135m)\n"
     "  -t, --text FILE       text to run, tokenized by the model's tokenizer\n"
     "  -p, --prompt TEXT     the same, given on the command line\n"
     "      --sample N        N tokens: BOS, then tokens sampled from the model itself\n"

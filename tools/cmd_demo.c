@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: kvtc demo [--model PATH] [-c CALIB] [--ratio R] [--threads N]\n"
+    "usage: kvtc demo [--model MODEL] [-c CALIB] [--ratio R] [--threads N]\n"
     "\n"
     "Holds a short conversation with the default model (SmolLM2-135M-Instruct,\n"
     "fetched on first use) about a license text. Between turns the conversation's\n"
@@ -30,7 +30,8 @@ static const char usage[] =
     "also builds the model's default calibration (a few minutes, then cached).\n"
     "\n"
     "options:\n"
-    "      --model PATH   GGUF model with a chat template (default: the default model)\n"
+    "      --model MODEL  model name (kvtc fetch --list) or GGUF path, with a chat\n"
+    "                     template (default: smollm2-135m)\n"
     "  -c, --calibration FILE  calibration (default: the model's default one)\n"
     "  -r, --ratio R      target compression ratio (default " CLI_STR(KVTC_DEFAULT_RATIO) ")\n"
     "      --threads N    threads (default: all CPUs)\n"
@@ -446,9 +447,7 @@ int cmd_demo(int argc, char **argv)
 
     kvtc_error err;
     char model_path[4096], calib_path[4096];
-    if (a.model_path)
-        snprintf(model_path, sizeof model_path, "%s", a.model_path);
-    else if (default_model_path(model_path, sizeof model_path, true, &err) != KVTC_OK)
+    if (model_resolve(a.model_path, model_path, sizeof model_path, true, &err) != KVTC_OK)
         return cli_fail(NULL, "%s", err.message);
     conversation c = {.threads = a.threads};
     model *m = NULL;

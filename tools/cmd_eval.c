@@ -30,8 +30,8 @@ static const char usage[] =
     "the budget between keys and values (target 2/(1/K+1/V), the same bytes)\n"
     "\n"
     "options:\n"
-    "      --model PATH           the model (GGUF with a tokenizer); default: the\n"
-    "                             default model, fetched on first use\n"
+    "      --model MODEL          the model: a name (kvtc fetch --list; fetched on\n"
+    "                             first use) or a GGUF path; default smollm2-135m\n"
     "  -c, --calibration FILE     default: the model's default calibration, built on\n"
     "                             first use and cached next to the model\n"
     "  -m, --method LIST          methods, comma-separated (required)\n"
@@ -230,11 +230,9 @@ int cmd_eval(int argc, char **argv)
 
     kvtc_error err;
     char model_path[4096], calib_path[4096];
-    if (!a.model) {
-        if (default_model_path(model_path, sizeof model_path, true, &err) != KVTC_OK)
-            return cli_fail_err(NULL, &err);
-        a.model = model_path;
-    }
+    if (model_resolve(a.model, model_path, sizeof model_path, true, &err) != KVTC_OK)
+        return cli_fail_err(NULL, &err);
+    a.model = model_path;
     if (!a.calibration) {
         if (default_calibration(a.model, a.opt.n_threads, calib_path, sizeof calib_path, &err) !=
             KVTC_OK)

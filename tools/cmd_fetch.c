@@ -44,7 +44,7 @@ static void list_models(void)
 {
     for (size_t i = 0; i < model_count(); i++) {
         const model_entry *m = model_at(i);
-        printf("%-16s %7.1f MB  %-36s %s\n", m->name, (double)m->size / 1e6, m->file,
+        printf("%-18s %7.1f MB  %-43s %s\n", m->name, (double)m->size / 1e6, m->file,
                m->description);
     }
 }

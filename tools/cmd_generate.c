@@ -13,14 +13,14 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: kvtc generate [--model PATH] --prompt TEXT [-n N] [--chat] [options]\n"
+    "usage: kvtc generate [--model MODEL] --prompt TEXT [-n N] [--chat] [options]\n"
     "\n"
     "Greedy generation: prints the continuation of the prompt (stopping at the\n"
     "model's end-of-text token or after N tokens).\n"
     "\n"
     "options:\n"
-    "  -m, --model PATH      GGUF model (default: SmolLM2-135M-Instruct, fetched on\n"
-    "                        first use)\n"
+    "  -m, --model MODEL     a model name (kvtc fetch --list; fetched on first use) or\n"
+    "                        a GGUF path (default: smollm2-135m)\n"
     "  -p, --prompt TEXT     the prompt (required)\n"
     "  -n, --tokens N        tokens to generate at most (default 64)\n"
     "      --chat            wrap the prompt in the model's chat template as a user\n"
