@@ -215,10 +215,12 @@ static void remove_stale(const char *dir)
     closedir(d);
 }
 
-/* Creates dir/.kvtc-tmp.<pid>.<tag> exclusively with the given mode. Not
- * mkstemp: that makes the file 0600, and fixing the mode would need umask(),
- * which is process-wide. */
-static int create_temp(const char *dir, char *tmp, size_t tmp_size, mode_t mode)
+/* Creates dir/.kvtc-tmp.<pid>.<tag> exclusively with the given mode, its
+ * signal slot through *slot. Not mkstemp: that makes the file 0600, and fixing
+ * the mode would need umask(), which is process-wide. The name is listed
+ * before the file exists, so that a signal arriving just after the open still
+ * finds it (unlinking a name not created yet is harmless). */
+static int create_temp(const char *dir, char *tmp, size_t tmp_size, mode_t mode, int *slot)
 {
     static _Atomic unsigned counter;
     static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
@@ -230,9 +232,14 @@ static int create_temp(const char *dir, char *tmp, size_t tmp_size, mode_t mode)
             tag[i] = digits[x % 36];
         tag[6] = '\0';
         snprintf(tmp, tmp_size, "%s/" TEMP_PREFIX "%ld.%s", dir, (long)getpid(), tag);
+        *slot = slot_add(tmp);
         int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-        if (fd >= 0 || errno != EEXIST)
+        if (fd >= 0)
             return fd;
+        slot_remove(*slot); /* leaves errno alone */
+        *slot = -1;
+        if (errno != EEXIST)
+            return -1;
     }
     return -1;
 }
@@ -296,7 +303,7 @@ kvtc_status kvtc_outfile_open(kvtc_outfile *f, const char *path, kvtc_error *err
     remove_stale(dir);
     /* An existing file keeps its permission bits (and, for root, its owner). */
     mode_t mode = exists ? st.st_mode & 07777 : 0666;
-    f->fd = create_temp(dir, f->tmp, n + 64, mode);
+    f->fd = create_temp(dir, f->tmp, n + 64, mode, &f->slot);
     int e = errno;
     kvtc_free(dir);
     if (f->fd < 0) {
@@ -304,7 +311,6 @@ kvtc_status kvtc_outfile_open(kvtc_outfile *f, const char *path, kvtc_error *err
         return kvtc_fail_path(err, KVTC_E_IO, path, "cannot create a temporary file: %s",
                               strerror(e));
     }
-    f->slot = slot_add(f->tmp);
     if (exists) {
         if (fchmod(f->fd, mode) != 0) {
             /* the mode open() gave, less the umask, stands */

@@ -56,8 +56,9 @@ interrupt() {
       kill -CONT "$pid"
       wait "$pid"
       rc=$?
-      # job control may report the stop first
-      while [ "$rc" -eq $((128 + $(kill -l STOP))) ] && kill -0 "$pid" 2>/dev/null; do
+      # job control may report the stop first; waiting again gives the death
+      for _ in 1 2 3 4 5; do
+        [ "$rc" -eq $((128 + $(kill -l STOP))) ] || break
         wait "$pid"
         rc=$?
       done
