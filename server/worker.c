@@ -115,9 +115,10 @@ static kvtc_status restore_prefix(const server *sv, session *s, const void *stre
  * compressed a second time. */
 static kvtc_status store_conversation(server *sv, session *s, const int32_t *tokens,
                                       const void *from, size_t from_len, size_t from_blocks,
-                                      kvtc_error *err)
+                                      bool *stored, kvtc_error *err)
 {
     size_t n_blocks = session_n_past(s) / PROMPT_BLOCK;
+    *stored = false;
     if (n_blocks <= from_blocks)
         return KVTC_OK; /* nothing new */
     kvtc_cache *all = NULL, *part = NULL;
@@ -143,6 +144,7 @@ static kvtc_status store_conversation(server *sv, session *s, const int32_t *tok
     }
     if (st == KVTC_OK)
         st = sv->ram->put(sv->ram, hashes, n_blocks, out, out_len, err);
+    *stored = st == KVTC_OK;
     kvtc_buffer_free(out);
     kvtc_cache_free(part);
     kvtc_cache_free(all);
@@ -270,13 +272,14 @@ static void run_job(server *sv, job *j)
     if (st == KVTC_OK && sv->ram) {
         double tc = now_s();
         kvtc_error cerr;
+        bool stored;
         kvtc_status cs = store_conversation(sv, s, tokens, cached, cached_len,
-                                            restored / PROMPT_BLOCK, &cerr);
+                                            restored / PROMPT_BLOCK, &stored, &cerr);
         pthread_mutex_lock(&sv->lock);
-        if (cs == KVTC_OK) {
+        if (cs == KVTC_OK && stored) {
             sv->mx.compress_sum += now_s() - tc;
             sv->mx.compress_n++;
-        } else {
+        } else if (cs != KVTC_OK) {
             sv->mx.compress_failures++;
         }
         pthread_mutex_unlock(&sv->lock);
