@@ -2,6 +2,7 @@
  * routing, request validation, replies as JSON or server-sent events, and
  * /metrics. */
 #include "json.h"
+#include "cli.h"
 #include "server_internal.h"
 
 #include <arpa/inet.h>
@@ -14,13 +15,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- responses ------------------------------------------------------------------ */
 
@@ -613,7 +607,7 @@ static enum MHD_Result chat_completions(server *sv, struct MHD_Connection *c, co
     j->n_prompt = n_ids;
     j->max_tokens = r->max_tokens;
     j->stream = r->stream;
-    j->t_queued = now_s();
+    j->t_queued = cli_now();
     if (!server_enqueue(sv, j)) {
         job_release(j);
         ret = send_error(sv, c, 429, "queue_full",

@@ -1,20 +1,13 @@
 /* The engine worker: takes jobs off the queue and runs them on the reference
  * engine, restoring the longest cached prefix of the prompt first, and stores
  * the conversation's cache, compressed, once the reply is complete. */
+#include "cli.h"
 #include "server_internal.h"
 #include "session.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void job_release(job *j)
 {
@@ -179,7 +172,7 @@ static void run_job(server *sv, job *j)
         memcpy(tokens, j->prompt, j->n_prompt * sizeof *tokens);
         st = session_create(m, (uint32_t)n_all, sv->opt->threads, &s, &err);
     }
-    double t0 = now_s();
+    double t0 = cli_now();
     /* the longest cached prefix, leaving at least one prompt token to run */
     size_t lookup_blocks = (j->n_prompt - 1) / PROMPT_BLOCK;
     if (st == KVTC_OK && sv->ram && lookup_blocks > 0) {
@@ -193,12 +186,12 @@ static void run_job(server *sv, job *j)
     uint32_t restored = 0;
     if (cached_blocks > 0) {
         kvtc_error rerr;
-        double tr = now_s();
+        double tr = cli_now();
         uint32_t n = (uint32_t)(cached_blocks * PROMPT_BLOCK);
         if (restore_prefix(sv, s, cached, cached_len, n, &rerr) == KVTC_OK) {
             restored = n;
             pthread_mutex_lock(&sv->lock);
-            sv->mx.restore_sum += now_s() - tr;
+            sv->mx.restore_sum += cli_now() - tr;
             sv->mx.restore_n++;
             pthread_mutex_unlock(&sv->lock);
         } else {
@@ -216,11 +209,11 @@ static void run_job(server *sv, job *j)
             cached = NULL;
         }
     }
-    double tp = now_s();
+    double tp = cli_now();
     if (st == KVTC_OK)
         st = session_forward(s, tokens + restored, (uint32_t)(j->n_prompt - restored), logits,
                              false, &err);
-    double t_first = now_s();
+    double t_first = cli_now();
     uint32_t n_gen = 0;
     int32_t eos = tokenizer_eos(tok);
     const char *finish = "length";
@@ -270,14 +263,14 @@ static void run_job(server *sv, job *j)
 
     /* the reply is out: now the cache, off the request's path */
     if (st == KVTC_OK && sv->ram) {
-        double tc = now_s();
+        double tc = cli_now();
         kvtc_error cerr;
         bool stored;
         kvtc_status cs = store_conversation(sv, s, tokens, cached, cached_len,
                                             restored / PROMPT_BLOCK, &stored, &cerr);
         pthread_mutex_lock(&sv->lock);
         if (cs == KVTC_OK && stored) {
-            sv->mx.compress_sum += now_s() - tc;
+            sv->mx.compress_sum += cli_now() - tc;
             sv->mx.compress_n++;
         } else if (cs != KVTC_OK) {
             sv->mx.compress_failures++;
