@@ -175,6 +175,24 @@ turn2 story
 python3 -c "import os,sys; a,b=sys.argv[1:]; n=len(os.path.commonprefix([a,b])); print(f'test_serve: story: restored and recomputed replies agree on {n} of {max(len(a),len(b))} characters')" "$story_reply" "$reply"
 [ "$(metric 'kvtc_cache_hits_total{tier="ram"}')" = 0 ] || fail "hits with the cache off"
 
+# ---- a client leaving mid-stream stops its generation; the server serves on
+body "$tmp/long.json" 200 true '[{"role":"user","content":"Write a long story about a dragon."}]'
+gen0=$(metric kvtc_completion_tokens_total)
+curl -s -o /dev/null --max-time 1 --data-binary "@$tmp/long.json" \
+  "http://127.0.0.1:$port/v1/chat/completions" || true
+req POST /v1/chat/completions "$tmp/q.json"; expect 200 "completion after a client left"
+[ "$(json 'd["choices"][0]["message"]["content"]')" = "$plain" ] || fail "reply changed after a client left"
+gen=$(( $(metric kvtc_completion_tokens_total) - gen0 - $(json 'd["usage"]["completion_tokens"]') ))
+echo "test_serve: the stream left after 1 s generated $gen of 200 tokens"
+[ "$gen" -lt 200 ] || fail "generation went on after the client left"
+
+# ---- a port in use: one line, exit 1
+if "$KVTC" serve --model "$model" -c "$tmp/cal.kvtcal" --port "$port" >"$tmp/busy.out" 2>&1; then
+  fail "a second server on port $port started"
+fi
+grep -q "cannot listen on 127.0.0.1:$port" "$tmp/busy.out" || fail "port in use: $(cat "$tmp/busy.out")"
+kill -0 "$server_pid" || fail "server b died"
+
 # ---- the openai package as the client, when it can be installed
 venv="${KVTC_BUILD_DIR:-.}/serve-venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
