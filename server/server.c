@@ -18,16 +18,18 @@
 
 /* ---- responses ------------------------------------------------------------------ */
 
+/* The classes /metrics counts: 200, 400 (and other client errors), 404, 413,
+ * 429, 5xx. */
 static void count_status(server *sv, unsigned status)
 {
-    static const unsigned classes[] = {200, 400, 404, 413, 429, 500};
+    size_t i = status == 200   ? 0
+               : status == 404 ? 2
+               : status == 413 ? 3
+               : status == 429 ? 4
+               : status >= 500 ? 5
+                               : 1;
     pthread_mutex_lock(&sv->lock);
-    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
-        if (classes[i] == status || (i == 5 && status >= 500))
-            sv->mx.requests[i]++;
-        else if (i == 1 && status >= 400 && status < 500 && status != 404 && status != 413 &&
-                 status != 429)
-            sv->mx.requests[i]++; /* other client errors count with 400 */
+    sv->mx.requests[i]++;
     pthread_mutex_unlock(&sv->lock);
 }
 
@@ -586,7 +588,7 @@ static enum MHD_Result chat_completions(server *sv, struct MHD_Connection *c, co
         goto done;
     }
     uint32_t ctx = sv->opt->m->cfg.context_length;
-    if (n_ids + r->max_tokens > ctx) {
+    if (n_ids == 0 || n_ids + r->max_tokens > ctx) {
         kvtc_free(ids);
         ret = send_error(sv, c, 400, "context_length_exceeded",
                          "the messages (%zu tokens) and max_tokens (%u) exceed the model's "
