@@ -360,7 +360,8 @@ def decompress_layers(calibration: Calibration, data: bytes, *, layout: str = "h
         pair = []
         for ptr in (key_ptr, value_ptr):
             src = T.from_c(ptr, shape, info.n_tokens, info._dtype)  # valid during the call only
-            pair.append(np.ascontiguousarray(src if layout == "head" else src.transpose(1, 0, 2)))
+            pair.append(np.array(src if layout == "head" else src.transpose(1, 0, 2),
+                                 order="C", copy=True))
         while not stop.is_set():
             try:
                 handoff.put((layer, pair[0], pair[1]), timeout=0.1)

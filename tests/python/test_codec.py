@@ -74,6 +74,9 @@ def test_decoders_agree(calibration):
         seen.append(layer)
         assert np.array_equal(lk1, kt[layer]) and np.array_equal(lv1, vt[layer])
     assert seen == list(range(SHAPE.n_layer))
+    kept = list(kvtc.decompress_layers(calibration, data))  # arrays outlive the decoder
+    assert all(np.array_equal(lk1, k2[i]) and np.array_equal(lv1, v2[i])
+               for i, lk1, lv1 in kept)
     for layer, _, _ in kvtc.decompress_layers(calibration, data):
         break  # leaving early stops the decoder without hanging
     info = kvtc.stream_info(data)
