@@ -150,8 +150,10 @@ void kvtc_cache_layout_default(kvtc_cache_layout *layout, const kvtc_model_shape
 static bool strides_disjoint(uint64_t hd, uint32_t heads, uint64_t hs, uint32_t tokens,
                              uint64_t ts)
 {
+    if (tokens == 0)
+        return true; /* no elements at all */
     bool tokens_in_heads = (tokens <= 1 || ts >= hd) &&
-                           (heads <= 1 || hs >= (uint64_t)(tokens ? tokens - 1 : 0) * ts + hd);
+                           (heads <= 1 || hs >= (uint64_t)(tokens - 1) * ts + hd);
     bool heads_in_tokens = (heads <= 1 || hs >= hd) &&
                            (tokens <= 1 || ts >= (uint64_t)(heads - 1) * hs + hd);
     return tokens_in_heads || heads_in_tokens;

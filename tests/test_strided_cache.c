@@ -285,6 +285,13 @@ static void test_refused(void)
     if (CHECK_OK(kvtc_cache_wrap(&g_shape, KVTC_F32, 1, 0, ptrs, ptrs, &one, &c, &err), &err))
         kvtc_cache_free(c);
 
+    /* no tokens: any strides, NULL pointers (the gap-free head-major strides are 0) */
+    void *nulls[2] = {NULL, NULL};
+    kvtc_cache_layout empty;
+    kvtc_cache_layout_default(&empty, &g_shape, 0, KVTC_HEAD_MAJOR);
+    if (CHECK_OK(kvtc_cache_wrap(&g_shape, KVTC_F32, 0, 0, nulls, nulls, &empty, &c, &err), &err))
+        kvtc_cache_free(c);
+
     /* decompress_into a cache of other tokens or dtype; a NaN where the calibrator refuses it */
     kvtc_cache *ref = make_random_cache(&g_shape, KVTC_F16, TOKENS, 0, CODEC_TEST_LOW_RANK, 3);
     void *s = NULL;
