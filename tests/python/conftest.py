@@ -7,6 +7,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Optional
 
 import ml_dtypes
 import numpy as np
@@ -70,8 +71,9 @@ def kvtc_bin() -> Path:
 
 
 def write_safetensors(path: Path, keys: np.ndarray, values: np.ndarray, pos0: int = 0,
-                      model: str = "") -> None:
-    """The cache as kvtc's safetensors layout (include/kvtc.h), by hand."""
+                      model: str = "", meta: Optional[dict] = None) -> None:
+    """The cache as kvtc's safetensors layout (include/kvtc.h), by hand; meta
+    replaces the rope metadata of SHAPE."""
     header, blobs, offset = {}, [], 0
     for layer in range(keys.shape[0]):
         for name, arr in (("key", keys[layer]), ("value", values[layer])):
@@ -81,9 +83,10 @@ def write_safetensors(path: Path, keys: np.ndarray, values: np.ndarray, pos0: in
                                                 "data_offsets": [offset, offset + len(blob)]}
             blobs.append(blob)
             offset += len(blob)
-    header["__metadata__"] = {"rope_style": SHAPE.rope_style, "rope_dims": str(SHAPE.rope_dims),
-                              "rope_theta": repr(SHAPE.rope_theta), "pos0": str(pos0),
-                              "model": model}
+    rope = meta if meta is not None else {"rope_style": SHAPE.rope_style,
+                                          "rope_dims": str(SHAPE.rope_dims),
+                                          "rope_theta": repr(SHAPE.rope_theta)}
+    header["__metadata__"] = {**rope, "pos0": str(pos0), "model": model}
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
