@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build model test test-sanitizers test-fuzz demo bench eval fuzz install clean
+.PHONY: all deps build model test test-python test-sanitizers test-fuzz demo bench eval fuzz install clean
 
 all: build
 
@@ -22,11 +22,16 @@ model: build
 	@$(BUILD)/kvtc fetch >/dev/null
 	@$(BUILD)/kvtc fetch qwen2.5-coder-0.5b >/dev/null
 
-# The whole test suite: unit and integration tests, then the suite again under
-# ASan+UBSan and the threaded tests under TSan, then each fuzz target briefly.
+# The whole test suite: unit and integration tests, the Python package's
+# tests, then the suite again under ASan+UBSan and the threaded tests under
+# TSan, then each fuzz target briefly.
 test: build model
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
-	$(MAKE) --no-print-directory test-sanitizers test-fuzz
+	$(MAKE) --no-print-directory test-python test-sanitizers test-fuzz
+
+# pip-installs the package (pyproject.toml) into a venv under $(BUILD), runs pytest.
+test-python: build
+	BUILD=$(BUILD) bash tests/python/run.sh
 
 test-sanitizers: deps
 	bash scripts/test-sanitizers.sh

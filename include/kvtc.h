@@ -152,10 +152,50 @@ KVTC_API kvtc_dtype kvtc_cache_dtype(const kvtc_cache *cache);
 KVTC_API uint32_t kvtc_cache_tokens(const kvtc_cache *cache);
 KVTC_API int64_t kvtc_cache_pos0(const kvtc_cache *cache);
 /* Pointer to layer `layer`'s keys or values, [n_kv_head][n_tokens][head_dim]
- * elements of the cache's dtype; NULL if layer is out of range. Owned by the cache. */
+ * elements of the cache's dtype; NULL if layer is out of range. Owned by the
+ * cache; for a wrapped cache, the caller's pointer for that layer, laid out as
+ * its kvtc_cache_layout says. */
 KVTC_API void *kvtc_cache_data(kvtc_cache *cache, kvtc_kind kind, uint32_t layer);
 KVTC_API const void *kvtc_cache_data_const(const kvtc_cache *cache, kvtc_kind kind,
                                            uint32_t layer);
+/* Caller memory as a cache, without a copy: how element (head h, token t,
+ * dim d) of one layer's keys or values sits at `base + h * head_stride +
+ * t * token_stride + d`, in elements of the cache's dtype. Head vectors are
+ * contiguous (d has stride 1); strides over a single head or token are ignored.
+ *   head-major  [n_kv_head][n_tokens][head_dim] (transformers, kvtc_cache_create):
+ *               head_stride = n_tokens * head_dim, token_stride = head_dim
+ *   token-major [n_tokens][n_kv_head][head_dim] (llama.cpp, vLLM and SGLang pages):
+ *               head_stride = head_dim, token_stride = n_kv_head * head_dim
+ * Larger strides (padding, a slice of a bigger buffer) are fine as long as
+ * head vectors do not overlap. */
+typedef struct kvtc_cache_layout {
+    size_t struct_size;    /* sizeof(kvtc_cache_layout), set by the _default function */
+    uint64_t head_stride;  /* elements between heads */
+    uint64_t token_stride; /* elements between tokens */
+} kvtc_cache_layout;
+
+typedef enum kvtc_layout_order { KVTC_HEAD_MAJOR = 0, KVTC_TOKEN_MAJOR = 1 } kvtc_layout_order;
+
+/* The gap-free strides of `order` for n_tokens tokens of `shape`, struct_size included. */
+KVTC_API void kvtc_cache_layout_default(kvtc_cache_layout *layout, const kvtc_model_shape *shape,
+                                        uint32_t n_tokens, kvtc_layout_order order);
+
+/* A cache in *out over the caller's memory: keys[l] and values[l] (n_layer
+ * pointers each, aligned to the dtype; NULL allowed only when n_tokens is 0)
+ * point at element (0, 0, 0) of layer l, laid out as `layout` says for every
+ * layer and both kinds. Layers may live in one stacked buffer or apart. The
+ * memory is not copied and not freed by kvtc_cache_free; it must outlive the
+ * cache. The library writes to it only through kvtc_cache_data and
+ * kvtc_decompress_into, so read-only memory may be wrapped for compression
+ * and calibration. KVTC_E_INVALID for a bad shape, pos0, pointer or strides
+ * that make head vectors overlap; KVTC_E_UNSUPPORTED for an unknown dtype.
+ * Every function that takes a const kvtc_cache accepts a wrapped one; the
+ * bytes they produce are the same as for a copy made with kvtc_cache_create. */
+KVTC_API kvtc_status kvtc_cache_wrap(const kvtc_model_shape *shape, kvtc_dtype dtype,
+                                     uint32_t n_tokens, int64_t pos0, void *const *keys,
+                                     void *const *values, const kvtc_cache_layout *layout,
+                                     kvtc_cache **out, kvtc_error *err);
+
 /* Free-text model name carried in metadata ("" if unset). */
 KVTC_API const char *kvtc_cache_model_name(const kvtc_cache *cache);
 KVTC_API kvtc_status kvtc_cache_set_model_name(kvtc_cache *cache, const char *name,
@@ -343,6 +383,15 @@ KVTC_API void kvtc_decompress_options_default(kvtc_decompress_options *opt);
 KVTC_API kvtc_status kvtc_decompress(const kvtc_calibration *cal, const void *data, size_t len,
                                      const kvtc_decompress_options *opt, kvtc_cache **out,
                                      kvtc_error *err);
+
+/* Restores the whole stream into an existing cache, typically one that wraps
+ * the caller's memory (kvtc_cache_wrap) in the layout an engine wants: one
+ * copy from the decoder into place. dst must have the stream's shape, dtype
+ * and n_tokens (KVTC_E_MISMATCH otherwise); its pos0 and model name become
+ * the stream's. On failure dst's tokens are unspecified. */
+KVTC_API kvtc_status kvtc_decompress_into(const kvtc_calibration *cal, const void *data,
+                                          size_t len, const kvtc_decompress_options *opt,
+                                          kvtc_cache *dst, kvtc_error *err);
 
 /* Restores a stream straight into a safetensors file at `path` (written like
  * kvtc_write_file_atomic), one layer at a time: memory stays near the

@@ -117,24 +117,21 @@ static kvtc_status check_finite(const kvtc_cache *cache, uint32_t t0, uint32_t t
     size_t esize = kvtc_dtype_size(kvtc_cache_dtype(cache)), hd = s->head_dim;
     float buf[1024];
     for (int k = 0; k < 2; k++)
-        for (uint32_t l = 0; l < s->n_layer; l++) {
-            const unsigned char *layer = kvtc_cache_data_const(cache, (kvtc_kind)k, l);
-            for (uint32_t h = 0; h < s->n_kv_head; h++) {
-                size_t first = ((size_t)h * kvtc_cache_tokens(cache) + t0) * hd;
-                size_t count = (size_t)(t1 - t0) * hd;
-                for (size_t off = 0; off < count; off += 1024) {
-                    size_t m = count - off < 1024 ? count - off : 1024;
-                    kvtc_to_f32(kvtc_cache_dtype(cache), layer + (first + off) * esize, buf, m);
-                    for (size_t i = 0; i < m; i++)
-                        if (!isfinite(buf[i]))
-                            return kvtc_fail(err, KVTC_E_NUMERIC,
-                                             "cache has a non-finite %s in layer %u, head %u, "
-                                             "token %zu",
-                                             k == KVTC_KEY ? "key" : "value", l, h,
-                                             t0 + (off + i) / hd);
+        for (uint32_t l = 0; l < s->n_layer; l++)
+            for (uint32_t h = 0; h < s->n_kv_head; h++)
+                for (uint32_t t = t0; t < t1; t++) {
+                    const unsigned char *row = kvtc_cache_row(cache, (kvtc_kind)k, l, h, t);
+                    for (size_t off = 0; off < hd; off += 1024) {
+                        size_t m = hd - off < 1024 ? hd - off : 1024;
+                        kvtc_to_f32(kvtc_cache_dtype(cache), row + off * esize, buf, m);
+                        for (size_t i = 0; i < m; i++)
+                            if (!isfinite(buf[i]))
+                                return kvtc_fail(err, KVTC_E_NUMERIC,
+                                                 "cache has a non-finite %s in layer %u, head "
+                                                 "%u, token %u",
+                                                 k == KVTC_KEY ? "key" : "value", l, h, t);
+                    }
                 }
-            }
-        }
     return KVTC_OK;
 }
 

@@ -83,15 +83,10 @@ static void raw_layer_copy(kvtc_cache *c, kvtc_kind kind, uint32_t cache_layer, 
 {
     const kvtc_model_shape *s = &c->shape;
     size_t row = (size_t)s->head_dim * kvtc_dtype_size(c->dtype);
-    uint8_t *layer = kvtc_cache_data(c, kind, cache_layer);
-    for (uint32_t h = 0; h < s->n_kv_head; h++) {
-        uint8_t *in_cache = layer + ((size_t)h * c->n_tokens + t0) * row;
-        uint8_t *in_chunk = chunk + ((size_t)chunk_layer * s->n_kv_head + h) * n * row;
-        if (into_chunk)
-            memcpy(in_chunk, in_cache, n * row);
-        else
-            memcpy(in_cache, in_chunk, n * row);
-    }
+    for (uint32_t h = 0; h < s->n_kv_head; h++)
+        kvtc_cache_head_io(c, kind, cache_layer, h, t0, n,
+                           chunk + ((size_t)chunk_layer * s->n_kv_head + h) * n * row,
+                           into_chunk);
 }
 
 /* Raw layout every stream made with `cal` has for n tokens. */
@@ -226,11 +221,9 @@ static void put_escapes(const encoder *e, kvtc_kind kind, uint32_t t0, const uin
     for (uint32_t i = 0; i < m; i++, p += 4)
         put_le32(p, idx[i]);
     for (uint32_t i = 0; i < m; i++)
-        for (uint32_t l = 0; l < s->n_layer; l++) {
-            const uint8_t *layer = kvtc_cache_data_const(e->src, kind, l);
+        for (uint32_t l = 0; l < s->n_layer; l++)
             for (uint32_t h = 0; h < s->n_kv_head; h++, p += row)
-                memcpy(p, layer + ((size_t)h * e->src->n_tokens + t0 + idx[i]) * row, row);
-        }
+                memcpy(p, kvtc_cache_row(e->src, kind, l, h, t0 + idx[i]), row);
 }
 
 /* Quantizes group g of n tokens' coefficients (rows of nc) into its bytes of a
@@ -898,7 +891,8 @@ kvtc_status kvtc_stream_coefficients(const kvtc_calibration *cal, const void *da
     return st;
 }
 
-/* Sink of kvtc_decompress and kvtc_decompress_block: copies each layer into a cache. */
+/* Sink of kvtc_decompress, kvtc_decompress_block and kvtc_decompress_into:
+ * copies each layer into a cache, made on the first layer unless given. */
 typedef struct cache_sink {
     kvtc_cache *cache;
 } cache_sink;
@@ -914,10 +908,7 @@ static kvtc_status copy_layer_into_cache(void *user, uint32_t layer, const decod
             return st;
         memcpy(cs->cache->model, d->s.model, sizeof cs->cache->model);
     }
-    size_t bytes = (size_t)kvtc_raw_chunk_bytes(&d->layer->shape, d->s.dtype, d->n_tokens);
-    for (int k = 0; k < 2; k++)
-        memcpy(kvtc_cache_data(cs->cache, (kvtc_kind)k, layer),
-               kvtc_cache_data_const(d->layer, (kvtc_kind)k, 0), bytes);
+    kvtc_cache_copy_layer(cs->cache, layer, d->layer, 0);
     return KVTC_OK;
 }
 
@@ -949,6 +940,34 @@ kvtc_status kvtc_decompress_block(const kvtc_calibration *cal, const void *data,
                                   kvtc_cache **out, kvtc_error *err)
 {
     return decode_to_cache(cal, data, len, opt, true, block, out, err);
+}
+
+kvtc_status kvtc_decompress_into(const kvtc_calibration *cal, const void *data, size_t len,
+                                 const kvtc_decompress_options *opt, kvtc_cache *dst,
+                                 kvtc_error *err)
+{
+    if (!dst)
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_decompress_into: no cache given");
+    kvtc_stream_info info = {.struct_size = sizeof info};
+    kvtc_status st = kvtc_stream_info_get(data, len, &info, err);
+    if (st != KVTC_OK)
+        return st;
+    if (!kvtc_shape_equal(&info.shape, &dst->shape) || info.dtype != dst->dtype ||
+        info.n_tokens != dst->n_tokens)
+        return kvtc_fail(err, KVTC_E_MISMATCH,
+                         "stream holds %u tokens of %ux%ux%u %s, the cache %u tokens of "
+                         "%ux%ux%u %s",
+                         info.n_tokens, info.shape.n_layer, info.shape.n_kv_head,
+                         info.shape.head_dim, kvtc_dtype_name(info.dtype), dst->n_tokens,
+                         dst->shape.n_layer, dst->shape.n_kv_head, dst->shape.head_dim,
+                         kvtc_dtype_name(dst->dtype));
+    cache_sink cs = {dst};
+    st = decode(cal, data, len, opt, false, 0, copy_layer_into_cache, &cs, err);
+    if (st == KVTC_OK) {
+        dst->pos0 = info.pos0;
+        memcpy(dst->model, info.model_name, sizeof dst->model);
+    }
+    return st;
 }
 
 typedef struct user_sink {

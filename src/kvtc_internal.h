@@ -62,9 +62,28 @@ struct kvtc_cache {
     uint32_t n_tokens;
     int64_t pos0;
     char model[64];
-    /* [kind][layer][head][token][dim], one allocation */
+    /* layer[kind * n_layer + l]: element (head h, token t, dim d) of that layer
+     * at layer[...] + h * head_stride + t * token_stride + d * dtype size */
+    unsigned char **layer;
+    size_t head_stride, token_stride; /* bytes */
+    /* the cache's own [kind][layer][head][token][dim] memory; NULL when it
+     * wraps the caller's (kvtc_cache_wrap) */
     unsigned char *data;
 };
+
+/* The head vector (head_dim elements, contiguous) of token t, head h, layer l. */
+static inline unsigned char *kvtc_cache_row(const kvtc_cache *c, kvtc_kind kind, uint32_t l,
+                                            uint32_t h, uint32_t t)
+{
+    return c->layer[(size_t)kind * c->shape.n_layer + l] + h * c->head_stride +
+           (size_t)t * c->token_stride;
+}
+/* True when every layer is [head][token][dim] without gaps (kvtc_cache_create's layout). */
+bool kvtc_cache_is_packed(const kvtc_cache *cache);
+/* `cache` itself when it is packed, otherwise a packed copy in *copy (freed by
+ * the caller) so that a layer can be written out as one span. */
+kvtc_status kvtc_cache_packed(const kvtc_cache *cache, const kvtc_cache **packed,
+                              kvtc_cache **copy, kvtc_error *err);
 
 /* Checks a shape for sane, non-overflowing dimensions and rope settings. */
 kvtc_status kvtc_shape_check(const kvtc_model_shape *shape, kvtc_error *err);
@@ -84,6 +103,14 @@ void kvtc_cache_scatter_rows(kvtc_cache *cache, kvtc_kind kind, uint32_t t0, uin
 /* Copies tokens [src_t0, src_t0+n) of every layer/head/kind, bytes as they are. */
 void kvtc_cache_copy_tokens(kvtc_cache *dst, uint32_t dst_t0, const kvtc_cache *src,
                             uint32_t src_t0, uint32_t n);
+/* Copies every token of one layer (both kinds), bytes as they are; same heads,
+ * head_dim, dtype and n_tokens. */
+void kvtc_cache_copy_layer(kvtc_cache *dst, uint32_t dst_layer, const kvtc_cache *src,
+                           uint32_t src_layer);
+/* Copies n tokens of one head of one layer between a cache and a buffer of n
+ * contiguous head vectors. */
+void kvtc_cache_head_io(kvtc_cache *c, kvtc_kind kind, uint32_t l, uint32_t h, uint32_t t0,
+                        uint32_t n, void *buf, bool into_buf);
 
 /* ---- rotary embedding (rope.c) ------------------------------------------- */
 

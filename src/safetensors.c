@@ -525,11 +525,10 @@ static size_t layer_bytes(const kvtc_cache *c)
            kvtc_dtype_size(c->dtype);
 }
 
-kvtc_status kvtc_cache_save_safetensors(const kvtc_cache *cache, void **out, size_t *out_len,
-                                        kvtc_error *err)
+/* The two writers below send each tensor out as one span of a packed cache. */
+static kvtc_status save_packed(const kvtc_cache *cache, void **out, size_t *out_len,
+                               kvtc_error *err)
 {
-    if (!cache || !out || !out_len)
-        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_cache_save_safetensors: no cache or output");
     *out = NULL;
     *out_len = 0;
     kvtc_writer w;
@@ -558,11 +557,8 @@ kvtc_status kvtc_cache_save_safetensors(const kvtc_cache *cache, void **out, siz
     return KVTC_OK;
 }
 
-kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const char *path,
-                                         kvtc_error *err)
+static kvtc_status write_packed(const kvtc_cache *cache, const char *path, kvtc_error *err)
 {
-    if (!cache || !path)
-        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_cache_write_safetensors: no cache or path");
     kvtc_writer w;
     kvtc_writer_init(&w);
     kvtc_status st = build_header(cache, &w, err);
@@ -582,6 +578,36 @@ kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const char *pa
     }
     kvtc_free(parts);
     kvtc_writer_free(&w);
+    return st;
+}
+
+kvtc_status kvtc_cache_save_safetensors(const kvtc_cache *cache, void **out, size_t *out_len,
+                                        kvtc_error *err)
+{
+    if (!cache || !out || !out_len)
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_cache_save_safetensors: no cache or output");
+    const kvtc_cache *packed;
+    kvtc_cache *copy;
+    kvtc_status st = kvtc_cache_packed(cache, &packed, &copy, err);
+    if (st == KVTC_OK)
+        st = save_packed(packed, out, out_len, err);
+    kvtc_cache_free(copy);
+    return st;
+}
+
+kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const char *path,
+                                         kvtc_error *err)
+{
+    if (!cache || !path)
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_cache_write_safetensors: no cache or path");
+    const kvtc_cache *packed;
+    kvtc_cache *copy;
+    kvtc_status st = kvtc_cache_packed(cache, &packed, &copy, err);
+    if (st == KVTC_OK)
+        st = write_packed(packed, path, err);
+    else
+        kvtc_fail_prefix(err, path);
+    kvtc_cache_free(copy);
     return st;
 }
 
