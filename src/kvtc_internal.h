@@ -5,6 +5,7 @@
 #include "kvtc.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdbool.h>
 
 /* ---- errors (error.c) --------------------------------------------------- */
@@ -64,6 +65,7 @@ struct kvtc_cache {
     char model[64];
     /* [kind][layer][head][token][dim], one allocation */
     unsigned char *data;
+    int32_t *token_ids; /* n_tokens ids, or NULL when the cache carries none */
 };
 
 /* Checks a shape for sane, non-overflowing dimensions and rope settings. */
@@ -198,7 +200,7 @@ size_t kvtc_utf8_encode(uint32_t cp, char *out);
 #define KVTC_CALIB_OPTIONS_V1_SIZE sizeof(kvtc_calib_options)
 #define KVTC_COMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_compress_options)
 #define KVTC_DECOMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_decompress_options)
-#define KVTC_STREAM_INFO_V1_SIZE sizeof(kvtc_stream_info)
+#define KVTC_STREAM_INFO_V1_SIZE offsetof(kvtc_stream_info, has_token_ids)
 
 /* `full` holds the defaults; the caller's struct_size bytes of `given` are
  * copied over them. `what` names the struct in the error message. */
