@@ -209,8 +209,9 @@ typedef struct kvtc_llama_layout {
 /* Defaults for writing: a ggsq file, one stream, V in rows (flash attention,
  * llama.cpp's choice on CPU), sequence 0. */
 KVTC_API void kvtc_llama_layout_default(kvtc_llama_layout *layout);
-/* 1 when the bytes start with the ggsq magic, 2 when they are a well-formed
- * bare sequence state, 0 otherwise. Thread-safe, allocates nothing. */
+/* 1 when the bytes start with the ggsq magic, 2 with the magic of
+ * llama_state_seq_get_data's bytes (d8 3c 14 af, then the sequence id), 0
+ * otherwise. Looks at the first 4 bytes only. */
 KVTC_API int kvtc_llama_state_detect(const void *data, size_t len);
 /* A cache of the state's cells in *out, with the token ids of a ggsq file
  * (kvtc_cache_token_ids); pos0 is the first cell's position. `layout`, when

@@ -8,6 +8,8 @@
 
 #define GGSQ_MAGIC 0x67677371u /* 'ggsq' */
 #define GGSQ_VERSION 3u
+/* llama_state_seq_get_data's bytes start with this magic and the sequence id */
+#define BARE_MAGIC 0xaf143cd8u
 #define MAX_STREAMS 256u /* llama.cpp's LLAMA_MAX_SEQ */
 #define MAX_LAYERS 4096u
 
@@ -255,8 +257,13 @@ static kvtc_status walk(const void *data, size_t len, state_walk *w, kvtc_cache 
         if (w->n_ids > kvtc_reader_left(&r) / 4)
             return truncated(err, "the token list");
         w->ids = kvtc_get_bytes(&r, (size_t)w->n_ids * 4);
-    } else
+    } else {
         kvtc_reader_init(&r, data, len);
+        if (len < 8 || kvtc_get_u32(&r) != BARE_MAGIC)
+            return kvtc_fail(err, KVTC_E_FORMAT,
+                             "not a llama.cpp sequence state (no ggsq or state magic)");
+        kvtc_get_u32(&r); /* the saving sequence's id; the cells carry it too */
+    }
     return walk_seq_data(&r, w, cache, err);
 }
 
@@ -266,8 +273,9 @@ int kvtc_llama_state_detect(const void *data, size_t len)
         return 0;
     if (len >= 4 && !memcmp(data, "qsgg", 4)) /* GGSQ_MAGIC, little-endian */
         return 1;
-    state_walk w;
-    return walk(data, len, &w, NULL, NULL) == KVTC_OK ? 2 : 0;
+    if (len >= 4 && !memcmp(data, "\xd8\x3c\x14\xaf", 4)) /* BARE_MAGIC */
+        return 2;
+    return 0;
 }
 
 kvtc_status kvtc_llama_state_load(const void *data, size_t len, const kvtc_model_shape *shape,
@@ -389,6 +397,9 @@ kvtc_status kvtc_llama_state_save(const kvtc_cache *c, const kvtc_llama_layout *
         kvtc_put_u32(&w, c->token_ids ? n : 0);
         for (uint32_t i = 0; c->token_ids && i < n; i++)
             kvtc_put_u32(&w, (uint32_t)c->token_ids[i]);
+    } else {
+        kvtc_put_u32(&w, BARE_MAGIC);
+        kvtc_put_u32(&w, (uint32_t)l.seq_id);
     }
     kvtc_put_u32(&w, l.n_stream);
     for (uint32_t s = 0; s < l.n_stream; s++) {
