@@ -64,6 +64,7 @@ typedef struct state_walk {
     uint32_t n_ids;      /* token ids of a ggsq file */
     const uint8_t *ids;  /* n_ids little-endian i32 */
     uint32_t cells;
+    bool seq_known;      /* layout.seq_id was set by a bare state's header */
     int32_t pos0;
     uint32_t n_layer;
     uint32_t k_features, v_features; /* elements per cell and layer */
@@ -163,13 +164,16 @@ static kvtc_status walk_seq_data(kvtc_reader *r, state_walk *w, kvtc_cache *cach
                 if (pos < 0)
                     return kvtc_fail(err, KVTC_E_FORMAT, "cell 0 has position %d", pos);
                 w->pos0 = pos;
-                w->layout.seq_id = seq;
-            } else if ((int64_t)pos != (int64_t)w->pos0 + i)
+                if (!w->seq_known)
+                    w->layout.seq_id = seq;
+                w->seq_known = true;
+            }
+            if (i > 0 && (int64_t)pos != (int64_t)w->pos0 + i)
                 return kvtc_fail(err, KVTC_E_UNSUPPORTED,
                                  "cell %u is at position %d after %lld: only consecutive "
                                  "positions are supported", i, pos, (long long)w->pos0 + i - 1);
             else if (seq != w->layout.seq_id)
-                return kvtc_fail(err, KVTC_E_FORMAT, "cell %u is of sequence %d, cell 0 of %d",
+                return kvtc_fail(err, KVTC_E_FORMAT, "cell %u is of sequence %d, the state of %d",
                                  i, seq, w->layout.seq_id);
             if (seq < 0)
                 return kvtc_fail(err, KVTC_E_FORMAT, "cell %u has sequence id %d", i, seq);
@@ -262,7 +266,10 @@ static kvtc_status walk(const void *data, size_t len, state_walk *w, kvtc_cache 
         if (len < 8 || kvtc_get_u32(&r) != BARE_MAGIC)
             return kvtc_fail(err, KVTC_E_FORMAT,
                              "not a llama.cpp sequence state (no ggsq or state magic)");
-        kvtc_get_u32(&r); /* the saving sequence's id; the cells carry it too */
+        w->layout.seq_id = (int32_t)kvtc_get_u32(&r); /* the cells must carry it too */
+        w->seq_known = true;
+        if (w->layout.seq_id < 0)
+            return kvtc_fail(err, KVTC_E_FORMAT, "state of sequence %d", w->layout.seq_id);
     }
     return walk_seq_data(&r, w, cache, err);
 }
