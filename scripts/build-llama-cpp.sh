@@ -44,7 +44,7 @@ drv="$cache/seq_state_driver-$drv_key"
 if [ ! -x "$drv" ]; then
   libdir="$(dirname "$(find "$bld" -name 'libllama.so' | head -1)")"
   cc -std=c11 -O2 -Wall -Wextra -o "$drv.tmp" "$drv_src" -I"$src/include" -I"$src/ggml/include" \
-    -L"$libdir" -lllama -Wl,-rpath,"$libdir" >&2
+    -L"$libdir" -lllama -lm -Wl,-rpath,"$libdir" >&2
   mv "$drv.tmp" "$drv"
 fi
 ln -sfn "$(basename "$drv")" "$cache/seq_state_driver"

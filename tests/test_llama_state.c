@@ -204,6 +204,14 @@ static void expect_refused(const buf *b, const kvtc_model_shape *shape, kvtc_sta
     CHECK(strchr(err.message, '\n') == NULL);
 }
 
+/* a state built from `s` is UNSUPPORTED with a message holding `needle` */
+static void refuse_spec(const state_spec *s, const char *needle)
+{
+    buf b = build_state(s);
+    expect_refused(&b, &SHAPE, KVTC_E_UNSUPPORTED, needle);
+    free(b.p);
+}
+
 static void test_refusals(void)
 {
     state_spec s = spec_default();
@@ -239,19 +247,13 @@ static void test_refusals(void)
 
     s = spec_default();
     s.n_seq_of_cell3 = 2;
-    b = build_state(&s);
-    expect_refused(&b, &SHAPE, KVTC_E_UNSUPPORTED, "cell 3 belongs to 2 sequences");
-    free(b.p);
+    refuse_spec(&s, "cell 3 belongs to 2 sequences");
     s = spec_default();
     s.k_type = 8;
-    b = build_state(&s);
-    expect_refused(&b, &SHAPE, KVTC_E_UNSUPPORTED, "q8_0");
-    free(b.p);
+    refuse_spec(&s, "q8_0");
     s = spec_default();
     s.n_tok_ids = 3;
-    b = build_state(&s);
-    expect_refused(&b, &SHAPE, KVTC_E_UNSUPPORTED, "3 token ids for 10 cells");
-    free(b.p);
+    refuse_spec(&s, "3 token ids for 10 cells");
     /* a gap in the positions */
     s = spec_default();
     b = build_state(&s);

@@ -194,6 +194,7 @@ static int print_stream_report(const stream_report *r, bool json)
         cli_json_f64(&j, "ratio", r->ratio);
         cli_json_f64(&j, "file_ratio", r->file_ratio);
         cli_json_str(&j, "calibration_fingerprint", r->fingerprint);
+        cli_json_u64(&j, "token_ids", info->has_token_ids);
         kvtc_jw_key(&j.jw, "plans");
         kvtc_jw_begin_object(&j.jw);
         for (int k = 0; k < 2; k++) {
@@ -222,6 +223,7 @@ static int print_stream_report(const stream_report *r, bool json)
         else
             printf("  ratio          %.2fx for the file (vs fp16)\n", r->file_ratio);
         printf("  calibration    %s\n", r->fingerprint);
+        printf("  token ids      %s\n", info->has_token_ids ? "yes" : "no");
         for (int k = 0; k < 2; k++)
             print_plan(r->plans[k], (kvtc_kind)k, targets[k], runs);
     }
