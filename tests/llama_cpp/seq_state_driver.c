@@ -151,10 +151,14 @@ int main(int argc, char **argv)
         size_t len = fread(text, 1, sizeof text - 1, f);
         fclose(f);
         text[len] = 0;
-        int n = llama_tokenize(vocab, text, (int32_t)len, toks, MAX_TOK, 1, 0);
+        /* at most one token per byte, plus BOS */
+        llama_token *all = malloc((len + 2) * sizeof *all);
+        int n = all ? llama_tokenize(vocab, text, (int32_t)len, all, (int32_t)len + 2, 1, 0) : -1;
         int want = atoi(argv[4]), n_gen = atoi(argv[5]);
         if (n < want || want < 2 || want > MAX_TOK)
             return die("the text has fewer tokens than asked for");
+        memcpy(toks, all, (size_t)want * sizeof *toks);
+        free(all);
         if (llama_decode(ctx, llama_batch_get_one(toks, want)) != 0)
             return die("prompt decode failed");
         if (llama_state_seq_save_file(ctx, argv[6], 0, toks, (size_t)want) == 0)
