@@ -14,7 +14,7 @@ src="${KVTC_SOURCE_DIR:?KVTC_SOURCE_DIR not set}"
 lcpp=$(nice -n 10 bash "$src/scripts/build-llama-cpp.sh") || {
   echo "FAIL: scripts/build-llama-cpp.sh could not build llama.cpp"; exit 1; }
 drv="$lcpp/seq_state_driver"
-model=$("$kvtc" fetch)
+model=${KVTC_LLAMA_MODEL:-$("$kvtc" fetch)} # KVTC_LLAMA_MODEL: another GGUF (llama or qwen2)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
