@@ -204,6 +204,8 @@ typedef struct kvtc_llama_layout {
     uint32_t stream;    /* the stream holding the sequence's cells */
     uint32_t v_trans;   /* 1: V stored transposed (llama.cpp without flash attention) */
     int32_t seq_id;     /* sequence id stored with every cell */
+    uint32_t server_tokens; /* ggsq token list: 0 the plain ids; 1 llama-server's packing
+                               (-1, version 1, count, the ids, 0 media chunks) */
 } kvtc_llama_layout;
 
 /* Defaults for writing: a ggsq file, one stream, V in rows (flash attention,

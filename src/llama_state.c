@@ -274,6 +274,26 @@ static kvtc_status walk(const void *data, size_t len, state_walk *w, kvtc_cache 
     return walk_seq_data(&r, w, cache, err);
 }
 
+static uint32_t id_at(const state_walk *w, uint32_t i)
+{
+    const uint8_t *p = w->ids + 4 * (size_t)i;
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* llama-server saves its slot's prompt packed: LLAMA_TOKEN_NULL, version 1,
+ * the count and the ids, then the media chunk count (0 for text). If so,
+ * points ids at the plain ids and notes the packing in the layout. */
+static bool server_token_list(state_walk *w)
+{
+    if (w->cells == 0 || w->n_ids != w->cells + 4 || id_at(w, 0) != UINT32_MAX || id_at(w, 1) != 1 ||
+        id_at(w, 2) != w->cells || id_at(w, 3 + w->cells) != 0)
+        return false;
+    w->ids += 12;
+    w->n_ids = w->cells;
+    w->layout.server_tokens = 1;
+    return true;
+}
+
 int kvtc_llama_state_detect(const void *data, size_t len)
 {
     if (!data)
@@ -308,15 +328,17 @@ kvtc_status kvtc_llama_state_load(const void *data, size_t len, const kvtc_model
                          "state has %u layers of %u key and %u value features, the model %u "
                          "layers of %u x %u: another model's state", w.n_layer, w.k_features,
                          w.v_features, shape->n_layer, shape->n_kv_head, shape->head_dim);
-    if (w.n_ids != 0 && w.n_ids != w.cells)
+    if (w.n_ids != 0 && w.n_ids != w.cells && !server_token_list(&w))
         return kvtc_fail(err, KVTC_E_UNSUPPORTED,
-                         "state lists %u token ids for %u cells: only one id per cell (or none) "
-                         "is supported", w.n_ids, w.cells);
+                         "state lists %u token ids for %u cells: only one id per cell, none, or "
+                         "llama-server's list without media is supported", w.n_ids, w.cells);
     kvtc_cache *c;
     if ((st = kvtc_cache_create(shape, w.cells ? w.dtype : KVTC_F16, w.cells, w.pos0, &c, err)) !=
         KVTC_OK)
         return st;
     st = walk(data, len, &w, c, err);
+    if (st == KVTC_OK && w.n_ids != w.cells)
+        server_token_list(&w); /* checked above */
     if (st == KVTC_OK && w.n_ids) {
         if (!(c->token_ids = kvtc_malloc_array(w.n_ids, sizeof *c->token_ids)))
             st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u token ids", w.n_ids);
@@ -384,7 +406,7 @@ kvtc_status kvtc_llama_state_save(const kvtc_cache *c, const kvtc_llama_layout *
                             : KVTC_OK;
     if (st != KVTC_OK)
         return st;
-    if (l.ggsq > 1 || l.v_trans > 1 || l.n_stream < 1 || l.n_stream > MAX_STREAMS ||
+    if (l.ggsq > 1 || l.v_trans > 1 || l.server_tokens > 1 || l.n_stream < 1 || l.n_stream > MAX_STREAMS ||
         l.stream >= l.n_stream || l.seq_id < 0)
         return kvtc_fail(err, KVTC_E_INVALID,
                          "llama.cpp layout out of range (ggsq %u, v_trans %u, stream %u of %u, "
@@ -401,9 +423,17 @@ kvtc_status kvtc_llama_state_save(const kvtc_cache *c, const kvtc_llama_layout *
     if (l.ggsq) {
         kvtc_put_u32(&w, GGSQ_MAGIC);
         kvtc_put_u32(&w, GGSQ_VERSION);
-        kvtc_put_u32(&w, c->token_ids ? n : 0);
+        bool packed = l.server_tokens && c->token_ids;
+        kvtc_put_u32(&w, c->token_ids ? n + (packed ? 4 : 0) : 0);
+        if (packed) {
+            kvtc_put_u32(&w, UINT32_MAX); /* LLAMA_TOKEN_NULL */
+            kvtc_put_u32(&w, 1);
+            kvtc_put_u32(&w, n);
+        }
         for (uint32_t i = 0; c->token_ids && i < n; i++)
             kvtc_put_u32(&w, (uint32_t)c->token_ids[i]);
+        if (packed)
+            kvtc_put_u32(&w, 0); /* no media chunks */
     } else {
         kvtc_put_u32(&w, BARE_MAGIC);
         kvtc_put_u32(&w, (uint32_t)l.seq_id);

@@ -49,6 +49,7 @@ static uint16_t elem(int kind, uint32_t l, uint32_t t, uint32_t f)
 typedef struct state_spec {
     bool ggsq, v_trans;
     uint32_t n_tok_ids; /* ids listed in the ggsq header */
+    bool server;        /* listed in llama-server's packing */
     uint32_t cells, n_stream, stream;
     int32_t pos0, seq_id;
     uint32_t n_seq_of_cell3; /* n_seq_id written for cell 3 (1 normally) */
@@ -70,9 +71,16 @@ static buf build_state(const state_spec *s)
     if (s->ggsq) {
         put32(&b, 0x67677371u);
         put32(&b, 3);
-        put32(&b, s->n_tok_ids);
+        put32(&b, s->n_tok_ids + (s->server ? 4 : 0));
+        if (s->server) {
+            put32(&b, UINT32_MAX);
+            put32(&b, 1);
+            put32(&b, s->n_tok_ids);
+        }
         for (uint32_t i = 0; i < s->n_tok_ids; i++)
             put32(&b, 1000 + i);
+        if (s->server)
+            put32(&b, 0);
     } else {
         put32(&b, 0xaf143cd8u);
         put32(&b, (uint32_t)s->seq_id);
@@ -159,6 +167,7 @@ static void check_round_trip(const state_spec *s)
     CHECK_EQ(layout.n_stream, s->n_stream);
     CHECK_EQ(layout.stream, s->stream);
     CHECK_EQ(layout.seq_id, s->seq_id);
+    CHECK_EQ(layout.server_tokens, s->server);
     const int32_t *ids = kvtc_cache_token_ids(c);
     CHECK((ids != NULL) == (s->ggsq && s->n_tok_ids > 0));
     if (ids)
@@ -184,6 +193,9 @@ static void test_round_trips(void)
     check_round_trip(&s);
     s = spec_default();
     s.n_tok_ids = 0;
+    check_round_trip(&s);
+    s = spec_default();
+    s.server = true;
     check_round_trip(&s);
     s = spec_default();
     s.n_stream = 4;
