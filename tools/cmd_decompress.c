@@ -24,12 +24,14 @@ static const char usage[] =
     "                          transposed (flash attention off), default 0\n"
     "      --seq-id N          llama.cpp formats: sequence id stored with the cells\n"
     "                          (default 0)\n"
+    "      --server-tokens     ggsq: list the tokens packed as llama-server's slot\n"
+    "                          files do (it also reads them plain)\n"
     "      --max-output SIZE   refuse a stream whose restored cache would be larger\n"
     "                          than SIZE bytes (K, M, G suffixes; default: no limit)\n"
     "      --threads N         worker threads (default: all CPUs)\n"
     "  -h, --help              this help\n";
 
-enum { OPT_MAX_OUTPUT = 256, OPT_FORMAT, OPT_V_TRANS, OPT_SEQ_ID };
+enum { OPT_MAX_OUTPUT = 256, OPT_FORMAT, OPT_V_TRANS, OPT_SEQ_ID, OPT_SERVER_TOKENS };
 
 typedef struct decompress_args {
     const char *calibration, *output;
@@ -57,6 +59,7 @@ static int handle_option(void *user, int opt, const char *arg)
         return CLI_USAGE;
     case OPT_V_TRANS:
         return cli_parse_u32("--v-trans", arg, 0, 1, &a->layout.v_trans) ? CLI_OK : CLI_USAGE;
+    case OPT_SERVER_TOKENS: a->layout.server_tokens = 1; return CLI_OK;
     case OPT_SEQ_ID: {
         uint32_t id;
         if (!cli_parse_u32("--seq-id", arg, 0, INT32_MAX, &id))
@@ -78,6 +81,7 @@ int cmd_decompress(int argc, char **argv)
         {"format", required_argument, NULL, OPT_FORMAT},
         {"v-trans", required_argument, NULL, OPT_V_TRANS},
         {"seq-id", required_argument, NULL, OPT_SEQ_ID},
+        {"server-tokens", no_argument, NULL, OPT_SERVER_TOKENS},
         {0},
     };
     decompress_args a = {0};

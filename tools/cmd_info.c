@@ -339,7 +339,9 @@ static int print_cache_report(const char *path, const kvtc_cache *cache, size_t 
             printf("  llama.cpp      sequence %d, stream %u of %u, V %s, token ids %s\n",
                    layout->seq_id, layout->stream, layout->n_stream,
                    layout->v_trans ? "transposed" : "in rows",
-                   kvtc_cache_token_ids(cache) ? "yes" : "no");
+                   !kvtc_cache_token_ids(cache) ? "no"
+                   : layout->server_tokens      ? "yes (llama-server's packing)"
+                                                : "yes");
         return CLI_OK;
     }
     cli_json j;
@@ -352,6 +354,7 @@ static int print_cache_report(const char *path, const kvtc_cache *cache, size_t 
         cli_json_u64(&j, "v_trans", layout->v_trans);
         cli_json_u64(&j, "n_stream", layout->n_stream);
         cli_json_u64(&j, "token_ids", kvtc_cache_token_ids(cache) != NULL);
+        cli_json_u64(&j, "server_tokens", layout->server_tokens);
     }
     cli_json_str(&j, "model", kvtc_cache_model_name(cache));
     cli_json_shape(&j, s);
