@@ -6,7 +6,7 @@
 set -euo pipefail
 VERSION=0.3.36                       # llama-cpp-python; its vendor/llama.cpp is what we test
 root="$(cd "$(dirname "$0")/.." && pwd)"
-cache="${KVTC_CACHE:-$HOME/.cache/kvtc}/llama.cpp-$VERSION"
+cache="${KVTC_CACHE_DIR:-$HOME/.cache/kvtc}/llama.cpp-$VERSION"
 src="$cache/src/llama_cpp_python-$VERSION/vendor/llama.cpp"
 want_server=0
 [ "${1:-}" = "--server" ] && want_server=1
