@@ -43,7 +43,7 @@ done
   >"$tmp/calibrate.txt"
 
 # ---- the 1500-token prompt: 16x and back, llama.cpp continues ----
-cat "$src/README.md" "$src/docs/EVAL.md" >"$tmp/prompt.txt"
+cat "$src/docs/EVAL.md" "$src/docs/RELIABILITY.md" >"$tmp/prompt.txt"
 "$drv" run "$model" "$tmp/prompt.txt" 1500 16 "$tmp/a.ggsq" >"$tmp/ref.txt"
 "$kvtc" info --model "$model" "$tmp/a.ggsq.bare" | grep -q "1500 at positions 0" ||
   fail "the bare llama_state_seq_get_data bytes do not read as 1500 tokens"

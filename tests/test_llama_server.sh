@@ -22,7 +22,7 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*"; [ ! -f "$tmp/server.log" ] || tail -5 "$tmp/server.log"; exit 1; }
 mkdir -p "$tmp/slots"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$lcpp/build/bin/llama-server" -m "$model" --host 127.0.0.1 --port "$port" -np 1 -c 2048 -t 2 \
+"$lcpp/build/bin/llama-server" -m "$model" --host 127.0.0.1 --port "$port" -np 1 -c 4096 -t 2 \
   --slot-save-path "$tmp/slots/" >"$tmp/server.log" 2>&1 &
 server_pid=$!
 
@@ -48,7 +48,7 @@ if step == "wait":
             time.sleep(0.5)
     sys.exit(1)
 if step == "long":  # a long text in the slot, for a calibration
-    post("/completion", {"prompt": open(sys.argv[3]).read()[:6000], "n_predict": 1,
+    post("/completion", {"prompt": open(sys.argv[3]).read()[:3000], "n_predict": 1,
                          "cache_prompt": True, "id_slot": 0})
     sys.exit(0)
 if step == "turn":  # turn N: the prompt, then each earlier reply and a follow-up
