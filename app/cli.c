@@ -1,5 +1,7 @@
 /* Helpers shared by the kvtc subcommands (see cli.h). */
 #include "cli.h"
+#include "default_model.h"
+#include "model.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -415,6 +417,59 @@ kvtc_cache *cli_read_cache(const char *path)
         cli_fail_err(path, &err);
         return NULL;
     }
+    return cache;
+}
+
+bool cli_is_llama_state(const void *data, size_t len)
+{
+    return kvtc_llama_state_detect(data, len) != 0;
+}
+
+bool cli_read_model_shape(const char *name_or_path, kvtc_model_shape *shape, char name[64])
+{
+    kvtc_error err;
+    char path[4096];
+    if (model_resolve(name_or_path, path, sizeof path, true, &err) != KVTC_OK ||
+        model_read_kv_shape(path, shape, name, &err) != KVTC_OK) {
+        cli_fail_err(NULL, &err);
+        return false;
+    }
+    return true;
+}
+
+kvtc_cache *cli_read_any_cache(const char *path, const kvtc_model_shape *llama_shape,
+                               kvtc_llama_layout *layout)
+{
+    /* A safetensors file is read tensor by tensor, never held whole: its
+     * first bytes tell it apart (the header length, then '{'). */
+    unsigned char head[9] = {0};
+    struct stat st_buf;
+    FILE *fp = fopen(path, "rb");
+    bool safetensors = !fp || fstat(fileno(fp), &st_buf) != 0 ||
+                       fread(head, 1, sizeof head, fp) != sizeof head;
+    if (fp)
+        fclose(fp);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | head[i];
+    if (safetensors || (head[8] == '{' && hlen <= (uint64_t)st_buf.st_size - 8))
+        return cli_read_cache(path);
+    size_t len;
+    void *data = cli_read_file(path, &len);
+    if (!data)
+        return NULL;
+    kvtc_cache *cache = NULL;
+    if (!cli_is_llama_state(data, len)) {
+        kvtc_buffer_free(data);
+        return cli_read_cache(path);
+    }
+    kvtc_error err;
+    if (!llama_shape)
+        cli_fail(path, "a llama.cpp sequence state names no heads or RoPE: give its model "
+                       "with --model GGUF");
+    else if (kvtc_llama_state_load(data, len, llama_shape, &cache, layout, &err) != KVTC_OK)
+        cli_fail_err(path, &err);
+    kvtc_buffer_free(data);
     return cache;
 }
 

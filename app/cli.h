@@ -137,6 +137,18 @@ double cli_file_ratio(const kvtc_stream_info *info);
 
 /* Reading inputs; on failure they print the error naming the file and return NULL. */
 kvtc_cache *cli_read_cache(const char *path);
+/* The same for a .safetensors cache or a llama.cpp sequence state (told apart
+ * by content). A llama.cpp state names no heads or RoPE: they come from
+ * `llama_shape` (a --model GGUF's or the calibration's); NULL fails with a
+ * message asking for --model. `layout` (may be NULL) receives the state's
+ * layout; ggsq 0 / n_stream 0 there for a safetensors cache. */
+kvtc_cache *cli_read_any_cache(const char *path, const kvtc_model_shape *llama_shape,
+                               kvtc_llama_layout *layout);
+/* The KV shape of a GGUF model (a path or a name of the model table, fetched
+ * if needed) from its metadata, and its name (64 bytes). */
+bool cli_read_model_shape(const char *name_or_path, kvtc_model_shape *shape, char name[64]);
+/* True when the bytes are a llama.cpp sequence state (ggsq file or bare). */
+bool cli_is_llama_state(const void *data, size_t len);
 kvtc_calibration *cli_read_calibration(const char *path);
 void *cli_read_file(const char *path, size_t *len);
 

@@ -22,6 +22,13 @@ static void set_name(model_config *c, const char *name, size_t len)
     c->name[len] = '\0';
 }
 
+static kvtc_model_shape config_kv_shape(const model_config *c)
+{
+    kvtc_model_shape s = {c->n_layer, c->n_kv_head, c->head_dim, c->rope_style,
+                          c->rope_dims, c->rope_theta, 1.0};
+    return s;
+}
+
 static kvtc_status check_config(const model_config *c, kvtc_error *err)
 {
     if (c->dim < 1 || c->dim > MAX_DIM || c->hidden_dim < 1 || c->hidden_dim > MAX_HIDDEN ||
@@ -40,17 +47,13 @@ static kvtc_status check_config(const model_config *c, kvtc_error *err)
         !isfinite(c->norm_eps))
         return kvtc_fail(err, KVTC_E_FORMAT, "RoPE base %g or RMSNorm epsilon %g invalid",
                          c->rope_theta, (double)c->norm_eps);
-    kvtc_model_shape shape = {c->n_layer, c->n_kv_head, c->head_dim, c->rope_style,
-                              c->rope_dims, c->rope_theta, 1.0};
+    kvtc_model_shape shape = config_kv_shape(c);
     return kvtc_shape_check(&shape, err);
 }
 
 kvtc_model_shape model_kv_shape(const model *m)
 {
-    const model_config *c = &m->cfg;
-    kvtc_model_shape s = {c->n_layer, c->n_kv_head, c->head_dim, c->rope_style,
-                          c->rope_dims, c->rope_theta, 1.0};
-    return s;
+    return config_kv_shape(&m->cfg);
 }
 
 static float *take(float **p, uint64_t n)
@@ -363,6 +366,26 @@ static void name_from_path(model_config *c, const char *path)
     size_t len = dot && dot != base ? (size_t)(dot - base) : strlen(base);
     if (len)
         set_name(c, base, len);
+}
+
+kvtc_status model_read_kv_shape(const char *path, kvtc_model_shape *shape, char name[64],
+                                kvtc_error *err)
+{
+    kvtc_gguf_file *f;
+    kvtc_status st = kvtc_gguf_open(path, &f, err);
+    if (st != KVTC_OK)
+        return st;
+    model_config c;
+    st = kvtc_gguf_config(f, &c, err);
+    kvtc_gguf_close(f);
+    if (st == KVTC_OK)
+        st = check_config(&c, err);
+    if (st != KVTC_OK)
+        return kvtc_fail_prefix(err, path);
+    name_from_path(&c, path);
+    *shape = config_kv_shape(&c);
+    memcpy(name, c.name, 64);
+    return KVTC_OK;
 }
 
 kvtc_status model_open(const char *path, model **out, tokenizer **tok, kvtc_error *err)

@@ -65,5 +65,9 @@ void model_free(model *m);
 
 /* The shape of the model's KV cache as kvtc sees it. */
 kvtc_model_shape model_kv_shape(const model *m);
+/* The same from a GGUF file's metadata alone (no weights are read), and its
+ * name in `name` (64 bytes): what a llama.cpp state of that model lacks. */
+kvtc_status model_read_kv_shape(const char *path, kvtc_model_shape *shape, char name[64],
+                                kvtc_error *err);
 
 #endif /* KVTC_ENGINE_MODEL_H */

@@ -2,7 +2,7 @@
  * project's own writers (and, for GGUF and llama2.c, by the few lines below),
  * each checked to load before it is written.
  *
- *   make_seeds DIR   ->  DIR/{kvtc,kvtcal,safetensors,gguf,llama2c,compress}/seed-*
+ *   make_seeds DIR   ->  DIR/{kvtc,kvtcal,safetensors,gguf,llama2c,compress,llama_state}/seed-*
  */
 #include "fuzz_common.h"
 
@@ -203,6 +203,36 @@ static void safetensors_seed(const char *name, kvtc_cache *c, const char *model)
     kvtc_cache_free(c);
 }
 
+/* ---- llama.cpp sequence states ----------------------------------------------------------- */
+
+static void llama_state_seed(const kvtc_calibration *cal, const char *name, kvtc_dtype dtype,
+                             uint32_t n, int64_t pos0, bool ids, uint32_t ggsq, uint32_t v_trans)
+{
+    kvtc_error err;
+    kvtc_cache *c = fuzz_make_cache(dtype, n, pos0, n + 17);
+    kvtc_llama_layout layout;
+    kvtc_llama_layout_default(&layout);
+    layout.ggsq = ggsq;
+    layout.v_trans = v_trans;
+    int32_t tok[64];
+    for (uint32_t i = 0; i < n && i < 64; i++)
+        tok[i] = (int32_t)(i * 37 + 1);
+    void *buf = NULL;
+    size_t len = 0;
+    if (!c || n > 64)
+        fail("cannot make a cache", NULL);
+    else if (ids && kvtc_cache_set_token_ids(c, tok, &err) != KVTC_OK)
+        fail(name, &err);
+    else if (kvtc_llama_state_save(c, &layout, &buf, &len, &err) != KVTC_OK)
+        fail(name, &err);
+    else if (fuzz_one_llama_state(cal, buf, len))
+        fail(name, NULL);
+    else
+        write_seed("llama_state", name, buf, len);
+    kvtc_buffer_free(buf);
+    kvtc_cache_free(c);
+}
+
 /* ---- GGUF and llama2.c ------------------------------------------------------------------ */
 
 static void gguf_seed(const char *name, uint32_t version, bool with_alignment,
@@ -362,6 +392,11 @@ int main(int argc, char **argv)
     llama2c_seed("seed-shared-classifier", 5);
     llama2c_seed("seed-own-classifier", -5);
     compress_seeds(cal);
+    llama_state_seed(cal, "seed-ggsq-f16-vtrans", KVTC_F16, 12, 0, true, 1, 1);
+    llama_state_seed(cal, "seed-ggsq-f32-rows", KVTC_F32, 9, 3, true, 1, 0);
+    llama_state_seed(cal, "seed-ggsq-bf16-no-ids", KVTC_BF16, 7, 0, false, 1, 1);
+    llama_state_seed(cal, "seed-bare-f16", KVTC_F16, 10, 20, false, 0, 0);
+    llama_state_seed(cal, "seed-ggsq-empty", KVTC_F16, 0, 0, false, 1, 0);
     kvtc_calibration_free(cal);
     return g_failed;
 }

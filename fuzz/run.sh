@@ -15,7 +15,7 @@ build=${FUZZ_BUILD:-$root/build-fuzz}
 seconds=${FUZZ_SECONDS:-60}
 rss_mb=${FUZZ_RSS_MB:-2048}
 per_input=${FUZZ_TIMEOUT:-10}
-read -r -a targets <<<"${FUZZ_TARGETS:-kvtc_decode kvtcal_load safetensors gguf llama2c compress_roundtrip}"
+read -r -a targets <<<"${FUZZ_TARGETS:-kvtc_decode kvtcal_load safetensors gguf llama2c compress_roundtrip llama_state}"
 regress=$root/tests/data/regress
 
 # OpenBLAS is not instrumented and its threads only add noise here.
@@ -30,7 +30,8 @@ rm -rf "$build/seeds"
 "$build/make_seeds" "$build/seeds"
 
 declare -A seed_dir=([kvtc_decode]=kvtc [kvtcal_load]=kvtcal [safetensors]=safetensors
-                     [gguf]=gguf [llama2c]=llama2c [compress_roundtrip]=compress)
+                     [gguf]=gguf [llama2c]=llama2c [compress_roundtrip]=compress
+                     [llama_state]=llama_state)
 total_crashes=0
 total_execs=0
 for t in "${targets[@]}"; do

@@ -200,6 +200,14 @@ KVTC_API kvtc_status kvtc_cache_wrap(const kvtc_model_shape *shape, kvtc_dtype d
 KVTC_API const char *kvtc_cache_model_name(const kvtc_cache *cache);
 KVTC_API kvtc_status kvtc_cache_set_model_name(kvtc_cache *cache, const char *name,
                                                kvtc_error *err);
+/* Token ids of the cache's tokens (the prompt that made it), n_tokens of them,
+ * or NULL when it carries none. A cache with ids compresses into a stream that
+ * keeps them (docs/FORMAT.md, flags bit 0) and decompresses with them. Set
+ * copies n_tokens ids from `ids`; NULL removes them. A cache of 0 tokens
+ * carries none. */
+KVTC_API const int32_t *kvtc_cache_token_ids(const kvtc_cache *cache);
+KVTC_API kvtc_status kvtc_cache_set_token_ids(kvtc_cache *cache, const int32_t *ids,
+                                              kvtc_error *err);
 
 /* Safetensors I/O. Tensors "layers.{i}.key" / "layers.{i}.value", shape
  * [n_kv_head, n_tokens, head_dim], dtype F32/F16/BF16 (all the same);
@@ -216,6 +224,59 @@ KVTC_API kvtc_status kvtc_cache_save_safetensors(const kvtc_cache *cache, void *
  * a failure never leaves a partial file under `path`. */
 KVTC_API kvtc_status kvtc_cache_write_safetensors(const kvtc_cache *cache, const char *path,
                                                   kvtc_error *err);
+
+/* llama.cpp sequence state (docs/FORMAT.md, section 4): the file of
+ * llama_state_seq_save_file (magic "ggsq", version 3, the token ids, then the
+ * sequence data), or the bare bytes of llama_state_seq_get_data, as llama-server's
+ * --slot-save-path files are ggsq files. The state names no shape beyond layer
+ * count and row widths, so the caller gives the model's (heads, head size,
+ * RoPE; for GGUF models of arch llama and qwen2, llama.cpp's keys are post-RoPE
+ * with the same convention kvtc's engine uses: interleaved for llama, NeoX for
+ * qwen2). Supported: one sequence in one stream, consecutive positions, f32,
+ * f16 or bf16 cells (the same for K and V in every layer), V in rows or
+ * transposed. Anything else (quantized cells such as q8_0, cells shared by
+ * several sequences, models with two KV caches, other versions, another
+ * model's state, truncated or trailing bytes) is refused with a one-line error. */
+typedef struct kvtc_llama_layout {
+    size_t struct_size; /* sizeof(kvtc_llama_layout), set by the _default function */
+    uint32_t ggsq;      /* 1: a ggsq file with token ids; 0: bare sequence data */
+    uint32_t n_stream;  /* KV streams of the context (1 unless kv_unified is off) */
+    uint32_t stream;    /* the stream holding the sequence's cells */
+    uint32_t v_trans;   /* 1: V stored transposed (llama.cpp without flash attention) */
+    int32_t seq_id;     /* sequence id stored with every cell */
+    uint32_t server_tokens; /* ggsq token list: 0 the plain ids; 1 llama-server's packing
+                               (-1, version 1, count, the ids, 0 media chunks) */
+} kvtc_llama_layout;
+
+/* Defaults for writing: a ggsq file, one stream, V in rows (flash attention,
+ * llama.cpp's choice on CPU), sequence 0. */
+KVTC_API void kvtc_llama_layout_default(kvtc_llama_layout *layout);
+/* 1 when the bytes start with the ggsq magic, 2 with the magic of
+ * llama_state_seq_get_data's bytes (d8 3c 14 af, then the sequence id), 0
+ * otherwise. Looks at the first 4 bytes only. */
+KVTC_API int kvtc_llama_state_detect(const void *data, size_t len);
+/* A cache of the state's cells in *out, with the token ids of a ggsq file
+ * (kvtc_cache_token_ids); pos0 is the first cell's position. `layout`, when
+ * not NULL (struct_size set by the caller), receives how the state was laid
+ * out, so that kvtc_llama_state_save can write it back byte for byte.
+ * KVTC_E_MISMATCH for a state of another shape, KVTC_E_VERSION, KVTC_E_FORMAT,
+ * KVTC_E_TRUNCATED, KVTC_E_UNSUPPORTED as above. _read prefixes the path. */
+KVTC_API kvtc_status kvtc_llama_state_load(const void *data, size_t len,
+                                           const kvtc_model_shape *shape, kvtc_cache **out,
+                                           kvtc_llama_layout *layout, kvtc_error *err);
+KVTC_API kvtc_status kvtc_llama_state_read(const char *path, const kvtc_model_shape *shape,
+                                           kvtc_cache **out, kvtc_llama_layout *layout,
+                                           kvtc_error *err);
+/* The state llama.cpp's llama_state_seq_load_file (ggsq) or
+ * llama_state_seq_set_data (bare) accepts for this cache; layout NULL means
+ * the defaults. The context loading it must match the layout (V transposed or
+ * not, stream count) and the cache's dtype (its type_k and type_v). */
+KVTC_API kvtc_status kvtc_llama_state_save(const kvtc_cache *cache,
+                                           const kvtc_llama_layout *layout, void **out,
+                                           size_t *out_len, kvtc_error *err);
+KVTC_API kvtc_status kvtc_llama_state_write(const kvtc_cache *cache,
+                                            const kvtc_llama_layout *layout, const char *path,
+                                            kvtc_error *err); /* atomic */
 
 /* ------------------------------------------------------------------------ */
 /* Calibration                                                               */
@@ -441,6 +502,8 @@ typedef struct kvtc_stream_info {
     uint64_t compressed_fp16_bytes; /* the compressed tokens alone at 2 bytes a value */
     uint8_t calib_fingerprint[32];
     char model_name[64];
+    /* added after the first release (read only up to the caller's struct_size) */
+    uint32_t has_token_ids;     /* 1: the stream carries its tokens' ids (flags bit 0) */
 } kvtc_stream_info;
 
 /* Parses and checks the header (not the block payloads). The caller sets
@@ -454,6 +517,12 @@ KVTC_API kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_str
  * its groups, not the calibration's error table. */
 KVTC_API kvtc_status kvtc_stream_plan(const void *data, size_t len, kvtc_kind kind,
                                       kvtc_plan **out, kvtc_error *err);
+
+/* The token ids a stream carries (kvtc_cache_token_ids of the cache it was
+ * made from): *n of them in *out, freed with kvtc_buffer_free; *out NULL and
+ * *n 0 when it carries none. Checks the header like kvtc_stream_info_get. */
+KVTC_API kvtc_status kvtc_stream_token_ids(const void *data, size_t len, int32_t **out,
+                                           uint32_t *n, kvtc_error *err);
 
 /* Reads a whole file into a buffer freed with kvtc_buffer_free. */
 KVTC_API kvtc_status kvtc_read_file(const char *path, void **out, size_t *out_len,

@@ -234,6 +234,7 @@ void kvtc_cache_free(kvtc_cache *cache)
         return;
     kvtc_free(cache->data);
     kvtc_free(cache->layer);
+    kvtc_free(cache->token_ids);
     kvtc_free(cache);
 }
 
@@ -242,6 +243,22 @@ kvtc_dtype kvtc_cache_dtype(const kvtc_cache *c) { return c->dtype; }
 uint32_t kvtc_cache_tokens(const kvtc_cache *c) { return c->n_tokens; }
 int64_t kvtc_cache_pos0(const kvtc_cache *c) { return c->pos0; }
 const char *kvtc_cache_model_name(const kvtc_cache *c) { return c->model; }
+const int32_t *kvtc_cache_token_ids(const kvtc_cache *c) { return c ? c->token_ids : NULL; }
+
+kvtc_status kvtc_cache_set_token_ids(kvtc_cache *c, const int32_t *ids, kvtc_error *err)
+{
+    if (!c)
+        return kvtc_fail(err, KVTC_E_INVALID, "kvtc_cache_set_token_ids: no cache");
+    int32_t *copy = NULL;
+    if (ids && c->n_tokens > 0) {
+        if (!(copy = kvtc_malloc_array(c->n_tokens, sizeof *copy)))
+            return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u token ids", c->n_tokens);
+        memcpy(copy, ids, (size_t)c->n_tokens * sizeof *copy);
+    }
+    kvtc_free(c->token_ids);
+    c->token_ids = copy;
+    return KVTC_OK;
+}
 
 const void *kvtc_cache_data_const(const kvtc_cache *c, kvtc_kind kind, uint32_t layer)
 {

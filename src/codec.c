@@ -459,6 +459,12 @@ kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
     s.block_tokens = opt->block_tokens;
     memcpy(s.fingerprint, cal->fingerprint, sizeof s.fingerprint);
     memcpy(s.model, cache->model, sizeof s.model);
+    if (cache->token_ids && cache->n_tokens) {
+        if (!(s.token_ids = kvtc_malloc_array(cache->n_tokens, sizeof(int32_t))))
+            st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u token ids", cache->n_tokens);
+        else
+            memcpy(s.token_ids, cache->token_ids, (size_t)cache->n_tokens * sizeof(int32_t));
+    }
     double ratio[2] = {opt->k_ratio, opt->v_ratio};
     for (int k = 0; k < 2 && st == KVTC_OK; k++) {
         st = kvtc_plan_create(cal, (kvtc_kind)k, ratio[k], &s.plan[k], err);
@@ -524,6 +530,23 @@ kvtc_status kvtc_append(const kvtc_calibration *cal, const void *prev, size_t pr
     }
     kvtc_cache_copy_tokens(tail, old_tail, more, 0, more->n_tokens);
 
+    if ((s.token_ids != NULL) != (more->token_ids != NULL) && more->n_tokens && s.n_tokens) {
+        st = kvtc_fail(err, KVTC_E_MISMATCH, "the stream %s token ids but the appended cache %s",
+                       s.token_ids ? "carries" : "carries no", s.token_ids ? "none" : "does");
+        goto done;
+    }
+    if (more->token_ids && more->n_tokens) {
+        int32_t *ids = kvtc_malloc_array((size_t)s.n_tokens + more->n_tokens, sizeof *ids);
+        if (!ids) {
+            st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for token ids");
+            goto done;
+        }
+        if (s.token_ids)
+            memcpy(ids, s.token_ids, (size_t)s.n_tokens * sizeof *ids);
+        memcpy(ids + s.n_tokens, more->token_ids, (size_t)more->n_tokens * sizeof *ids);
+        kvtc_free(s.token_ids);
+        s.token_ids = ids;
+    }
     kvtc_block *kept = s.blocks;
     s.blocks = NULL;
     s.n_tokens += more->n_tokens;
@@ -907,6 +930,9 @@ static kvtc_status copy_layer_into_cache(void *user, uint32_t layer, const decod
         if (st != KVTC_OK)
             return st;
         memcpy(cs->cache->model, d->s.model, sizeof cs->cache->model);
+        if (d->s.token_ids &&
+            (st = kvtc_cache_set_token_ids(cs->cache, d->s.token_ids + d->first, err)) != KVTC_OK)
+            return st;
     }
     kvtc_cache_copy_layer(cs->cache, layer, d->layer, 0);
     return KVTC_OK;

@@ -52,6 +52,7 @@ void kvtc_stream_release(kvtc_stream *s)
     kvtc_plan_free(s->plan[0]);
     kvtc_plan_free(s->plan[1]);
     kvtc_free(s->blocks);
+    kvtc_free(s->token_ids);
     memset(s, 0, sizeof *s);
 }
 
@@ -147,8 +148,13 @@ static kvtc_status check_block(const kvtc_stream *s, uint32_t i, const kvtc_bloc
 
 static kvtc_status parse_fields(kvtc_reader *r, kvtc_stream *s, size_t len, kvtc_error *err)
 {
-    if (kvtc_get_u32(r) != 0)
-        return kvtc_fail(err, KVTC_E_FORMAT, "reserved flags are not zero");
+    uint32_t flags = kvtc_get_u32(r);
+    if (flags & ~KVTC_FLAG_TOKEN_IDS)
+        return kvtc_fail(err, KVTC_E_FORMAT, "reserved flags 0x%x are not zero",
+                         flags & ~KVTC_FLAG_TOKEN_IDS);
+    if (flags && s->version < 2)
+        return kvtc_fail(err, KVTC_E_FORMAT, "flags 0x%x in a version %u stream", flags,
+                         s->version);
     kvtc_get_u64(r); /* header_bytes, already checked */
     s->shape.n_layer = kvtc_get_u32(r);
     s->shape.n_kv_head = kvtc_get_u32(r);
@@ -204,9 +210,11 @@ static kvtc_status parse_fields(kvtc_reader *r, kvtc_stream *s, size_t len, kvtc
             return st;
 
     uint32_t n_blocks = kvtc_get_u32(r);
-    if (r->overrun || (uint64_t)n_blocks * KVTC_BLOCK_ENTRY_BYTES != kvtc_reader_left(r))
-        return kvtc_fail(err, KVTC_E_FORMAT, "block table of %u entries does not fill the header",
-                         n_blocks);
+    uint64_t id_bytes = flags & KVTC_FLAG_TOKEN_IDS ? 4ull * s->n_tokens : 0;
+    if (r->overrun || (uint64_t)n_blocks * KVTC_BLOCK_ENTRY_BYTES + id_bytes != kvtc_reader_left(r))
+        return kvtc_fail(err, KVTC_E_FORMAT,
+                         "block table of %u entries%s does not fill the header", n_blocks,
+                         id_bytes ? " and the token ids" : "");
     if (n_blocks > s->n_tokens)
         return kvtc_fail(err, KVTC_E_FORMAT, "%u blocks for %u tokens", n_blocks, s->n_tokens);
     s->blocks = kvtc_calloc(n_blocks ? n_blocks : 1, sizeof *s->blocks);
@@ -246,6 +254,12 @@ static kvtc_status parse_fields(kvtc_reader *r, kvtc_stream *s, size_t len, kvtc
     if (next_token != s->n_tokens)
         return kvtc_fail(err, KVTC_E_FORMAT, "blocks cover %u of %u tokens", next_token,
                          s->n_tokens);
+    if (id_bytes) {
+        if (!(s->token_ids = kvtc_malloc_array(s->n_tokens ? s->n_tokens : 1, sizeof(int32_t))))
+            return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %u token ids", s->n_tokens);
+        for (uint32_t i = 0; i < s->n_tokens; i++)
+            s->token_ids[i] = (int32_t)kvtc_get_u32(r);
+    }
     if (offset != len)
         return kvtc_fail(err, KVTC_E_FORMAT, "%llu stray bytes after the last block",
                          (unsigned long long)(len - offset));
@@ -319,12 +333,14 @@ kvtc_status kvtc_stream_serialize(kvtc_stream *s, void **out, size_t *out_len, k
     kvtc_writer w;
     kvtc_writer_init(&w);
     kvtc_put_bytes(&w, MAGIC, sizeof MAGIC);
-    s->version = 1;
+    /* flags bit 0 is a version 2 field, so token ids need version 2 */
+    uint32_t flags = s->token_ids && s->n_tokens ? KVTC_FLAG_TOKEN_IDS : 0;
+    s->version = flags ? 2 : 1;
     for (uint32_t i = 0; i < s->n_blocks; i++)
         if (s->blocks[i].escapes)
             s->version = 2;
     kvtc_put_u32(&w, s->version);
-    kvtc_put_u32(&w, 0); /* flags */
+    kvtc_put_u32(&w, flags);
     kvtc_put_u64(&w, 0); /* header_bytes, patched below */
     kvtc_put_u32(&w, s->shape.n_layer);
     kvtc_put_u32(&w, s->shape.n_kv_head);
@@ -358,6 +374,8 @@ kvtc_status kvtc_stream_serialize(kvtc_stream *s, void **out, size_t *out_len, k
             payload += b->length[k];
         }
     }
+    for (uint32_t i = 0; flags && i < s->n_tokens; i++)
+        kvtc_put_u32(&w, (uint32_t)s->token_ids[i]);
     if (w.failed) {
         kvtc_writer_free(&w);
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a stream header");
@@ -442,6 +460,7 @@ kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_stream_info 
     info->compressed_fp16_bytes = fp16_token * info->compressed_tokens;
     memcpy(info->calib_fingerprint, s.fingerprint, sizeof info->calib_fingerprint);
     memcpy(info->model_name, s.model, sizeof info->model_name);
+    info->has_token_ids = s.token_ids != NULL;
     kvtc_stream_release(&s);
     return kvtc_struct_out(caller, &full, sizeof full, KVTC_STREAM_INFO_V1_SIZE, "stream info",
                            err);
@@ -461,6 +480,26 @@ kvtc_status kvtc_stream_plan(const void *data, size_t len, kvtc_kind kind, kvtc_
         return st;
     *out = s.plan[kind];
     s.plan[kind] = NULL; /* now the caller's */
+    kvtc_stream_release(&s);
+    return KVTC_OK;
+}
+
+kvtc_status kvtc_stream_token_ids(const void *data, size_t len, int32_t **out, uint32_t *n,
+                                  kvtc_error *err)
+{
+    if (!out || !n)
+        return kvtc_fail(err, KVTC_E_INVALID, "no token id output given");
+    *out = NULL;
+    *n = 0;
+    kvtc_stream s;
+    kvtc_status st = kvtc_stream_parse(data, len, &s, err);
+    if (st != KVTC_OK)
+        return st;
+    if (s.token_ids) {
+        *out = s.token_ids;
+        *n = s.n_tokens;
+        s.token_ids = NULL; /* now the caller's */
+    }
     kvtc_stream_release(&s);
     return KVTC_OK;
 }

@@ -12,6 +12,8 @@
 #define KVTC_ENCODING_CODED_ESCAPES 2u
 #define KVTC_MAX_BLOCK_TOKENS 65536u
 #define KVTC_BLOCK_ENTRY_BYTES 36u
+/* flags bit 0 (v2): the block table is followed by n_tokens i32 token ids. */
+#define KVTC_FLAG_TOKEN_IDS 1u
 /* Largest token position a stream may hold: kvtc_cache_create's limit on pos0,
  * so that every block of a stream can be decoded into a cache of its own. */
 
@@ -44,6 +46,7 @@ typedef struct kvtc_stream {
     kvtc_plan *plan[2];     /* owned */
     uint32_t n_blocks;
     kvtc_block *blocks;     /* owned */
+    int32_t *token_ids;     /* owned: n_tokens ids (flags bit 0), or NULL */
     uint64_t header_bytes;  /* set by parse and serialize */
     uint64_t total_bytes;
 } kvtc_stream;

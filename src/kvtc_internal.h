@@ -5,6 +5,7 @@
 #include "kvtc.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdbool.h>
 
 /* ---- errors (error.c) --------------------------------------------------- */
@@ -69,6 +70,7 @@ struct kvtc_cache {
     /* the cache's own [kind][layer][head][token][dim] memory; NULL when it
      * wraps the caller's (kvtc_cache_wrap) */
     unsigned char *data;
+    int32_t *token_ids; /* n_tokens ids, or NULL when the cache carries none */
 };
 
 /* The head vector (head_dim elements, contiguous) of token t, head h, layer l. */
@@ -231,7 +233,7 @@ size_t kvtc_utf8_encode(uint32_t cp, char *out);
 #define KVTC_CALIB_OPTIONS_V1_SIZE sizeof(kvtc_calib_options)
 #define KVTC_COMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_compress_options)
 #define KVTC_DECOMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_decompress_options)
-#define KVTC_STREAM_INFO_V1_SIZE sizeof(kvtc_stream_info)
+#define KVTC_STREAM_INFO_V1_SIZE offsetof(kvtc_stream_info, has_token_ids)
 
 /* `full` holds the defaults; the caller's struct_size bytes of `given` are
  * copied over them. `what` names the struct in the error message. */

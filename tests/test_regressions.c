@@ -75,6 +75,7 @@ int main(void)
             bad |= fuzz_one_gguf(buf, len);
             bad |= fuzz_one_llama2c(buf, len);
             bad |= fuzz_one_compress(cal, buf, len);
+            bad |= fuzz_one_llama_state(cal, buf, len);
             if (!CHECK_MSG(!bad, "%s breaks a fuzz invariant (see above)", names[i]))
                 n_failed++;
         }
@@ -83,6 +84,6 @@ int main(void)
     }
     free(names);
     kvtc_calibration_free(cal);
-    printf("regressions: %zu files x 6 targets, %zu failures\n", n, n_failed);
+    printf("regressions: %zu files x 7 targets, %zu failures\n", n, n_failed);
     return test_summary("test_regressions");
 }

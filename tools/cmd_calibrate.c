@@ -9,14 +9,15 @@
 #include <stdio.h>
 
 static const char usage[] =
-    "usage: kvtc calibrate -o CALIB.kvtcal [options] CACHE.safetensors...\n"
+    "usage: kvtc calibrate -o CALIB.kvtcal [options] CACHE...\n"
     "       kvtc calibrate -o CALIB.kvtcal --corpus [--model MODEL] [options]\n"
     "\n"
     "Fits the PCA basis and the bit-allocation error table of one model on its KV\n"
     "caches. Caches are read one at a time, so any number of them fit in memory.\n"
     "With --corpus, the caches come from running the model (default: the default\n"
     "model) over the calibration text on this machine, as the default calibration\n"
-    "does, with the chunks and rank given here.\n"
+    "does, with the chunks and rank given here. A CACHE is a .safetensors cache or\n"
+    "a llama.cpp sequence state (told apart by content; give its --model).\n"
     "\n"
     "options:\n"
     "  -o, --output FILE       the calibration to write (required)\n"
@@ -24,7 +25,8 @@ static const char usage[] =
     CLI_STR(KVTC_DEFAULT_MAX_RANK) "))\n"
     "      --corpus            calibrate on the calibration corpus instead of caches\n"
     "  -m, --model MODEL       with --corpus: the model, a name (kvtc fetch --list) or\n"
-    "                          a GGUF path with a tokenizer\n"
+    "                          a GGUF path with a tokenizer; with llama.cpp states:\n"
+    "                          their model, for the heads and RoPE the states do not name\n"
     "      --chunks N          with --corpus: chunks of text (default "
     CLI_STR(CALIB_DEFAULT_CHUNKS) ")\n"
     "      --chunk-tokens N    with --corpus: tokens per chunk (default "
@@ -66,7 +68,7 @@ static int handle_option(void *user, int opt, const char *arg)
     kvtc_calib_options *o = &a->recipe.opt;
     switch (opt) {
     case 'o': a->output = arg; return CLI_OK;
-    case 'm': a->model = arg; a->corpus_option = "--model"; return CLI_OK;
+    case 'm': a->model = arg; return CLI_OK;
     case OPT_CORPUS: a->corpus = true; return CLI_OK;
     case OPT_CHUNKS:
         a->corpus_option = "--chunks";
@@ -189,7 +191,7 @@ int cmd_calibrate(int argc, char **argv)
     if (a.corpus && first < argc)
         return cli_usage_error("--corpus takes no caches ('%s')", argv[first]);
     if (!a.corpus && a.corpus_option)
-        return cli_usage_error("%s: --model, --chunks and --chunk-tokens need --corpus",
+        return cli_usage_error("%s: --chunks and --chunk-tokens need --corpus",
                                a.corpus_option);
     if (!a.corpus && first >= argc)
         return cli_usage_error("no caches given");
@@ -211,9 +213,13 @@ int cmd_calibrate(int argc, char **argv)
     kvtc_calibration *cal = NULL;
     kvtc_error err;
     uint64_t tokens = 0;
+    kvtc_model_shape model_shape;
+    char model_name[64];
+    if (a.model && !cli_read_model_shape(a.model, &model_shape, model_name))
+        return CLI_FAIL;
     rc = CLI_FAIL;
     for (int i = first; i < argc; i++) {
-        kvtc_cache *cache = cli_read_cache(argv[i]);
+        kvtc_cache *cache = cli_read_any_cache(argv[i], a.model ? &model_shape : NULL, NULL);
         if (!cache)
             goto done;
         if (!calibrator &&

@@ -1,4 +1,5 @@
-/* kvtc compress: a cache (.safetensors) and a calibration in, a .kvtc stream out. */
+/* kvtc compress: a cache (.safetensors or a llama.cpp sequence state) and a
+ * calibration in, a .kvtc stream out. */
 #include "cli.h"
 #include "commands.h"
 
@@ -6,19 +7,24 @@
 #include <stdio.h>
 
 static const char usage[] =
-    "usage: kvtc compress -c CALIB.kvtcal --ratio R -o OUT.kvtc CACHE.safetensors\n"
+    "usage: kvtc compress -c CALIB.kvtcal --ratio R -o OUT.kvtc CACHE\n"
     "\n"
     "Compresses one KV cache with a calibration of its model. The first sinks and\n"
-    "last window tokens (set at calibration) are stored raw, bit-exact.\n"
+    "last window tokens (set at calibration) are stored raw, bit-exact. CACHE is a\n"
+    ".safetensors cache or a llama.cpp sequence state (llama_state_seq_save_file,\n"
+    "llama-server's slot files, or llama_state_seq_get_data bytes), told apart by\n"
+    "content; a state's token ids are kept in the stream.\n"
     "\n"
     "options:\n"
     "  -c, --calibration FILE  the model's calibration (required)\n"
     "  -o, --output FILE       the stream to write (required)\n"
+    "  -m, --model MODEL       for a llama.cpp state: its model (a GGUF or a name),\n"
+    "                          for heads and RoPE (default: the calibration's shape)\n"
     CLI_COMPRESS_HELP
     "  -h, --help              this help\n";
 
 typedef struct compress_args {
-    const char *calibration, *output;
+    const char *calibration, *output, *model;
     cli_compress_args compress;
 } compress_args;
 
@@ -28,6 +34,7 @@ static int handle_option(void *user, int opt, const char *arg)
     switch (opt) {
     case 'c': a->calibration = arg; return CLI_OK;
     case 'o': a->output = arg; return CLI_OK;
+    case 'm': a->model = arg; return CLI_OK;
     }
     int rc = cli_compress_option(&a->compress, opt, arg);
     return rc < 0 ? CLI_USAGE : rc;
@@ -38,13 +45,14 @@ int cmd_compress(int argc, char **argv)
     static const struct option longs[] = {
         {"calibration", required_argument, NULL, 'c'},
         {"output", required_argument, NULL, 'o'},
+        {"model", required_argument, NULL, 'm'},
         CLI_COMPRESS_LONG_OPTIONS,
         {0},
     };
     compress_args a = {0};
     cli_compress_args_init(&a.compress);
     int first;
-    int rc = cli_parse_options(argc, argv, "c:o:r:", longs, usage, handle_option, &a, &first);
+    int rc = cli_parse_options(argc, argv, "c:o:m:r:", longs, usage, handle_option, &a, &first);
     if (rc != CLI_OK)
         return rc < 0 ? CLI_OK : rc;
     if (!a.calibration)
@@ -60,7 +68,19 @@ int cmd_compress(int argc, char **argv)
         return rc;
 
     kvtc_calibration *cal = cli_read_calibration(a.calibration);
-    kvtc_cache *cache = cal ? cli_read_cache(input) : NULL;
+    kvtc_model_shape model_shape;
+    char model_name[64] = "";
+    const kvtc_model_shape *llama_shape = cal ? kvtc_calibration_shape(cal) : NULL;
+    if (cal && a.model) {
+        if (!cli_read_model_shape(a.model, &model_shape, model_name)) {
+            kvtc_calibration_free(cal);
+            return CLI_FAIL;
+        }
+        llama_shape = &model_shape;
+    }
+    kvtc_cache *cache = cal ? cli_read_any_cache(input, llama_shape, NULL) : NULL;
+    if (cache && model_name[0] && !kvtc_cache_model_name(cache)[0])
+        kvtc_cache_set_model_name(cache, model_name, NULL);
     void *out = NULL;
     size_t out_len = 0;
     rc = CLI_FAIL;

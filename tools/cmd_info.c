@@ -1,5 +1,6 @@
-/* kvtc info: describes a .kvtc stream, a .kvtcal calibration or a
- * .safetensors cache, recognized by its first bytes, as text or JSON. */
+/* kvtc info: describes a .kvtc stream, a .kvtcal calibration, a
+ * .safetensors cache or a llama.cpp sequence state, recognized by content,
+ * as text or JSON. */
 #include "cli.h"
 #include "commands.h"
 
@@ -9,15 +10,17 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: kvtc info [--json] FILE\n"
+    "usage: kvtc info [--json] [--model GGUF] FILE\n"
     "\n"
     "Describes a .kvtc stream (shape, tokens, plans, sizes, calibration\n"
-    "fingerprint), a .kvtcal calibration (shape, rows, rank, explained variance)\n"
-    "or a .safetensors KV cache. The kind is read from the file's first bytes.\n"
+    "fingerprint), a .kvtcal calibration (shape, rows, rank, explained variance),\n"
+    "a .safetensors KV cache or a llama.cpp sequence state. The kind is read from\n"
+    "the file's content.\n"
     "\n"
     "options:\n"
-    "      --json   print one JSON object instead of text\n"
-    "  -h, --help   this help\n";
+    "      --json         print one JSON object instead of text\n"
+    "  -m, --model GGUF   for a llama.cpp state: its model (heads and RoPE)\n"
+    "  -h, --help         this help\n";
 
 /* First bytes of the formats (docs/FORMAT.md). */
 static const unsigned char KVTC_MAGIC[8] = {'K', 'V', 'T', 'C', '\r', '\n', 0x1a, '\n'};
@@ -25,12 +28,20 @@ static const unsigned char KVTCAL_MAGIC[8] = {0x89, 'K', 'V', 'T', 'C', 'A', 'L'
 
 enum { OPT_JSON = 256 };
 
+typedef struct info_args {
+    bool json;
+    const char *model;
+} info_args;
+
 static int handle_option(void *user, int opt, const char *arg)
 {
-    (void)arg;
-    if (opt != OPT_JSON)
+    info_args *a = user;
+    if (opt == OPT_JSON)
+        a->json = true;
+    else if (opt == 'm')
+        a->model = arg;
+    else
         return CLI_USAGE;
-    *(bool *)user = true;
     return CLI_OK;
 }
 
@@ -183,6 +194,7 @@ static int print_stream_report(const stream_report *r, bool json)
         cli_json_f64(&j, "ratio", r->ratio);
         cli_json_f64(&j, "file_ratio", r->file_ratio);
         cli_json_str(&j, "calibration_fingerprint", r->fingerprint);
+        cli_json_u64(&j, "token_ids", info->has_token_ids);
         kvtc_jw_key(&j.jw, "plans");
         kvtc_jw_begin_object(&j.jw);
         for (int k = 0; k < 2; k++) {
@@ -211,6 +223,7 @@ static int print_stream_report(const stream_report *r, bool json)
         else
             printf("  ratio          %.2fx for the file (vs fp16)\n", r->file_ratio);
         printf("  calibration    %s\n", r->fingerprint);
+        printf("  token ids      %s\n", info->has_token_ids ? "yes" : "no");
         for (int k = 0; k < 2; k++)
             print_plan(r->plans[k], (kvtc_kind)k, targets[k], runs);
     }
@@ -299,7 +312,9 @@ static int info_calibration(const char *path, const void *data, size_t len, bool
 
 /* ---- .safetensors ------------------------------------------------------------------- */
 
-static int print_cache_report(const char *path, const kvtc_cache *cache, size_t len, bool json)
+/* layout NULL: a safetensors cache */
+static int print_cache_report(const char *path, const kvtc_cache *cache, size_t len, bool json,
+                              const kvtc_llama_layout *layout)
 {
     const kvtc_model_shape *s = kvtc_cache_shape(cache);
     const char *dtype = kvtc_dtype_name(kvtc_cache_dtype(cache));
@@ -307,7 +322,11 @@ static int print_cache_report(const char *path, const kvtc_cache *cache, size_t 
         2 * kvtc_shape_features(s) * kvtc_dtype_size(kvtc_cache_dtype(cache));
     if (!json) {
         char name[256];
-        printf("%s: KV cache (safetensors), %zu bytes\n", path, len);
+        if (layout)
+            printf("%s: llama.cpp sequence state (%s), %zu bytes\n", path,
+                   layout->ggsq ? "ggsq file" : "bare", len);
+        else
+            printf("%s: KV cache (safetensors), %zu bytes\n", path, len);
         if (kvtc_cache_model_name(cache)[0])
             printf("  model          %s\n",
                    cli_printable(kvtc_cache_model_name(cache), name, sizeof name));
@@ -316,12 +335,27 @@ static int print_cache_report(const char *path, const kvtc_cache *cache, size_t 
                (long long)kvtc_cache_pos0(cache));
         printf("  per token      %llu bytes (keys and values)\n",
                (unsigned long long)bytes_per_token);
+        if (layout)
+            printf("  llama.cpp      sequence %d, stream %u of %u, V %s, token ids %s\n",
+                   layout->seq_id, layout->stream, layout->n_stream,
+                   layout->v_trans ? "transposed" : "in rows",
+                   !kvtc_cache_token_ids(cache) ? "no"
+                   : layout->server_tokens      ? "yes (llama-server's packing)"
+                                                : "yes");
         return CLI_OK;
     }
     cli_json j;
     cli_json_begin(&j);
     cli_json_str(&j, "file", path);
-    cli_json_str(&j, "kind", "safetensors");
+    cli_json_str(&j, "kind", layout ? (layout->ggsq ? "llama.cpp ggsq" : "llama.cpp bare")
+                                    : "safetensors");
+    if (layout) {
+        cli_json_i64(&j, "seq_id", layout->seq_id);
+        cli_json_u64(&j, "v_trans", layout->v_trans);
+        cli_json_u64(&j, "n_stream", layout->n_stream);
+        cli_json_u64(&j, "token_ids", kvtc_cache_token_ids(cache) != NULL);
+        cli_json_u64(&j, "server_tokens", layout->server_tokens);
+    }
     cli_json_str(&j, "model", kvtc_cache_model_name(cache));
     cli_json_shape(&j, s);
     cli_json_str(&j, "dtype", dtype);
@@ -338,17 +372,40 @@ static int info_cache(const char *path, const void *data, size_t len, bool json)
     kvtc_error err;
     if (kvtc_cache_load_safetensors(data, len, &cache, &err) != KVTC_OK)
         return cli_fail_err(path, &err);
-    int rc = print_cache_report(path, cache, len, json);
+    int rc = print_cache_report(path, cache, len, json, NULL);
+    kvtc_cache_free(cache);
+    return rc;
+}
+
+static int info_llama_state(const char *path, const void *data, size_t len, const info_args *a)
+{
+    kvtc_model_shape shape;
+    char name[64];
+    if (!a->model)
+        return cli_fail(path, "a llama.cpp sequence state names no heads or RoPE: give its "
+                              "model with --model GGUF");
+    if (!cli_read_model_shape(a->model, &shape, name))
+        return CLI_FAIL;
+    kvtc_cache *cache = NULL;
+    kvtc_llama_layout layout = {.struct_size = sizeof layout};
+    kvtc_error err;
+    if (kvtc_llama_state_load(data, len, &shape, &cache, &layout, &err) != KVTC_OK)
+        return cli_fail_err(path, &err);
+    kvtc_cache_set_model_name(cache, name, NULL);
+    int rc = print_cache_report(path, cache, len, a->json, &layout);
     kvtc_cache_free(cache);
     return rc;
 }
 
 int cmd_info(int argc, char **argv)
 {
-    static const struct option longs[] = {{"json", no_argument, NULL, OPT_JSON}, {0}};
-    bool json = false;
+    static const struct option longs[] = {{"json", no_argument, NULL, OPT_JSON},
+                                          {"model", required_argument, NULL, 'm'},
+                                          {0}};
+    info_args a = {0};
     int first;
-    int rc = cli_parse_options(argc, argv, "", longs, usage, handle_option, &json, &first);
+    int rc = cli_parse_options(argc, argv, "m:", longs, usage, handle_option, &a, &first);
+    bool json = a.json;
     if (rc != CLI_OK)
         return rc < 0 ? CLI_OK : rc;
     if (argc - first != 1)
@@ -364,8 +421,11 @@ int cmd_info(int argc, char **argv)
         rc = info_calibration(path, data, len, json);
     else if (looks_like_safetensors(data, len))
         rc = info_cache(path, data, len, json);
+    else if (cli_is_llama_state(data, len))
+        rc = info_llama_state(path, data, len, &a);
     else
-        rc = cli_fail(path, "not a .kvtc stream, .kvtcal calibration or .safetensors cache");
+        rc = cli_fail(path, "not a .kvtc stream, .kvtcal calibration, .safetensors cache or "
+                            "llama.cpp sequence state");
     kvtc_buffer_free(data);
     return rc;
 }

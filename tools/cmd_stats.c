@@ -200,7 +200,7 @@ int cmd_stats(int argc, char **argv)
     kvtc_compress_options opt = cli_compress_options(&a.compress);
     stats_report r = {.path = argv[first]};
     kvtc_calibration *cal = cli_read_calibration(a.calibration);
-    kvtc_cache *cache = cal ? cli_read_cache(r.path) : NULL;
+    kvtc_cache *cache = cal ? cli_read_any_cache(r.path, kvtc_calibration_shape(cal), NULL) : NULL;
     kvtc_error err;
     rc = CLI_FAIL;
     if (cache)

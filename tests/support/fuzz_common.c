@@ -552,6 +552,49 @@ int fuzz_one_kvtcal(const uint8_t *data, size_t len)
     return as_given_and_repaired(NULL, data, len, fuzz_fix_kvtcal_checksums, load_calibration);
 }
 
+/* ---- llama.cpp sequence state ------------------------------------------------------- */
+
+int fuzz_one_llama_state(const kvtc_calibration *cal, const uint8_t *data, size_t len)
+{
+    kvtc_cache *c = NULL;
+    kvtc_llama_layout layout = {.struct_size = sizeof layout};
+    kvtc_error err;
+    kvtc_status st = kvtc_llama_state_load(data, len, kvtc_calibration_shape(cal), &c, &layout,
+                                           &err);
+    if (st != KVTC_OK)
+        return strchr(err.message, '\n') ? broken("a multi-line llama.cpp state error") : 0;
+    int bad = 0;
+    void *saved = NULL, *stream = NULL;
+    size_t saved_len = 0, stream_len = 0;
+    kvtc_cache *back = NULL;
+    kvtc_compress_options opt;
+    kvtc_compress_options_default(&opt);
+    opt.k_ratio = opt.v_ratio = 2.0; /* p = 16: higher ratios leave no coordinate */
+    opt.block_tokens = 8;
+    if (kvtc_llama_state_save(c, &layout, &saved, &saved_len, NULL) != KVTC_OK)
+        bad |= broken("a loaded llama.cpp state cannot be written");
+    else if (saved_len != len || memcmp(saved, data, len) != 0)
+        bad |= broken("a loaded llama.cpp state is written back to other bytes");
+    /* non-finite cells are refused by compress (KVTC_E_NUMERIC); finite ones round trip */
+    else if (kvtc_cache_tokens(c) == 0)
+        ; /* nothing to compress */
+    else if (kvtc_compress(cal, c, &opt, &stream, &stream_len, &err) == KVTC_OK) {
+        if (kvtc_decompress(cal, stream, stream_len, NULL, &back, NULL) != KVTC_OK)
+            bad |= broken("a compressed llama.cpp state does not decompress");
+        else if ((kvtc_cache_token_ids(c) == NULL) != (kvtc_cache_token_ids(back) == NULL) ||
+                 (kvtc_cache_token_ids(c) &&
+                  memcmp(kvtc_cache_token_ids(c), kvtc_cache_token_ids(back),
+                         4 * (size_t)kvtc_cache_tokens(c)) != 0))
+            bad |= broken("token ids changed through a .kvtc stream");
+    } else if (err.status != KVTC_E_NUMERIC)
+        bad |= broken("a loaded llama.cpp state does not compress");
+    kvtc_buffer_free(saved);
+    kvtc_buffer_free(stream);
+    kvtc_cache_free(back);
+    kvtc_cache_free(c);
+    return bad;
+}
+
 /* ---- safetensors ----------------------------------------------------------------- */
 
 int fuzz_one_safetensors(const uint8_t *data, size_t len)

@@ -69,5 +69,9 @@ int fuzz_one_kvtcal(const uint8_t *data, size_t len);
 int fuzz_one_safetensors(const uint8_t *data, size_t len);
 int fuzz_one_gguf(const uint8_t *data, size_t len);
 int fuzz_one_llama2c(const uint8_t *data, size_t len);
+/* A llama.cpp sequence state of the fuzz calibration's shape: what loads is
+ * written back to the same bytes, and compresses and decompresses with its
+ * token ids and raw tokens intact. */
+int fuzz_one_llama_state(const kvtc_calibration *cal, const uint8_t *data, size_t len);
 
 #endif /* KVTC_FUZZ_COMMON_H */
