@@ -1,6 +1,7 @@
 /* Helpers shared by the kvtc subcommands (see cli.h). */
 #include "cli.h"
 #include "default_model.h"
+#include "kvtc_internal.h"
 #include "model.h"
 
 #include <getopt.h>
@@ -443,16 +444,17 @@ kvtc_cache *cli_read_any_cache(const char *path, const kvtc_model_shape *llama_s
     /* A safetensors file is read tensor by tensor, never held whole: its
      * first bytes tell it apart (the header length, then '{'). */
     unsigned char head[9] = {0};
-    struct stat st_buf;
-    FILE *fp = fopen(path, "rb");
-    bool safetensors = !fp || fstat(fileno(fp), &st_buf) != 0 ||
-                       fread(head, 1, sizeof head, fp) != sizeof head;
-    if (fp)
-        fclose(fp);
+    size_t size = 0;
+    kvtc_error open_err;
+    int fd = kvtc_open_regular(path, &size, &open_err); /* a FIFO is refused, not waited on */
+    bool safetensors = fd < 0 || read(fd, head, sizeof head) != (ssize_t)sizeof head;
+    if (fd >= 0)
+        close(fd);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | head[i];
-    if (safetensors || (head[8] == '{' && hlen <= (uint64_t)st_buf.st_size - 8))
+    /* unreadable: the safetensors reader says why */
+    if (safetensors || (head[8] == '{' && hlen <= (uint64_t)size - 8))
         return cli_read_cache(path);
     size_t len;
     void *data = cli_read_file(path, &len);
