@@ -20,8 +20,9 @@ void kvtc_transform_project(const kvtc_calibration *cal, kvtc_kind kind, float *
             for (size_t j = 0; j < p; j++)
                 *energy += (double)row[j] * row[j];
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n_coords, (int)p, 1.0f,
-                rows, (int)p, ck->basis, (int)ck->rank, 0.0f, coef, (int)n_coords);
+    if (n_coords) /* 0: only centring and energy (a BLAS refuses ldc 0) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)n_coords, (int)p,
+                    1.0f, rows, (int)p, ck->basis, (int)ck->rank, 0.0f, coef, (int)n_coords);
 }
 
 static void add_mean(const float *mean, size_t n, size_t hd, float *out)

@@ -15,7 +15,8 @@
 /* Centres n rows in place (x - mean, in float), then writes their first
  * n_coords coefficients (x - mean) V[:, :n_coords] into coef. With energy
  * non-NULL, adds the squared centred values to *energy one at a time, in
- * double, in row order (so a running sum over batches is the same sum). */
+ * double, in row order (so a running sum over batches is the same sum).
+ * n_coords may be 0 (coef unused): the energy around the mean alone. */
 void kvtc_transform_project(const kvtc_calibration *cal, kvtc_kind kind, float *rows, uint32_t n,
                             uint32_t n_coords, float *coef, double *energy);
 

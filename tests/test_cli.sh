@@ -254,7 +254,8 @@ python3 - stats4.json stats16.json <<'EOF' || fail "stats values"
 import json, math, sys
 a = json.load(open(sys.argv[1]))
 b = json.load(open(sys.argv[2]))
-keys = ["ratio", "file_ratio", "k_rel_error", "v_rel_error", "tokens", "compressed_tokens",
+keys = ["ratio", "file_ratio", "k_rel_error", "v_rel_error", "k_rel_error_raw", "v_rel_error_raw",
+        "tokens", "compressed_tokens",
         "k_bits_per_token", "v_bits_per_token", "compressed_bytes", "total_bytes",
         "compress_ms", "decompress_ms"]
 for d in (a, b):
@@ -266,6 +267,9 @@ for d in (a, b):
     assert math.isclose(d["file_ratio"], 500 * p * 2 * 2 / d["total_bytes"], rel_tol=1e-9), d
     assert d["ratio"] > 1 and d["file_ratio"] > 1, d
     assert 0 <= d["k_rel_error"] < 0.2 and 0 <= d["v_rel_error"] < 0.2, d
+    # The mean's energy only adds to the raw energy's denominator (up to rounding).
+    for k in "kv":
+        assert d[f"{k}_rel_error_raw"] <= d[f"{k}_rel_error"] * (1 + 1e-6), d
     assert d["compress_ms"] >= 0 and d["decompress_ms"] >= 0 and d["raw_exact"] is True, d
 # A higher target spends fewer bits.
 assert b["ratio"] > a["ratio"], (a["ratio"], b["ratio"])

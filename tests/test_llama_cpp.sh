@@ -72,7 +72,8 @@ first = next((i for i, (a, b) in enumerate(zip(ref["tokens"], got["tokens"])) if
 d_nll = float(got["ref_nll"][0]) - float(ref["tokens_nll"][0])
 print(f"llama.cpp state {state_bytes} bytes -> .kvtc {info['total_bytes']} bytes "
       f"({state_bytes / info['total_bytes']:.2f}x the file; coded tokens {info['ratio']:.2f}x vs fp16); "
-      f"K rel err {stats['k_rel_error']:.4f}, V rel err {stats['v_rel_error']:.4f}")
+      f"K rel err {stats['k_rel_error']:.4f}, V rel err {stats['v_rel_error']:.4f} around the mean "
+      f"({stats['k_rel_error_raw']:.4f}, {stats['v_rel_error_raw']:.4f} over the raw energy)")
 print(f"greedy 16 tokens after the round trip: {'identical' if same else f'first differs at {first}'}; "
       f"NLL of the reference continuation {float(ref['tokens_nll'][0]):.4f} -> "
       f"{float(got['ref_nll'][0]):.4f} (delta {d_nll:+.4f} over 16 tokens)")

@@ -40,16 +40,19 @@ r = json.load(open(sys.argv[1]))
 target, kmax, vmax = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 tokens, window = int(sys.argv[5]), int(sys.argv[6])
 print(f"ratio {target:g}: realized {r['ratio']:.2f}x (file {r['file_ratio']:.2f}x), "
-      f"K rel err {r['k_rel_error']:.4f} (<= {kmax}), V rel err {r['v_rel_error']:.4f} (<= {vmax})")
+      f"K rel err {r['k_rel_error']:.4f} (<= {kmax}), V rel err {r['v_rel_error']:.4f} (<= {vmax}) around the mean; "
+      f"over the raw energy K {r['k_rel_error_raw']:.4f}, V {r['v_rel_error_raw']:.4f}")
 ok = r["ratio"] >= target and r["k_rel_error"] <= kmax and r["v_rel_error"] <= vmax
 ok = ok and r["tokens"] == tokens and r["compressed_tokens"] == tokens - 4 - window
 sys.exit(0 if ok else 1)
 PY
 }
-# Measured (2 threads): 8x K 0.0004, V 0.047; 16x K 0.0010, V 0.100. Qwen's keys
-# are dominated by a few large channels, which the basis keeps nearly exactly.
-check 8 0.002 0.08
-check 16 0.004 0.16
+# Bounds on the error around the calibration mean (what kvtc eval reports).
+# Measured (2 threads): 8x K 0.028, V 0.051; 16x K 0.065, V 0.108. Over the raw
+# energy the keys read 70x better (0.0004, 0.0010): Qwen's keys carry a large
+# mean (a few large channels), which the codec keeps exactly.
+check 8 0.04 0.07
+check 16 0.09 0.14
 
 # The next token after the restored 16x cache is the exact cache's.
 "$kvtc" compress -c "$tmp/cal.kvtcal" --ratio 16 --threads "$threads" \

@@ -24,11 +24,14 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 target, kmax, vmax = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 print(f"ratio {target:g}: realized {r['ratio']:.2f}x (file {r['file_ratio']:.2f}x), "
-      f"K rel err {r['k_rel_error']:.4f} (<= {kmax}), V rel err {r['v_rel_error']:.4f} (<= {vmax})")
+      f"K rel err {r['k_rel_error']:.4f} (<= {kmax}), V rel err {r['v_rel_error']:.4f} (<= {vmax}) around the mean; "
+      f"over the raw energy K {r['k_rel_error_raw']:.4f}, V {r['v_rel_error_raw']:.4f}")
 ok = r["ratio"] >= target and r["k_rel_error"] <= kmax and r["v_rel_error"] <= vmax
 ok = ok and r["tokens"] == 512 and r["compressed_tokens"] == 512 - 4 - 128
 sys.exit(0 if ok else 1)
 PY
 }
+# Issue #2's bounds, on the error around the calibration mean (measured 8x K 0.079,
+# V 0.087; 16x K 0.215, V 0.243; over the raw energy about 10% lower).
 check 8 0.09 0.10
 check 16 0.25 0.28
