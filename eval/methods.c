@@ -16,25 +16,64 @@
 #define H2O_INDEX_BYTES 4u /* each kept token's position, per layer and KV head */
 
 static const char *const method_names[EVAL_METHOD_COUNT] = {
-    "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd"};
+    "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd", "h2o-shared", "evict+kvtc"};
 
 const char *eval_method_name(eval_method_id id)
 {
     return (unsigned)id < EVAL_METHOD_COUNT ? method_names[id] : "?";
 }
 
-bool eval_method_has_ratio(eval_method_id id) { return id == EVAL_KVTC || id == EVAL_H2O; }
+bool eval_method_has_ratio(eval_method_id id)
+{
+    return id == EVAL_KVTC || eval_method_evicts(id);
+}
+
+bool eval_method_evicts(eval_method_id id)
+{
+    return id == EVAL_H2O || id == EVAL_H2O_SHARED || id == EVAL_EVICT_KVTC;
+}
+
+/* "EVICTION:E+kvtc[:R]": both halves parsed as methods of their own. */
+static kvtc_status parse_composition(const char *text, const char *plus, double default_ratio,
+                                     eval_method *out, kvtc_error *err)
+{
+    char first[64];
+    size_t len = (size_t)(plus - text);
+    if (len >= sizeof first)
+        return kvtc_fail(err, KVTC_E_INVALID, "bad method '%s'", text);
+    memcpy(first, text, len);
+    first[len] = '\0';
+    eval_method e, k;
+    kvtc_status st = eval_method_parse(first, default_ratio, &e, err);
+    if (st != KVTC_OK)
+        return st;
+    if (e.id != EVAL_H2O && e.id != EVAL_H2O_SHARED)
+        return kvtc_fail(err, KVTC_E_INVALID,
+                         "a composition starts with an eviction (h2o, h2o-shared): '%s'", text);
+    if ((st = eval_method_parse(plus + 1, default_ratio, &k, err)) != KVTC_OK)
+        return st;
+    if (k.id != EVAL_KVTC)
+        return kvtc_fail(err, KVTC_E_INVALID, "a composition ends with kvtc: '%s'", text);
+    *out = k;
+    out->id = EVAL_EVICT_KVTC;
+    out->evict = e.id;
+    out->evict_ratio = e.target_ratio;
+    out->target_ratio = e.target_ratio * k.target_ratio;
+    return KVTC_OK;
+}
 
 kvtc_status eval_method_parse(const char *text, double default_ratio, eval_method *out,
                               kvtc_error *err)
 {
+    const char *plus = strchr(text, '+');
+    if (plus)
+        return parse_composition(text, plus, default_ratio, out, err);
     const char *colon = strchr(text, ':');
     size_t name_len = colon ? (size_t)(colon - text) : strlen(text);
-    for (int id = 0; id < EVAL_METHOD_COUNT; id++) {
+    for (int id = 0; id < EVAL_EVICT_KVTC; id++) { /* the composition has no name of its own */
         if (strlen(method_names[id]) != name_len || strncmp(text, method_names[id], name_len))
             continue;
-        out->id = (eval_method_id)id;
-        out->target_ratio = out->k_ratio = out->v_ratio = 0;
+        *out = (eval_method){.id = (eval_method_id)id, .evict = EVAL_EXACT};
         if (!eval_method_has_ratio(out->id)) {
             if (colon)
                 return kvtc_fail(err, KVTC_E_INVALID, "method %s takes no ratio: '%s'",
@@ -61,12 +100,22 @@ kvtc_status eval_method_parse(const char *text, double default_ratio, eval_metho
         return KVTC_OK;
     }
     return kvtc_fail(err, KVTC_E_INVALID,
-                     "unknown method '%s' (exact, kvtc, fp8, int8, int4, kivi2, h2o, zstd)",
+                     "unknown method '%s' (exact, kvtc, fp8, int8, int4, kivi2, h2o, zstd, "
+                     "h2o-shared, EVICTION:E+kvtc:R)",
                      text);
 }
 
 void eval_method_label(const eval_method *m, char *buf, size_t cap)
 {
+    if (m->id == EVAL_EVICT_KVTC) {
+        eval_method k = *m;
+        k.id = EVAL_KVTC;
+        k.target_ratio = m->target_ratio / m->evict_ratio;
+        int n = snprintf(buf, cap, "%s:%g+", eval_method_name(m->evict), m->evict_ratio);
+        if (n >= 0 && (size_t)n < cap)
+            eval_method_label(&k, buf + n, cap - (size_t)n);
+        return;
+    }
     if (m->id == EVAL_KVTC && m->k_ratio != m->v_ratio)
         snprintf(buf, cap, "%s:%g/%g", eval_method_name(m->id), m->k_ratio, m->v_ratio);
     else if (eval_method_has_ratio(m->id))
@@ -361,15 +410,21 @@ static kvtc_status apply_kvtc(const eval_method *m, const eval_treat_args *a, kv
     return st;
 }
 
-/* ---- h2o ------------------------------------------------------------------------- */
+/* ---- eviction ------------------------------------------------------------------ */
 
-uint32_t eval_h2o_keep_count(uint32_t treated, uint32_t head_dim, double target)
+/* The most tokens out of `treated` whose storage (per_token bytes each plus
+ * index_bytes for its position) still realizes target. */
+static uint32_t keep_count(uint32_t treated, double per_token, double index_bytes, double target)
 {
     if (treated == 0)
         return 0;
-    double per_token_fp16 = 4.0 * head_dim; /* key and value, 2 bytes each */
-    double m = floor(treated * per_token_fp16 / (target * (per_token_fp16 + H2O_INDEX_BYTES)));
+    double m = floor(treated * per_token / (target * (per_token + index_bytes)));
     return m < 1 ? 1 : m > treated ? treated : (uint32_t)m;
+}
+
+uint32_t eval_h2o_keep_count(uint32_t treated, uint32_t head_dim, double target)
+{
+    return keep_count(treated, 4.0 * head_dim, H2O_INDEX_BYTES, target); /* fp16 K and V */
 }
 
 typedef struct scored_token {
@@ -392,28 +447,70 @@ static int by_index(const void *pa, const void *pb)
     return a->index < b->index ? -1 : a->index > b->index;
 }
 
-static kvtc_status apply_h2o(double ratio, const eval_treat_args *a, kvtc_cache **cache,
-                             uint64_t *bytes, uint32_t *kept, kvtc_error *err)
+/* The m treated tokens of highest score, in their order, into keep[0, m). */
+static void top_tokens(const float *score, uint32_t sinks, uint32_t treated, uint32_t m,
+                       scored_token *tok, uint32_t *keep)
+{
+    for (uint32_t i = 0; i < treated; i++)
+        tok[i] = (scored_token){score[sinks + i], sinks + i};
+    qsort(tok, treated, sizeof *tok, by_score_desc);
+    qsort(tok, m, sizeof *tok, by_index);
+    for (uint32_t i = 0; i < m; i++)
+        keep[i] = tok[i].index;
+}
+
+/* Which m tokens each layer and KV head keeps: keep[(l * n_kv_head + h) * m + i],
+ * each head's own (h2o) or one set for all, ranked by the attention summed
+ * over every layer and head (h2o-shared). */
+static kvtc_status select_tokens(bool shared, uint32_t m, const eval_treat_args *a,
+                                 const kvtc_cache *c, uint32_t *keep, kvtc_error *err)
 {
     if (!a->attention)
-        return kvtc_fail(err, KVTC_E_INVALID, "h2o needs the accumulated attention");
-    kvtc_cache *c = *cache;
+        return kvtc_fail(err, KVTC_E_INVALID, "eviction needs the accumulated attention");
     const kvtc_model_shape *s = kvtc_cache_shape(c);
     uint32_t n = kvtc_cache_tokens(c), treated = n - a->sinks - a->window;
-    uint32_t m = eval_h2o_keep_count(treated, s->head_dim, ratio);
-    uint32_t n_new = a->sinks + m + a->window;
+    size_t heads = (size_t)s->n_layer * s->n_kv_head;
     scored_token *tok = kvtc_malloc_array(treated, sizeof *tok);
+    float *sum = shared ? kvtc_calloc(n, sizeof *sum) : NULL;
+    if (!tok || (shared && !sum)) {
+        kvtc_free(tok);
+        kvtc_free(sum);
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for eviction");
+    }
+    if (shared) {
+        for (size_t lh = 0; lh < heads; lh++)
+            for (uint32_t t = 0; t < n; t++)
+                sum[t] += a->attention[lh * n + t];
+        top_tokens(sum, a->sinks, treated, m, tok, keep);
+        for (size_t lh = 1; lh < heads; lh++)
+            memcpy(keep + lh * m, keep, (size_t)m * sizeof *keep);
+    } else {
+        for (size_t lh = 0; lh < heads; lh++)
+            top_tokens(a->attention + lh * n, a->sinks, treated, m, tok, keep + lh * m);
+    }
+    kvtc_free(tok);
+    kvtc_free(sum);
+    return KVTC_OK;
+}
+
+/* Replaces *cache with sinks, the kept tokens of each head (stored as fp16)
+ * and the window; pos0 moves so that the next token still goes at n. */
+static kvtc_status evict_tokens(const uint32_t *keep, uint32_t m, const eval_treat_args *a,
+                                kvtc_cache **cache, kvtc_error *err)
+{
+    kvtc_cache *c = *cache;
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    uint32_t n = kvtc_cache_tokens(c), n_new = a->sinks + m + a->window;
     float *row = kvtc_malloc_array(s->head_dim, sizeof(float));
     kvtc_error cerr;
     kvtc_cache *out;
     kvtc_cache_create(s, kvtc_cache_dtype(c), n_new, kvtc_cache_pos0(c) + (n - n_new), &out,
                       &cerr);
-    if (!out || !tok || !row) {
+    if (!out || !row) {
         kvtc_cache_free(out);
-        kvtc_free(tok);
         kvtc_free(row);
-        return out ? kvtc_fail(err, KVTC_E_NOMEM, "out of memory for h2o")
-                   : kvtc_fail(err, cerr.status, "h2o: %s", cerr.message);
+        return out ? kvtc_fail(err, KVTC_E_NOMEM, "out of memory for eviction")
+                   : kvtc_fail(err, cerr.status, "eviction: %s", cerr.message);
     }
     kvtc_cache_copy_tokens(out, 0, c, 0, a->sinks);
     kvtc_cache_copy_tokens(out, a->sinks + m, c, n - a->window, a->window);
@@ -421,29 +518,118 @@ static kvtc_status apply_h2o(double ratio, const eval_treat_args *a, kvtc_cache 
     size_t esz = kvtc_dtype_size(dt), hd = s->head_dim;
     for (uint32_t l = 0; l < s->n_layer; l++)
         for (uint32_t h = 0; h < s->n_kv_head; h++) {
-            const float *score = a->attention + ((size_t)l * s->n_kv_head + h) * n;
-            for (uint32_t i = 0; i < treated; i++)
-                tok[i] = (scored_token){score[a->sinks + i], a->sinks + i};
-            qsort(tok, treated, sizeof *tok, by_score_desc);
-            qsort(tok, m, sizeof *tok, by_index); /* kept tokens in their order */
+            const uint32_t *kept = keep + ((size_t)l * s->n_kv_head + h) * m;
             for (int k = 0; k < 2; k++) {
                 const unsigned char *src = kvtc_cache_data_const(c, (kvtc_kind)k, l);
                 unsigned char *dst = kvtc_cache_data(out, (kvtc_kind)k, l);
                 for (uint32_t i = 0; i < m; i++) {
-                    kvtc_to_f32(dt, src + ((size_t)h * n + tok[i].index) * hd * esz, row, hd);
+                    kvtc_to_f32(dt, src + ((size_t)h * n + kept[i]) * hd * esz, row, hd);
                     quant_fp16(row, (uint32_t)hd);
                     kvtc_from_f32(dt, row, dst + ((size_t)h * n_new + a->sinks + i) * hd * esz,
                                   hd);
                 }
             }
         }
-    kvtc_free(tok);
     kvtc_free(row);
-    *bytes = (uint64_t)s->n_layer * s->n_kv_head * m * (4 * hd + H2O_INDEX_BYTES);
-    *kept = m;
     kvtc_cache_free(c);
     *cache = out;
     return KVTC_OK;
+}
+
+/* Bytes of the kept tokens' positions: one list per head, or one for all. */
+static uint64_t index_bytes(bool shared, const kvtc_model_shape *s, uint32_t m)
+{
+    return (uint64_t)(shared ? 1 : s->n_layer * s->n_kv_head) * m * H2O_INDEX_BYTES;
+}
+
+static kvtc_status apply_eviction(bool shared, uint32_t m, const eval_treat_args *a,
+                                  kvtc_cache **cache, uint32_t **keep, kvtc_error *err)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(*cache);
+    *keep = kvtc_malloc_array((size_t)s->n_layer * s->n_kv_head * m, sizeof **keep);
+    if (!*keep)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for eviction");
+    kvtc_status st = select_tokens(shared, m, a, *cache, *keep, err);
+    if (st == KVTC_OK)
+        st = evict_tokens(*keep, m, a, cache, err);
+    if (st != KVTC_OK) {
+        kvtc_free(*keep);
+        *keep = NULL;
+    }
+    return st;
+}
+
+static kvtc_status apply_h2o(bool shared, double ratio, const eval_treat_args *a,
+                             kvtc_cache **cache, uint64_t *bytes, uint32_t *kept,
+                             kvtc_error *err)
+{
+    kvtc_model_shape shape = *kvtc_cache_shape(*cache), *s = &shape; /* *cache is replaced */
+    uint32_t treated = kvtc_cache_tokens(*cache) - a->sinks - a->window;
+    double heads = (double)s->n_layer * s->n_kv_head;
+    uint32_t m = shared ? keep_count(treated, heads * 4.0 * s->head_dim, H2O_INDEX_BYTES, ratio)
+                        : eval_h2o_keep_count(treated, s->head_dim, ratio);
+    uint32_t *keep;
+    kvtc_status st = apply_eviction(shared, m, a, cache, &keep, err);
+    if (st != KVTC_OK)
+        return st;
+    kvtc_free(keep);
+    *bytes = (uint64_t)heads * m * 4 * s->head_dim + index_bytes(shared, s, m);
+    *kept = m;
+    return KVTC_OK;
+}
+
+/* Turns each kept key of the evicted cache c from its original position
+ * (orig_pos0 + keep) to its slot's (pos0 + slot), or back with `back`. */
+static void move_kept_keys(kvtc_cache *c, const uint32_t *keep, uint32_t m, uint32_t sinks,
+                           int64_t orig_pos0, bool back, float *row)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    if (s->rope_style == KVTC_ROPE_NONE)
+        return;
+    kvtc_dtype dt = kvtc_cache_dtype(c);
+    size_t esz = kvtc_dtype_size(dt), hd = s->head_dim;
+    uint32_t n = kvtc_cache_tokens(c);
+    for (uint32_t l = 0; l < s->n_layer; l++) {
+        unsigned char *keys = kvtc_cache_data(c, KVTC_KEY, l);
+        for (uint32_t h = 0; h < s->n_kv_head; h++)
+            for (uint32_t i = 0; i < m; i++) {
+                int64_t from = orig_pos0 + keep[((size_t)l * s->n_kv_head + h) * m + i];
+                int64_t to = kvtc_cache_pos0(c) + sinks + i;
+                unsigned char *p = keys + ((size_t)h * n + sinks + i) * hd * esz;
+                kvtc_to_f32(dt, p, row, hd);
+                kvtc_rope_rotate(s, row, back ? from - to : to - from, false);
+                kvtc_from_f32(dt, row, p, hd);
+            }
+    }
+}
+
+/* Eviction to 1/E of the treated tokens, then kvtc on the kept ones. */
+static kvtc_status apply_evict_kvtc(const eval_method *m, const eval_treat_args *a,
+                                    kvtc_cache **cache, uint64_t *bytes, uint32_t *kept,
+                                    kvtc_error *err)
+{
+    bool shared = m->evict == EVAL_H2O_SHARED;
+    int64_t orig_pos0 = kvtc_cache_pos0(*cache);
+    uint32_t treated = kvtc_cache_tokens(*cache) - a->sinks - a->window;
+    uint32_t mk = (uint32_t)fmin(treated, fmax(1.0, floor(treated / m->evict_ratio)));
+    kvtc_model_shape shape = *kvtc_cache_shape(*cache), *s = &shape; /* *cache is replaced */
+    uint32_t *keep = NULL;
+    float *row = kvtc_malloc_array(s->head_dim, sizeof(float));
+    kvtc_status st = row ? apply_eviction(shared, mk, a, cache, &keep, err)
+                         : kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    if (st == KVTC_OK) {
+        move_kept_keys(*cache, keep, mk, a->sinks, orig_pos0, false, row);
+        st = apply_kvtc(m, a, cache, bytes, err);
+        /* on failure *cache is the evicted one, its keys still moved: turn them back */
+        move_kept_keys(*cache, keep, mk, a->sinks, orig_pos0, true, row);
+    }
+    if (st == KVTC_OK) {
+        *bytes += index_bytes(shared, s, mk);
+        *kept = mk;
+    }
+    kvtc_free(keep);
+    kvtc_free(row);
+    return st;
 }
 
 /* ---- dispatch ----------------------------------------------------------------------- */
@@ -468,7 +654,12 @@ kvtc_status eval_method_apply(const eval_method *m, const eval_treat_args *a, kv
         break;
     case EVAL_KVTC: st = apply_kvtc(m, a, cache, &res->stored_bytes, err); break;
     case EVAL_H2O:
-        st = apply_h2o(m->target_ratio, a, cache, &res->stored_bytes, &res->kept_tokens, err);
+    case EVAL_H2O_SHARED:
+        st = apply_h2o(m->id == EVAL_H2O_SHARED, m->target_ratio, a, cache, &res->stored_bytes,
+                       &res->kept_tokens, err);
+        break;
+    case EVAL_EVICT_KVTC:
+        st = apply_evict_kvtc(m, a, cache, &res->stored_bytes, &res->kept_tokens, err);
         break;
     case EVAL_ZSTD: st = apply_zstd(c, t0, t1, &res->stored_bytes, err); break;
     default: {

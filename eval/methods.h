@@ -24,6 +24,10 @@ typedef enum eval_method_id {
     EVAL_KIVI2,     /* KIVI 2-bit: keys per channel, values per token, group 32 */
     EVAL_H2O,       /* heavy-hitter eviction per layer and KV head at a target ratio */
     EVAL_ZSTD,      /* lossless zstd level 3 on the fp16 bytes */
+    EVAL_H2O_SHARED, /* eviction keeping one set of tokens for every layer and head,
+                        ranked by their attention summed over all of them */
+    EVAL_EVICT_KVTC, /* "h2o:E+kvtc:R" or "h2o-shared:E+kvtc:R": eviction keeping
+                        1/E of the treated tokens, then kvtc on what is kept */
     EVAL_METHOD_COUNT
 } eval_method_id;
 
@@ -41,15 +45,24 @@ typedef struct eval_method {
     /* kvtc: the targets of keys and values; both target_ratio unless split
      * ("kvtc:K/V", whose target_ratio 2 / (1/K + 1/V) spends the same bytes) */
     double k_ratio, v_ratio;
+    /* evict+kvtc: the eviction (EVAL_H2O or EVAL_H2O_SHARED) and its token
+     * ratio E; target_ratio is then E times kvtc's */
+    eval_method_id evict;
+    double evict_ratio;
 } eval_method;
 
-/* "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd". */
+/* "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd", "h2o-shared",
+ * "evict+kvtc". */
 const char *eval_method_name(eval_method_id id);
-/* True for the methods that take a target ratio (kvtc, h2o). */
+/* True for the methods that take a target ratio (kvtc, the evictions, evict+kvtc). */
 bool eval_method_has_ratio(eval_method_id id);
+/* True for the methods that remove tokens (the evictions, evict+kvtc): they
+ * need the accumulated attention, and have no per-token error. */
+bool eval_method_evicts(eval_method_id id);
 /* Parses "NAME", "NAME:RATIO" (e.g. "kvtc:16", "h2o:8") or, for kvtc, a
  * budget split between keys and values "kvtc:K/V" (e.g. "kvtc:32/16"); a
- * ratio method without one gets default_ratio. Fails on an unknown name, a
+ * ratio method without one gets default_ratio; or a composition
+ * "EVICTION:E+kvtc[:R]" (e.g. "h2o:2+kvtc:16"). Fails on an unknown name, a
  * ratio given to a fixed-rate method, or a ratio <= 1. */
 kvtc_status eval_method_parse(const char *text, double default_ratio, eval_method *out,
                               kvtc_error *err);
@@ -74,10 +87,13 @@ typedef struct eval_treat_result {
 } eval_treat_result;
 
 /* Treats tokens [sinks, n - window) of *cache through method m. Quantizers
- * work in place; h2o replaces *cache with a shorter one (sinks, the kept
+ * work in place; evictions replace *cache with a shorter one (sinks, the kept
  * tokens of each head in order, window) whose pos0 is moved so that the next
  * token still goes at the original position n: keys carry their RoPE, so the
- * kept tokens keep their positions. On error *cache is left valid. */
+ * kept tokens keep their positions. evict+kvtc codes the kept tokens with
+ * kvtc after turning each kept key to the position of its new slot (the
+ * codec undoes RoPE at the slot's position), and turns them back after
+ * decoding. On error *cache is left valid. */
 kvtc_status eval_method_apply(const eval_method *m, const eval_treat_args *a, kvtc_cache **cache,
                               eval_treat_result *res, kvtc_error *err);
 

@@ -50,7 +50,7 @@ void eval_json_method(cli_json *j, const eval_results *r, uint32_t i)
     cli_json_f64(j, "v_fact_rel_error", eval_method_fact_rel_error(r, m, KVTC_VALUE));
     cli_json_u64(j, "fp16_bytes", m->fp16_bytes);
     cli_json_u64(j, "stored_bytes", m->stored_bytes);
-    if (m->method.id == EVAL_H2O)
+    if (eval_method_evicts(m->method.id))
         cli_json_u64(j, "min_kept_tokens_per_head", m->min_kept);
     if (m->method.id == EVAL_EXACT) {
         kvtc_jw_key(&j->jw, "bit_identical");
@@ -192,7 +192,8 @@ static void write_table(md *d, const eval_results *r)
            "does not, and the reverse (the same questions on the same haystacks).\n");
     mdf(d, "Relative error = squared error of the restored treated tokens / their energy "
            "around the calibration mean (keys compared before RoPE, as the codec sees them); "
-           "not defined for h2o, which removes tokens.\n\n");
+           "not defined for the evictions (h2o, h2o-shared and their compositions with "
+           "kvtc), which remove tokens.\n\n");
 }
 
 static void write_verdicts(md *d, const eval_results *r)
@@ -314,7 +315,7 @@ static kvtc_status write_limits(md *d, const eval_setup *s, const eval_results *
            "|---|---:|---:|---:|---:|---:|\n");
     for (uint32_t i = 0; i < r->n_methods; i++) {
         const eval_method_result *m = &r->methods[i];
-        if (m->method.id == EVAL_H2O || m->method.id == EVAL_EXACT)
+        if (eval_method_evicts(m->method.id) || m->method.id == EVAL_EXACT)
             continue;
         char label[64];
         eval_method_label(&m->method, label, sizeof label);
@@ -411,7 +412,8 @@ kvtc_status eval_write_report(const char *path, const eval_setup *s, const eval_
 static const char *method_color(eval_method_id id)
 {
     static const char *const colors[EVAL_METHOD_COUNT] = {
-        "#000000", "#1f5fbf", "#2ca02c", "#17becf", "#9467bd", "#d62728", "#ff7f0e", "#8c564b"};
+        "#000000", "#1f5fbf", "#2ca02c", "#17becf", "#9467bd", "#d62728", "#ff7f0e", "#8c564b",
+        "#bcbd22", "#e377c2"};
     return (unsigned)id < EVAL_METHOD_COUNT ? colors[id] : "#777";
 }
 
@@ -422,7 +424,7 @@ static const char *qtype_color(kvtc_qtype t)
     return (unsigned)t < KVTC_QTYPE_COUNT ? colors[t] : "#777";
 }
 
-/* One quality panel: every method's points, kvtc and h2o joined across ratios;
+/* One quality panel: every method's points, those with a ratio joined across ratios;
  * values above y1 are drawn on the top edge with their value. */
 static void quality_panel(svg_doc *d, const svg_axes *a, const eval_results *r, bool retrieval,
                           const char *title, const char *y_label)
@@ -450,7 +452,7 @@ static void quality_panel(svg_doc *d, const svg_axes *a, const eval_results *r, 
             n++;
         }
         svg_series(d, a, xs, ys, n, method_color((eval_method_id)id),
-                   id == EVAL_KVTC || id == EVAL_H2O);
+                   eval_method_has_ratio((eval_method_id)id));
     }
 }
 

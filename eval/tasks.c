@@ -46,13 +46,13 @@ double eval_method_ratio(const eval_method_result *r)
 
 double eval_method_rel_error(const eval_results *res, const eval_method_result *r, kvtc_kind k)
 {
-    return r->method.id != EVAL_H2O && res->energy[k] > 0 ? r->sq_error[k] / res->energy[k] : NAN;
+    return !eval_method_evicts(r->method.id) && res->energy[k] > 0 ? r->sq_error[k] / res->energy[k] : NAN;
 }
 
 double eval_method_fact_rel_error(const eval_results *res, const eval_method_result *r,
                                   kvtc_kind k)
 {
-    return r->method.id != EVAL_H2O && res->fact_energy[k] > 0
+    return !eval_method_evicts(r->method.id) && res->fact_energy[k] > 0
                ? r->fact_sq_error[k] / res->fact_energy[k]
                : NAN;
 }
@@ -165,7 +165,7 @@ static kvtc_status add_sq_error(const kvtc_cache *a, const kvtc_cache *b, uint32
 static bool needs_attention(const run_state *r)
 {
     for (uint32_t i = 0; i < r->n_methods; i++)
-        if (r->methods[i].id == EVAL_H2O)
+        if (eval_method_evicts(r->methods[i].id))
             return true;
     return false;
 }
@@ -189,7 +189,7 @@ static kvtc_status treat(run_state *r, uint32_t i, const kvtc_cache *exact, kvtc
         return st;
     }
     uint32_t n = kvtc_cache_tokens(exact);
-    if (tr.treated_tokens && mr->method.id != EVAL_H2O &&
+    if (tr.treated_tokens && !eval_method_evicts(mr->method.id) &&
         (st = add_sq_error(exact, c, r->o->sinks, n - r->o->window, mr->sq_error, err)) != KVTC_OK) {
         kvtc_cache_free(c);
         return st;
@@ -600,7 +600,7 @@ static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_
             st = treat(r, i, exact, &treated, err);
             eval_method_result *mr = &r->res->methods[i];
             for (uint32_t f = 0; f < hs.n_questions && st == KVTC_OK; f++)
-                if (mr->method.id != EVAL_H2O && fact_treated(r, &hs, f))
+                if (!eval_method_evicts(mr->method.id) && fact_treated(r, &hs, f))
                     st = add_sq_error(exact, treated, hs.fact_start[f], hs.fact_end[f],
                                       mr->fact_sq_error, err);
             if (st == KVTC_OK)
