@@ -19,6 +19,7 @@ int bench_prefill(int argc, char **argv);
 int bench_decode(int argc, char **argv);
 int bench_calibration(int argc, char **argv);
 int bench_memory(int argc, char **argv);
+int bench_serve(int argc, char **argv);
 
 /* ---- options ------------------------------------------------------------------- */
 

@@ -12,6 +12,8 @@
  *   calibration  calibration.c: calibration time against calibration tokens
  *   memory       memory.c: peak memory of compress and decompress against the
  *                sizes of their input and output
+ *   serve        serve.c: a load of multi-turn conversations on kvtc serve: time
+ *                to first token cold and resumed, hits per tier, capacity
  *
  * Every context is real text from the evaluation corpus (app/corpus.h), run
  * through the model; every figure is a median of repeated runs. What they
@@ -35,6 +37,7 @@ static const struct {
     {"decode", bench_decode, "engine decode speed and this machine's memory bandwidth"},
     {"calibration", bench_calibration, "calibration time against calibration tokens"},
     {"memory", bench_memory, "peak memory of compress and decompress against file sizes"},
+    {"serve", bench_serve, "conversations on kvtc serve: TTFT cold/resumed, tiers, capacity"},
 };
 
 int cmd_bench(int argc, char **argv)

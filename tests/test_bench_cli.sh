@@ -21,7 +21,7 @@ trap 'rm -f /tmp/kvtc_bench_cli.$$' EXIT
 
 check 0 "bench --help" "$KVTC" bench --help
 grep -q ttft /tmp/kvtc_bench_cli.$$ || { echo "FAIL: bench --help lists no ttft"; fail=1; }
-for b in ttft codec prefill decode calibration; do
+for b in ttft codec prefill decode calibration memory serve; do
   check 0 "bench $b --help" "$KVTC" bench "$b" --help
 done
 check 0 "demo --help" "$KVTC" demo --help
@@ -32,6 +32,9 @@ check 2 "ratio not above 1" "$KVTC" bench ttft --ratio 1
 check 2 "repeat 0" "$KVTC" bench ttft --repeat 0
 check 2 "unknown option" "$KVTC" bench codec --frobnicate
 check 2 "operand to ttft" "$KVTC" bench ttft extra
+check 2 "operand to serve" "$KVTC" bench serve extra
+check 2 "serve: --cold-url without --url" "$KVTC" bench serve --cold-url http://127.0.0.1:1
+check 2 "serve: one turn" "$KVTC" bench serve --turns 1
 check 2 "operand to demo" "$KVTC" demo extra
 
 # The real thing on the default model, with a small calibration made here
