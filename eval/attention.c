@@ -20,6 +20,7 @@ struct attention_probe {
     session *s;
     float *scores;         /* [n_head][QUERY_CHUNK][capacity] */
     float *head_acc;       /* [n_head][capacity] */
+    float *head_last;      /* [n_head][capacity]: the last query's probabilities */
     float *rotated;        /* [n_head][capacity][head_dim]: value-slot queries, rotated */
 };
 
@@ -77,8 +78,10 @@ kvtc_status attention_probe_create(const model *m, uint32_t capacity, uint32_t n
     p->weights = kvtc_malloc_array(per_layer, (size_t)c->n_layer * sizeof(float));
     p->scores = kvtc_malloc_array((size_t)c->n_head * QUERY_CHUNK, (size_t)capacity * sizeof(float));
     p->head_acc = kvtc_malloc_array((size_t)c->n_head * capacity, sizeof(float));
+    p->head_last = kvtc_malloc_array((size_t)c->n_head * capacity, sizeof(float));
     p->rotated = kvtc_malloc_array((size_t)c->n_head * capacity, hd * sizeof(float));
-    if (!p->layers || !p->weights || !p->scores || !p->head_acc || !p->rotated) {
+    if (!p->layers || !p->weights || !p->scores || !p->head_acc || !p->head_last ||
+        !p->rotated) {
         attention_probe_free(p);
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for the attention probe");
     }
@@ -116,6 +119,7 @@ void attention_probe_free(attention_probe *p)
     kvtc_free(p->layers);
     kvtc_free(p->weights);
     kvtc_free(p->scores);
+    kvtc_free(p->head_last);
     kvtc_free(p->head_acc);
     kvtc_free(p->rotated);
     kvtc_free(p);
@@ -151,6 +155,7 @@ static kvtc_status accumulate_head(void *user, uint32_t h, kvtc_error *err)
         q = rot;
     }
     float *acc = p->head_acc + (size_t)h * cap, *scores = p->scores + (size_t)h * QUERY_CHUNK * cap;
+    float *last = p->head_last + (size_t)h * cap;
     memset(acc, 0, (size_t)n * sizeof(float));
     float scale = 1.0f / sqrtf((float)hd);
     for (uint32_t q0 = 0; q0 < n; q0 += QUERY_CHUNK) {
@@ -168,13 +173,16 @@ static kvtc_status accumulate_head(void *user, uint32_t h, kvtc_error *err)
             float inv = 1.0f / sum;
             for (uint32_t t = 0; t < visible; t++)
                 acc[t] += row[t] * inv;
+            if (visible == n)
+                for (uint32_t t = 0; t < n; t++)
+                    last[t] = row[t] * inv;
         }
     }
     return KVTC_OK;
 }
 
 kvtc_status attention_accumulate(attention_probe *p, const int32_t *tokens, uint32_t n,
-                                 float *acc, kvtc_error *err)
+                                 float *acc, float *last, kvtc_error *err)
 {
     if (n > p->capacity)
         return kvtc_fail(err, KVTC_E_INVALID, "%u tokens exceed the probe's %u", n, p->capacity);
@@ -195,6 +203,13 @@ kvtc_status attention_accumulate(attention_probe *p, const int32_t *tokens, uint
             for (uint32_t h = g * group; h < (g + 1) * group; h++)
                 for (uint32_t t = 0; t < n; t++)
                     dst[t] += p->head_acc[(size_t)h * p->capacity + t];
+            if (!last)
+                continue;
+            float *lst = last + ((size_t)l * p->n_kv_head + g) * n;
+            memset(lst, 0, (size_t)n * sizeof(float));
+            for (uint32_t h = g * group; h < (g + 1) * group; h++)
+                for (uint32_t t = 0; t < n; t++)
+                    lst[t] += p->head_last[(size_t)h * p->capacity + t];
         }
     }
     openblas_set_num_threads((int)p->n_threads);

@@ -1,4 +1,4 @@
-/* Accumulated attention, the score H2O evicts by: for every layer and KV
+/* Accumulated attention, the score H2O evicts by (and the last query's, TOVA's): for every layer and KV
  * head, the attention probability each context token received, summed over
  * all later queries of the context and over the query heads that share the
  * KV head.
@@ -27,8 +27,9 @@ void attention_probe_free(attention_probe *p);
 
 /* Runs tokens[0..n) from position 0 and writes acc[n_layer][n_kv_head][n]:
  * the attention token j received, summed over queries i >= j and the query
- * heads of the KV head. */
+ * heads of the KV head; and, when last is not NULL, last[n_layer][n_kv_head][n]:
+ * the attention of the last query alone (TOVA's score), summed the same way. */
 kvtc_status attention_accumulate(attention_probe *p, const int32_t *tokens, uint32_t n,
-                                 float *acc, kvtc_error *err);
+                                 float *acc, float *last, kvtc_error *err);
 
 #endif /* KVTC_EVAL_ATTENTION_H */

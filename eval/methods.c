@@ -5,6 +5,8 @@
 
 #include "kvtc_internal.h"
 
+#include <cblas.h>
+#include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +18,8 @@
 #define H2O_INDEX_BYTES 4u /* each kept token's position, per layer and KV head */
 
 static const char *const method_names[EVAL_METHOD_COUNT] = {
-    "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd", "h2o-shared", "evict+kvtc"};
+    "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd", "h2o-shared", "tova", "gear", "xkv",
+    "evict+kvtc"};
 
 const char *eval_method_name(eval_method_id id)
 {
@@ -25,12 +28,12 @@ const char *eval_method_name(eval_method_id id)
 
 bool eval_method_has_ratio(eval_method_id id)
 {
-    return id == EVAL_KVTC || eval_method_evicts(id);
+    return id == EVAL_KVTC || id == EVAL_XKV || eval_method_evicts(id);
 }
 
 bool eval_method_evicts(eval_method_id id)
 {
-    return id == EVAL_H2O || id == EVAL_H2O_SHARED || id == EVAL_EVICT_KVTC;
+    return id == EVAL_H2O || id == EVAL_H2O_SHARED || id == EVAL_TOVA || id == EVAL_EVICT_KVTC;
 }
 
 /* "EVICTION:E+kvtc[:R]": both halves parsed as methods of their own. */
@@ -47,9 +50,10 @@ static kvtc_status parse_composition(const char *text, const char *plus, double 
     kvtc_status st = eval_method_parse(first, default_ratio, &e, err);
     if (st != KVTC_OK)
         return st;
-    if (e.id != EVAL_H2O && e.id != EVAL_H2O_SHARED)
+    if (e.id != EVAL_H2O && e.id != EVAL_H2O_SHARED && e.id != EVAL_TOVA)
         return kvtc_fail(err, KVTC_E_INVALID,
-                         "a composition starts with an eviction (h2o, h2o-shared): '%s'", text);
+                         "a composition starts with an eviction (h2o, h2o-shared, tova): '%s'",
+                         text);
     if ((st = eval_method_parse(plus + 1, default_ratio, &k, err)) != KVTC_OK)
         return st;
     if (k.id != EVAL_KVTC)
@@ -101,7 +105,7 @@ kvtc_status eval_method_parse(const char *text, double default_ratio, eval_metho
     }
     return kvtc_fail(err, KVTC_E_INVALID,
                      "unknown method '%s' (exact, kvtc, fp8, int8, int4, kivi2, h2o, zstd, "
-                     "h2o-shared, EVICTION:E+kvtc:R)",
+                     "h2o-shared, tova, gear, xkv, EVICTION:E+kvtc:R)",
                      text);
 }
 
@@ -372,6 +376,193 @@ done:
     return st;
 }
 
+/* ---- layer matrices: GEAR and xKV ---------------------------------------------- */
+
+/* Tokens [t0, t1) of `layers` consecutive layers from l0 of one kind as one
+ * row-major matrix [t1 - t0][layers * n_kv_head * head_dim] (x), or back into
+ * the cache (put). With derope, keys are turned back to position 0 on the way
+ * out (RoPE undone, as a position-free factorization wants) and to their own
+ * positions on the way in. */
+static void layer_matrix(kvtc_cache *c, kvtc_kind kind, uint32_t l0, uint32_t layers,
+                         uint32_t t0, uint32_t t1, bool derope, bool put, float *x)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    kvtc_dtype dt = kvtc_cache_dtype(c);
+    size_t esz = kvtc_dtype_size(dt), hd = s->head_dim, n = kvtc_cache_tokens(c);
+    size_t cols = (size_t)layers * s->n_kv_head * hd;
+    bool rope = derope && kind == KVTC_KEY && s->rope_style != KVTC_ROPE_NONE;
+    for (uint32_t l = 0; l < layers; l++) {
+        unsigned char *base = kvtc_cache_data(c, kind, l0 + l);
+        for (uint32_t h = 0; h < s->n_kv_head; h++)
+            for (uint32_t t = t0; t < t1; t++) {
+                float *row = x + (size_t)(t - t0) * cols + ((size_t)l * s->n_kv_head + h) * hd;
+                unsigned char *p = base + ((size_t)h * n + t) * hd * esz;
+                int64_t pos = kvtc_cache_pos0(c) + t;
+                if (put) {
+                    if (rope)
+                        kvtc_rope_rotate(s, row, pos, false);
+                    kvtc_from_f32(dt, row, p, hd);
+                } else {
+                    kvtc_to_f32(dt, p, row, hd);
+                    if (rope)
+                        kvtc_rope_rotate(s, row, pos, true);
+                }
+            }
+    }
+}
+
+/* x [rows][cols] ~ U_r S_r V_r^T, its rank-r truncated SVD with both factors
+ * rounded to fp16 (as stored), written over x; false when LAPACK fails or
+ * memory runs out. */
+static bool truncated_svd(float *x, uint32_t rows, uint32_t cols, uint32_t r)
+{
+    uint32_t k = rows < cols ? rows : cols;
+    if (r > k)
+        r = k;
+    float *a = kvtc_malloc_array((size_t)rows, cols * sizeof(float));
+    float *u = kvtc_malloc_array((size_t)rows, k * sizeof(float));
+    float *vt = kvtc_malloc_array((size_t)k, cols * sizeof(float));
+    float *sv = kvtc_malloc_array(k, sizeof(float));
+    bool ok = a && u && vt && sv;
+    if (ok) {
+        memcpy(a, x, (size_t)rows * cols * sizeof(float));
+        ok = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (int)rows, (int)cols, a, (int)cols, sv, u,
+                            (int)k, vt, (int)cols) == 0;
+    }
+    if (ok) {
+        for (uint32_t i = 0; i < rows; i++)
+            for (uint32_t j = 0; j < r; j++) {
+                float *e = &u[(size_t)i * k + j];
+                *e = kvtc_f16_to_f32(kvtc_f32_to_f16(*e * sv[j]));
+            }
+        for (size_t i = 0; i < (size_t)r * cols; i++)
+            vt[i] = kvtc_f16_to_f32(kvtc_f32_to_f16(vt[i]));
+        memset(x, 0, (size_t)rows * cols * sizeof(float));
+        if (r)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)cols, (int)r,
+                        1.0f, u, (int)k, vt, (int)cols, 0.0f, x, (int)cols);
+    }
+    kvtc_free(a);
+    kvtc_free(u);
+    kvtc_free(vt);
+    kvtc_free(sv);
+    return ok;
+}
+
+static int by_magnitude_desc(const void *pa, const void *pb)
+{
+    float a = fabsf(*(const float *)pa), b = fabsf(*(const float *)pb);
+    return a > b ? -1 : a < b;
+}
+
+/* GEAR on one layer's matrix x [rows][cols]: the largest EVAL_GEAR_OUTLIERS of
+ * the values kept exact, int4 on the rest, a rank-EVAL_GEAR_RANK
+ * factorization of what int4 left. Returns the bytes stored, 0 when out of
+ * memory. */
+static uint64_t gear_matrix(float *x, uint32_t rows, uint32_t cols)
+{
+    size_t n = (size_t)rows * cols, n_out = (size_t)(EVAL_GEAR_OUTLIERS * (double)n);
+    float *sorted = kvtc_malloc_array(n, sizeof(float));
+    float *sparse = kvtc_malloc_array(n, sizeof(float)); /* the outliers, 0 elsewhere */
+    float *q = kvtc_malloc_array(n, sizeof(float));
+    if (!sorted || !sparse || !q) {
+        kvtc_free(sorted), kvtc_free(sparse), kvtc_free(q);
+        return 0;
+    }
+    memcpy(sorted, x, n * sizeof(float));
+    qsort(sorted, n, sizeof(float), by_magnitude_desc);
+    float cut = n_out ? fabsf(sorted[n_out - 1]) : INFINITY;
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool outlier = kept < n_out && fabsf(x[i]) >= cut;
+        kept += outlier;
+        sparse[i] = outlier ? kvtc_f16_to_f32(kvtc_f32_to_f16(x[i])) : 0.0f;
+        q[i] = outlier ? 0.0f : x[i];
+    }
+    uint64_t bytes = kept * (2 + H2O_INDEX_BYTES);
+    /* int4 of the dense part, groups of 32 along each token */
+    for (uint32_t r = 0; r < rows; r++)
+        for (uint32_t c0 = 0; c0 < cols; c0 += EVAL_INT4_GROUP) {
+            uint32_t g = cols - c0 < EVAL_INT4_GROUP ? cols - c0 : EVAL_INT4_GROUP;
+            float *v = q + (size_t)r * cols + c0;
+            uint8_t codes[EVAL_INT4_GROUP];
+            uint16_t shift, scale;
+            kvtc_quant_group(KVTC_Q_INT4, v, g, &shift, &scale, codes);
+            kvtc_dequant_group(KVTC_Q_INT4, shift, scale, codes, g, v);
+            bytes += packed_bytes(g, 4) + 4;
+        }
+    /* the residual of the dense part, low rank */
+    for (size_t i = 0; i < n; i++)
+        sorted[i] = (sparse[i] != 0.0f ? 0.0f : x[i]) - q[i];
+    bool ok = truncated_svd(sorted, rows, cols, EVAL_GEAR_RANK);
+    uint32_t r = EVAL_GEAR_RANK < rows && EVAL_GEAR_RANK < cols ? EVAL_GEAR_RANK
+                 : rows < cols                                 ? rows
+                                                               : cols;
+    bytes += 2ull * r * (rows + cols);
+    for (size_t i = 0; ok && i < n; i++)
+        x[i] = q[i] + sorted[i] + sparse[i];
+    kvtc_free(sorted), kvtc_free(sparse), kvtc_free(q);
+    return ok ? bytes : 0;
+}
+
+static kvtc_status apply_gear(kvtc_cache *c, uint32_t t0, uint32_t t1, uint64_t *bytes,
+                              kvtc_error *err)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    uint32_t rows = t1 - t0, cols = s->n_kv_head * s->head_dim;
+    float *x = kvtc_malloc_array((size_t)rows, cols * sizeof(float));
+    if (!x)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for gear");
+    *bytes = 0;
+    for (int k = 0; k < 2; k++)
+        for (uint32_t l = 0; l < s->n_layer; l++) {
+            layer_matrix(c, (kvtc_kind)k, l, 1, t0, t1, false, false, x);
+            uint64_t b = gear_matrix(x, rows, cols);
+            if (!b) {
+                kvtc_free(x);
+                return kvtc_fail(err, KVTC_E_NOMEM, "gear: out of memory or SVD failed");
+            }
+            *bytes += b;
+            layer_matrix(c, (kvtc_kind)k, l, 1, t0, t1, false, true, x);
+        }
+    kvtc_free(x);
+    return KVTC_OK;
+}
+
+/* xKV: the rank whose fp16 factors (rows + cols values per rank) realize target. */
+static uint32_t xkv_rank(uint32_t rows, uint32_t cols, double target)
+{
+    double r = floor((double)rows * cols / (target * ((double)rows + cols)));
+    return r < 1 ? 1 : (uint32_t)r;
+}
+
+static kvtc_status apply_xkv(double target, kvtc_cache *c, uint32_t t0, uint32_t t1,
+                             uint64_t *bytes, kvtc_error *err)
+{
+    const kvtc_model_shape *s = kvtc_cache_shape(c);
+    uint32_t rows = t1 - t0, per_layer = s->n_kv_head * s->head_dim;
+    uint32_t group = s->n_layer < EVAL_XKV_GROUP ? s->n_layer : EVAL_XKV_GROUP;
+    float *x = kvtc_malloc_array((size_t)rows, (size_t)group * per_layer * sizeof(float));
+    if (!x)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for xkv");
+    *bytes = 0;
+    for (int k = 0; k < 2; k++)
+        for (uint32_t l0 = 0; l0 < s->n_layer; l0 += group) {
+            uint32_t layers = s->n_layer - l0 < group ? s->n_layer - l0 : group;
+            uint32_t cols = layers * per_layer, r = xkv_rank(rows, cols, target);
+            r = r < rows && r < cols ? r : rows < cols ? rows : cols;
+            layer_matrix(c, (kvtc_kind)k, l0, layers, t0, t1, true, false, x);
+            if (!truncated_svd(x, rows, cols, r)) {
+                kvtc_free(x);
+                return kvtc_fail(err, KVTC_E_NOMEM, "xkv: out of memory or SVD failed");
+            }
+            layer_matrix(c, (kvtc_kind)k, l0, layers, t0, t1, true, true, x);
+            *bytes += 2ull * r * (rows + cols);
+        }
+    kvtc_free(x);
+    return KVTC_OK;
+}
+
 /* ---- kvtc ----------------------------------------------------------------------- */
 
 static kvtc_status apply_kvtc(const eval_method *m, const eval_treat_args *a, kvtc_cache **cache,
@@ -459,34 +650,49 @@ static void top_tokens(const float *score, uint32_t sinks, uint32_t treated, uin
         keep[i] = tok[i].index;
 }
 
-/* Which m tokens each layer and KV head keeps: keep[(l * n_kv_head + h) * m + i],
- * each head's own (h2o) or one set for all, ranked by the attention summed
- * over every layer and head (h2o-shared). */
-static kvtc_status select_tokens(bool shared, uint32_t m, const eval_treat_args *a,
-                                 const kvtc_cache *c, uint32_t *keep, kvtc_error *err)
+/* Which heads share one set of kept tokens: each its own (h2o), a layer's
+ * (tova), or every head (h2o-shared). */
+typedef enum evict_scope { EVICT_HEAD, EVICT_LAYER, EVICT_ALL } evict_scope;
+
+static evict_scope scope_of(eval_method_id id)
 {
-    if (!a->attention)
-        return kvtc_fail(err, KVTC_E_INVALID, "eviction needs the accumulated attention");
+    return id == EVAL_TOVA ? EVICT_LAYER : id == EVAL_H2O_SHARED ? EVICT_ALL : EVICT_HEAD;
+}
+
+/* KV heads per set of kept tokens. */
+static size_t scope_heads(evict_scope scope, const kvtc_model_shape *s)
+{
+    return scope == EVICT_HEAD ? 1 : scope == EVICT_LAYER ? s->n_kv_head
+                                                          : (size_t)s->n_layer * s->n_kv_head;
+}
+
+/* Which m tokens each layer and KV head keeps: keep[(l * n_kv_head + h) * m + i],
+ * ranked by `score` ([n_layer][n_kv_head][n]) summed over the heads that
+ * share a set. */
+static kvtc_status select_tokens(evict_scope scope, const float *score, uint32_t m,
+                                 const eval_treat_args *a, const kvtc_cache *c, uint32_t *keep,
+                                 kvtc_error *err)
+{
+    if (!score)
+        return kvtc_fail(err, KVTC_E_INVALID, "eviction needs the attention scores");
     const kvtc_model_shape *s = kvtc_cache_shape(c);
     uint32_t n = kvtc_cache_tokens(c), treated = n - a->sinks - a->window;
-    size_t heads = (size_t)s->n_layer * s->n_kv_head;
+    size_t heads = (size_t)s->n_layer * s->n_kv_head, per = scope_heads(scope, s);
     scored_token *tok = kvtc_malloc_array(treated, sizeof *tok);
-    float *sum = shared ? kvtc_calloc(n, sizeof *sum) : NULL;
-    if (!tok || (shared && !sum)) {
+    float *sum = kvtc_malloc_array(n, sizeof *sum);
+    if (!tok || !sum) {
         kvtc_free(tok);
         kvtc_free(sum);
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for eviction");
     }
-    if (shared) {
-        for (size_t lh = 0; lh < heads; lh++)
+    for (size_t g = 0; g < heads; g += per) {
+        memcpy(sum, score + g * n, (size_t)n * sizeof *sum);
+        for (size_t lh = g + 1; lh < g + per; lh++)
             for (uint32_t t = 0; t < n; t++)
-                sum[t] += a->attention[lh * n + t];
-        top_tokens(sum, a->sinks, treated, m, tok, keep);
-        for (size_t lh = 1; lh < heads; lh++)
-            memcpy(keep + lh * m, keep, (size_t)m * sizeof *keep);
-    } else {
-        for (size_t lh = 0; lh < heads; lh++)
-            top_tokens(a->attention + lh * n, a->sinks, treated, m, tok, keep + lh * m);
+                sum[t] += score[lh * n + t];
+        top_tokens(sum, a->sinks, treated, m, tok, keep + g * m);
+        for (size_t lh = g + 1; lh < g + per; lh++)
+            memcpy(keep + lh * m, keep + g * m, (size_t)m * sizeof *keep);
     }
     kvtc_free(tok);
     kvtc_free(sum);
@@ -536,20 +742,22 @@ static kvtc_status evict_tokens(const uint32_t *keep, uint32_t m, const eval_tre
     return KVTC_OK;
 }
 
-/* Bytes of the kept tokens' positions: one list per head, or one for all. */
-static uint64_t index_bytes(bool shared, const kvtc_model_shape *s, uint32_t m)
+/* Bytes of the kept tokens' positions: one list per set of kept tokens. */
+static uint64_t index_bytes(evict_scope scope, const kvtc_model_shape *s, uint32_t m)
 {
-    return (uint64_t)(shared ? 1 : s->n_layer * s->n_kv_head) * m * H2O_INDEX_BYTES;
+    size_t sets = (size_t)s->n_layer * s->n_kv_head / scope_heads(scope, s);
+    return (uint64_t)sets * m * H2O_INDEX_BYTES;
 }
 
-static kvtc_status apply_eviction(bool shared, uint32_t m, const eval_treat_args *a,
+static kvtc_status apply_eviction(eval_method_id id, uint32_t m, const eval_treat_args *a,
                                   kvtc_cache **cache, uint32_t **keep, kvtc_error *err)
 {
     const kvtc_model_shape *s = kvtc_cache_shape(*cache);
     *keep = kvtc_malloc_array((size_t)s->n_layer * s->n_kv_head * m, sizeof **keep);
     if (!*keep)
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for eviction");
-    kvtc_status st = select_tokens(shared, m, a, *cache, *keep, err);
+    const float *score = id == EVAL_TOVA ? a->last_attention : a->attention;
+    kvtc_status st = select_tokens(scope_of(id), score, m, a, *cache, *keep, err);
     if (st == KVTC_OK)
         st = evict_tokens(*keep, m, a, cache, err);
     if (st != KVTC_OK) {
@@ -559,21 +767,23 @@ static kvtc_status apply_eviction(bool shared, uint32_t m, const eval_treat_args
     return st;
 }
 
-static kvtc_status apply_h2o(bool shared, double ratio, const eval_treat_args *a,
-                             kvtc_cache **cache, uint64_t *bytes, uint32_t *kept,
-                             kvtc_error *err)
+/* An eviction alone (h2o, h2o-shared, tova): the kept tokens in fp16 and
+ * their positions realize the ratio. */
+static kvtc_status apply_evict(eval_method_id id, double ratio, const eval_treat_args *a,
+                               kvtc_cache **cache, uint64_t *bytes, uint32_t *kept,
+                               kvtc_error *err)
 {
     kvtc_model_shape shape = *kvtc_cache_shape(*cache), *s = &shape; /* *cache is replaced */
     uint32_t treated = kvtc_cache_tokens(*cache) - a->sinks - a->window;
     double heads = (double)s->n_layer * s->n_kv_head;
-    uint32_t m = shared ? keep_count(treated, heads * 4.0 * s->head_dim, H2O_INDEX_BYTES, ratio)
-                        : eval_h2o_keep_count(treated, s->head_dim, ratio);
+    uint32_t m = keep_count(treated, heads * 4.0 * s->head_dim,
+                            (double)index_bytes(scope_of(id), s, 1), ratio);
     uint32_t *keep;
-    kvtc_status st = apply_eviction(shared, m, a, cache, &keep, err);
+    kvtc_status st = apply_eviction(id, m, a, cache, &keep, err);
     if (st != KVTC_OK)
         return st;
     kvtc_free(keep);
-    *bytes = (uint64_t)heads * m * 4 * s->head_dim + index_bytes(shared, s, m);
+    *bytes = (uint64_t)heads * m * 4 * s->head_dim + index_bytes(scope_of(id), s, m);
     *kept = m;
     return KVTC_OK;
 }
@@ -608,14 +818,13 @@ static kvtc_status apply_evict_kvtc(const eval_method *m, const eval_treat_args 
                                     kvtc_cache **cache, uint64_t *bytes, uint32_t *kept,
                                     kvtc_error *err)
 {
-    bool shared = m->evict == EVAL_H2O_SHARED;
     int64_t orig_pos0 = kvtc_cache_pos0(*cache);
     uint32_t treated = kvtc_cache_tokens(*cache) - a->sinks - a->window;
     uint32_t mk = (uint32_t)fmin(treated, fmax(1.0, floor(treated / m->evict_ratio)));
     kvtc_model_shape shape = *kvtc_cache_shape(*cache), *s = &shape; /* *cache is replaced */
     uint32_t *keep = NULL;
     float *row = kvtc_malloc_array(s->head_dim, sizeof(float));
-    kvtc_status st = row ? apply_eviction(shared, mk, a, cache, &keep, err)
+    kvtc_status st = row ? apply_eviction(m->evict, mk, a, cache, &keep, err)
                          : kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     if (st == KVTC_OK) {
         move_kept_keys(*cache, keep, mk, a->sinks, orig_pos0, false, row);
@@ -624,7 +833,7 @@ static kvtc_status apply_evict_kvtc(const eval_method *m, const eval_treat_args 
         move_kept_keys(*cache, keep, mk, a->sinks, orig_pos0, true, row);
     }
     if (st == KVTC_OK) {
-        *bytes += index_bytes(shared, s, mk);
+        *bytes += index_bytes(scope_of(m->evict), s, mk);
         *kept = mk;
     }
     kvtc_free(keep);
@@ -655,9 +864,12 @@ kvtc_status eval_method_apply(const eval_method *m, const eval_treat_args *a, kv
     case EVAL_KVTC: st = apply_kvtc(m, a, cache, &res->stored_bytes, err); break;
     case EVAL_H2O:
     case EVAL_H2O_SHARED:
-        st = apply_h2o(m->id == EVAL_H2O_SHARED, m->target_ratio, a, cache, &res->stored_bytes,
-                       &res->kept_tokens, err);
+    case EVAL_TOVA:
+        st = apply_evict(m->id, m->target_ratio, a, cache, &res->stored_bytes, &res->kept_tokens,
+                         err);
         break;
+    case EVAL_GEAR: st = apply_gear(c, t0, t1, &res->stored_bytes, err); break;
+    case EVAL_XKV: st = apply_xkv(m->target_ratio, c, t0, t1, &res->stored_bytes, err); break;
     case EVAL_EVICT_KVTC:
         st = apply_evict_kvtc(m, a, cache, &res->stored_bytes, &res->kept_tokens, err);
         break;

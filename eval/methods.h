@@ -26,6 +26,14 @@ typedef enum eval_method_id {
     EVAL_ZSTD,      /* lossless zstd level 3 on the fp16 bytes */
     EVAL_H2O_SHARED, /* eviction keeping one set of tokens for every layer and head,
                         ranked by their attention summed over all of them */
+    EVAL_TOVA,       /* eviction by the last query's attention, one set per layer
+                        (summed over its heads), at a target ratio */
+    EVAL_GEAR,       /* GEAR-style: int4 (asymmetric, groups of 32 per token) plus a
+                        rank-4 fp16 factorization of the quantization residual plus
+                        the largest 2% of values exact (fp16 and a 4-byte index) */
+    EVAL_XKV,        /* xKV: per kind, groups of 4 adjacent layers as one matrix (keys
+                        with RoPE undone), the context's own truncated SVD in fp16 at
+                        the rank that realizes a target ratio */
     EVAL_EVICT_KVTC, /* "h2o:E+kvtc:R" or "h2o-shared:E+kvtc:R": eviction keeping
                         1/E of the treated tokens, then kvtc on what is kept */
     EVAL_METHOD_COUNT
@@ -38,6 +46,10 @@ typedef enum eval_method_id {
 /* int4 group length (llama.cpp q4_0 uses 32). */
 #define EVAL_INT4_GROUP 32u
 #define EVAL_ZSTD_LEVEL 3
+/* GEAR's residual rank and outlier fraction (the paper's defaults), xKV's layers per group. */
+#define EVAL_GEAR_RANK 4u
+#define EVAL_GEAR_OUTLIERS 0.02
+#define EVAL_XKV_GROUP 4u
 
 typedef struct eval_method {
     eval_method_id id;
@@ -45,16 +57,16 @@ typedef struct eval_method {
     /* kvtc: the targets of keys and values; both target_ratio unless split
      * ("kvtc:K/V", whose target_ratio 2 / (1/K + 1/V) spends the same bytes) */
     double k_ratio, v_ratio;
-    /* evict+kvtc: the eviction (EVAL_H2O or EVAL_H2O_SHARED) and its token
+    /* evict+kvtc: the eviction (EVAL_H2O, EVAL_H2O_SHARED or EVAL_TOVA) and its token
      * ratio E; target_ratio is then E times kvtc's */
     eval_method_id evict;
     double evict_ratio;
 } eval_method;
 
 /* "exact", "kvtc", "fp8", "int8", "int4", "kivi2", "h2o", "zstd", "h2o-shared",
- * "evict+kvtc". */
+ * "tova", "gear", "xkv", "evict+kvtc". */
 const char *eval_method_name(eval_method_id id);
-/* True for the methods that take a target ratio (kvtc, the evictions, evict+kvtc). */
+/* True for the methods that take a target ratio (kvtc, xkv, the evictions, evict+kvtc). */
 bool eval_method_has_ratio(eval_method_id id);
 /* True for the methods that remove tokens (the evictions, evict+kvtc): they
  * need the accumulated attention, and have no per-token error. */
@@ -76,6 +88,7 @@ typedef struct eval_treat_args {
      * over the cache's tokens (summed over the query heads sharing the KV head). */
     const float *attention;
     uint32_t n_threads;           /* kvtc: 0 = 1 */
+    const float *last_attention;  /* tova: the last query's, laid out as attention */
 } eval_treat_args;
 
 typedef struct eval_treat_result {

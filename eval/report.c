@@ -192,8 +192,8 @@ static void write_table(md *d, const eval_results *r)
            "does not, and the reverse (the same questions on the same haystacks).\n");
     mdf(d, "Relative error = squared error of the restored treated tokens / their energy "
            "around the calibration mean (keys compared before RoPE, as the codec sees them); "
-           "not defined for the evictions (h2o, h2o-shared and their compositions with "
-           "kvtc), which remove tokens.\n\n");
+           "not defined for the evictions (h2o, h2o-shared, tova and their compositions "
+           "with kvtc), which remove tokens.\n\n");
 }
 
 static void write_verdicts(md *d, const eval_results *r)
@@ -413,7 +413,7 @@ static const char *method_color(eval_method_id id)
 {
     static const char *const colors[EVAL_METHOD_COUNT] = {
         "#000000", "#1f5fbf", "#2ca02c", "#17becf", "#9467bd", "#d62728", "#ff7f0e", "#8c564b",
-        "#bcbd22", "#e377c2"};
+        "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a", "#e377c2"};
     return (unsigned)id < EVAL_METHOD_COUNT ? colors[id] : "#777";
 }
 

@@ -18,7 +18,7 @@ if [ ! -x "$KVTC" ]; then
 fi
 mkdir -p "$OUT"
 
-methods=exact,kvtc:8,kvtc:16,kvtc:32,kvtc:64,fp8,int8,int4,kivi2,h2o:8,h2o:16,zstd
+methods=exact,kvtc:8,kvtc:16,kvtc:32,kvtc:64,fp8,int8,int4,kivi2,gear,h2o:8,h2o:16,tova:8,xkv:8,xkv:16,zstd
 # 8 contexts (4 prose, 4 code) of 2048 tokens with 512 scored after each;
 # 34 haystacks of 1024 prose tokens with 3 facts each: 102 retrieval cases (the
 # exact model finds 97% of them), so that "within 2 points" is 2 cases, not 1.
@@ -67,7 +67,13 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "layer and KV head, keeps the treated tokens with the most attention accumulated over"
   echo "all queries of the context (queries recomputed exactly, see eval/attention.h), as many"
   echo "as fit the ratio with fp16 keys and values plus a 4-byte position each; the others"
-  echo "are evicted; kept tokens keep their positions. \`zstd\`: level 3 on the fp16 bytes"
+  echo "are evicted; kept tokens keep their positions. \`tova:R\`: the same with one set of"
+  echo "kept tokens per layer, ranked by the last query's attention summed over the layer's"
+  echo "heads (TOVA). \`gear\`: GEAR-style, the largest 2% of values exact (fp16 and a 4-byte"
+  echo "index), int4 (asymmetric, groups of 32 per token) on the rest, and a rank-4 fp16"
+  echo "factorization of what int4 left, per layer and kind. \`xkv:R\`: xKV, per kind the"
+  echo "tokens of 4 adjacent layers as one matrix (keys with RoPE undone), its own truncated"
+  echo "SVD in fp16 at the rank that realizes R. \`zstd\`: level 3 on the fp16 bytes"
   echo "(lossless vs fp16). \`exact\`: the cache untouched (ratio 1 by definition)."
   echo
   echo "![quality vs realized ratio](eval.svg)"

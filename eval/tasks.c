@@ -83,6 +83,7 @@ typedef struct run_state {
     session *s;
     attention_probe *probe; /* only when a method evicts */
     float *attention;       /* [n_layer][n_kv_head][capacity] */
+    float *last_attention;  /* the same layout: the last query's alone */
     float *logits;          /* [rows][vocab] */
     uint64_t done, total;   /* progress */
 } run_state;
@@ -178,7 +179,8 @@ static kvtc_status treat(run_state *r, uint32_t i, const kvtc_cache *exact, kvtc
     kvtc_status st = cache_clone(exact, &c, err);
     if (st != KVTC_OK)
         return st;
-    eval_treat_args args = {r->o->sinks, r->o->window, r->cal, r->attention, r->o->n_threads};
+    eval_treat_args args = {r->o->sinks,   r->o->window,     r->cal,
+                            r->attention, r->o->n_threads, r->last_attention};
     eval_treat_result tr;
     double t0 = now_s();
     st = eval_method_apply(&r->methods[i], &args, &c, &tr, err);
@@ -213,7 +215,7 @@ static kvtc_status read_context(run_state *r, const int32_t *tokens, uint32_t n,
     if (st == KVTC_OK)
         st = session_export_cache(r->s, KVTC_F32, exact, err);
     if (st == KVTC_OK && r->probe)
-        st = attention_accumulate(r->probe, tokens, n, r->attention, err);
+        st = attention_accumulate(r->probe, tokens, n, r->attention, r->last_attention, err);
     if (st == KVTC_OK && r->cal && n > (uint64_t)r->o->sinks + r->o->window)
         st = add_energy(r->cal, *exact, r->o->sinks, n - r->o->window, r->res->energy,
                         r->res->outside_basis, err);
@@ -666,9 +668,10 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
         st = session_create(m, capacity, o->n_threads, &r.s, err);
     if (st == KVTC_OK && needs_attention(&r)) {
         st = attention_probe_create(m, max_context, o->n_threads, &r.probe, err);
+        size_t heads = (size_t)m->cfg.n_layer * m->cfg.n_kv_head;
         if (st == KVTC_OK &&
-            !(r.attention = kvtc_malloc_array((size_t)m->cfg.n_layer * m->cfg.n_kv_head,
-                                              (size_t)max_context * sizeof(float))))
+            (!(r.attention = kvtc_malloc_array(heads, (size_t)max_context * sizeof(float))) ||
+             !(r.last_attention = kvtc_malloc_array(heads, (size_t)max_context * sizeof(float)))))
             st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for attention scores");
     }
     if (st == KVTC_OK &&
@@ -682,6 +685,7 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     out->seconds = now_s() - t0;
     kvtc_free(r.logits);
     kvtc_free(r.attention);
+    kvtc_free(r.last_attention);
     attention_probe_free(r.probe);
     session_free(r.s);
     kvtc_free(prose);

@@ -99,7 +99,7 @@ static kvtc_cache *run(kvtc_cache *orig, const char *spec, const eval_treat_args
 static void check_per_token(kvtc_cache *orig, const char *spec, uint32_t group,
                             uint64_t group_bytes, double rel_absmax, double rel_value)
 {
-    eval_treat_args a = {SINKS, WINDOW, NULL, NULL, 1};
+    eval_treat_args a = {SINKS, WINDOW, NULL, NULL, 1, NULL};
     eval_treat_result res;
     kvtc_cache *c = run(orig, spec, &a, &res);
     if (!c)
@@ -133,7 +133,7 @@ static void check_per_token(kvtc_cache *orig, const char *spec, uint32_t group,
  * last whole key group (at least the 32-token residual) kept in fp16. */
 static void check_kivi(kvtc_cache *orig)
 {
-    eval_treat_args a = {SINKS, WINDOW, NULL, NULL, 1};
+    eval_treat_args a = {SINKS, WINDOW, NULL, NULL, 1, NULL};
     eval_treat_result res;
     kvtc_cache *c = run(orig, "kivi2", &a, &res);
     if (!c)
@@ -173,7 +173,7 @@ static void check_kivi(kvtc_cache *orig)
 
 static void check_exact_and_zstd(kvtc_cache *orig)
 {
-    eval_treat_args a = {SINKS, WINDOW, NULL, NULL, 1};
+    eval_treat_args a = {SINKS, WINDOW, NULL, NULL, 1, NULL};
     eval_treat_result res;
     kvtc_cache *c = run(orig, "exact", &a, &res);
     if (c) {
@@ -210,13 +210,19 @@ static float *known_scores(void)
     return att;
 }
 
+/* Which heads share a set of kept tokens: their own (h2o), the layer's
+ * (tova), every head (h2o-shared). */
+enum { PER_HEAD, PER_LAYER, SHARED };
+
 /* Whether treated token t is among the m kept by head (l, h): fewer than m
- * treated tokens rank above it (higher score, or equal and earlier). Shared:
- * the scores summed over every head. */
-static bool is_kept(const float *att, bool shared, uint32_t l, uint32_t h, uint32_t m, uint32_t t)
+ * treated tokens rank above it (higher score, or equal and earlier), the
+ * scores summed over the heads that share the set. */
+static bool is_kept(const float *att, int scope, uint32_t l, uint32_t h, uint32_t m, uint32_t t)
 {
     size_t heads = (size_t)shape.n_layer * shape.n_kv_head;
-    size_t lh0 = shared ? 0 : (size_t)l * shape.n_kv_head + h, lh1 = shared ? heads : lh0 + 1;
+    size_t lh0 = scope == SHARED ? 0 : scope == PER_LAYER ? (size_t)l * shape.n_kv_head
+                                                          : (size_t)l * shape.n_kv_head + h;
+    size_t lh1 = scope == SHARED ? heads : scope == PER_LAYER ? lh0 + shape.n_kv_head : lh0 + 1;
     double st = 0;
     for (size_t lh = lh0; lh < lh1; lh++)
         st += att[lh * TOKENS + t];
@@ -230,29 +236,33 @@ static bool is_kept(const float *att, bool shared, uint32_t l, uint32_t h, uint3
     return above < m;
 }
 
-/* h2o and h2o-shared: scores are known, so the kept set is known. */
-static void check_h2o(kvtc_cache *orig, double target, bool shared)
+/* h2o, tova and h2o-shared: scores are known, so the kept set is known (tova
+ * ranks by the last query's attention, given here as the same scores). */
+static void check_h2o(kvtc_cache *orig, double target, int scope)
 {
     uint32_t treated = TOKENS - SINKS - WINDOW, hd = shape.head_dim;
     float *att = known_scores();
     if (!CHECK(att != NULL))
         return;
-    eval_treat_args a = {SINKS, WINDOW, NULL, att, 1};
+    eval_treat_args a = {SINKS, WINDOW, NULL, scope == PER_LAYER ? NULL : att, 1,
+                         scope == PER_LAYER ? att : NULL};
     eval_treat_result res;
     char spec[32];
-    snprintf(spec, sizeof spec, "%s:%g", shared ? "h2o-shared" : "h2o", target);
+    static const char *const names[] = {"h2o", "tova", "h2o-shared"};
+    snprintf(spec, sizeof spec, "%s:%g", names[scope], target);
     kvtc_cache *c = run(orig, spec, &a, &res);
     if (!c) {
         free(att);
         return;
     }
     /* the most kept tokens that still realize the target: m + 1 would not;
-     * a shared set stores its positions once, not once per head */
+     * a set of kept tokens stores its positions once, not once per head */
     uint32_t heads = shape.n_layer * shape.n_kv_head, m = res.kept_tokens;
-    double per = 4.0 * hd * heads, index = shared ? 4.0 : 4.0 * heads;
+    uint32_t sets = scope == SHARED ? 1 : scope == PER_LAYER ? shape.n_layer : heads;
+    double per = 4.0 * hd * heads, index = 4.0 * sets;
     CHECK(treated * per / (m * (per + index)) >= target);
     CHECK(treated * per / ((m + 1) * (per + index)) < target);
-    if (!shared)
+    if (scope == PER_HEAD)
         CHECK_EQ(m, eval_h2o_keep_count(treated, hd, target));
     CHECK_EQ(kvtc_cache_tokens(c), SINKS + m + WINDOW);
     CHECK_EQ(kvtc_cache_pos0(c) + kvtc_cache_tokens(c), kvtc_cache_pos0(orig) + TOKENS);
@@ -263,7 +273,7 @@ static void check_h2o(kvtc_cache *orig, double target, bool shared)
         for (uint32_t h = 0; h < shape.n_kv_head; h++) {
             uint32_t slot = SINKS;
             for (uint32_t t = SINKS; t < TOKENS - WINDOW; t++) {
-                if (!is_kept(att, shared, l, h, m, t))
+                if (!is_kept(att, scope, l, h, m, t))
                     continue;
                 for (int k = 0; k < 2; k++)
                     for (uint32_t i = 0; i < hd; i++)
@@ -277,6 +287,64 @@ static void check_h2o(kvtc_cache *orig, double target, bool shared)
     free(att);
 }
 
+/* Relative squared error of the treated tokens of c against orig. */
+static double treated_error(kvtc_cache *orig, kvtc_cache *c)
+{
+    double se = 0, energy = 0;
+    for (int k = 0; k < 2; k++)
+        for (uint32_t l = 0; l < shape.n_layer; l++)
+            for (uint32_t h = 0; h < shape.n_kv_head; h++)
+                for (uint32_t t = SINKS; t < TOKENS - WINDOW; t++)
+                    for (uint32_t i = 0; i < shape.head_dim; i++) {
+                        double x = vec(orig, k, l, h, t)[i], d = vec(c, k, l, h, t)[i] - x;
+                        se += d * d;
+                        energy += x * x;
+                    }
+    return se / energy;
+}
+
+/* GEAR: int4 plus what it adds, so below int4's error, at its counted bytes.
+ * xKV: the synthetic caches are rank 24 plus noise across all layers with
+ * RoPE undone, so a rank of at least 24 restores them to the noise (keys
+ * factorized with their rotation give 0.034 at rank 28), a smaller one not. */
+static void check_gear_xkv(kvtc_cache *orig)
+{
+    eval_treat_args a = {SINKS, WINDOW, NULL, NULL, 1, NULL};
+    eval_treat_result res, res4;
+    uint32_t treated = TOKENS - SINKS - WINDOW, cols = shape.n_kv_head * shape.head_dim;
+    kvtc_cache *int4 = run(orig, "int4", &a, &res4), *gear = run(orig, "gear", &a, &res);
+    if (int4 && gear) {
+        double e4 = treated_error(orig, int4), eg = treated_error(orig, gear);
+        CHECK_MSG(eg < 0.5 * e4, "gear error %g, int4 %g", eg, e4);
+        size_t n = (size_t)treated * cols;
+        uint64_t outliers = (uint64_t)(EVAL_GEAR_OUTLIERS * (double)n) * 6;
+        uint64_t int4_bytes = (uint64_t)treated * (cols / 32) * (16 + 4);
+        uint64_t low_rank = 2ull * EVAL_GEAR_RANK * (treated + cols);
+        CHECK_EQ(res.stored_bytes, 2ull * shape.n_layer * (outliers + int4_bytes + low_rank));
+        CHECK_MSG(res.ratio > 2 && res.ratio < res4.ratio, "gear ratio %g", res.ratio);
+    }
+    kvtc_cache_free(int4);
+    kvtc_cache_free(gear);
+    uint32_t all = shape.n_layer * cols; /* both layers form one group */
+    for (int i = 0; i < 2; i++) {
+        double target = i == 0 ? 3 : 24;
+        uint32_t r = (uint32_t)floor((double)treated * all / (target * (treated + all)));
+        char spec[32];
+        snprintf(spec, sizeof spec, "xkv:%g", target);
+        kvtc_cache *c = run(orig, spec, &a, &res);
+        if (!c)
+            continue;
+        CHECK_EQ(res.stored_bytes, 2ull * 2 * r * (treated + all));
+        CHECK(res.ratio >= target);
+        double e = treated_error(orig, c);
+        if (i == 0)
+            CHECK_MSG(r >= 24 && e < 2e-3, "xkv:3 (rank %u) error %g", r, e);
+        else
+            CHECK_MSG(r < 24 && e > 1e-2, "xkv:24 (rank %u) error %g", r, e);
+        kvtc_cache_free(c);
+    }
+}
+
 /* evict+kvtc: the kept tokens (as the eviction alone picks them) come back
  * within kvtc's error, keys at their own positions; sinks and window exact. */
 static void check_evict_kvtc(kvtc_cache *orig, const kvtc_calibration *calib)
@@ -287,7 +355,7 @@ static void check_evict_kvtc(kvtc_cache *orig, const kvtc_calibration *calib)
     uint32_t treated = TOKENS - SINKS - WINDOW, m = treated / 2, hd = shape.head_dim;
     for (int shared = 0; shared < 2; shared++) {
         const char *spec = shared ? "h2o-shared:2+kvtc:4" : "h2o:2+kvtc:4";
-        eval_treat_args a = {SINKS, WINDOW, calib, att, 1};
+        eval_treat_args a = {SINKS, WINDOW, calib, att, 1, NULL};
         eval_treat_result res;
         kvtc_cache *c = run(orig, spec, &a, &res);
         if (!c)
@@ -303,7 +371,7 @@ static void check_evict_kvtc(kvtc_cache *orig, const kvtc_calibration *calib)
             for (uint32_t h = 0; h < shape.n_kv_head; h++) {
                 uint32_t slot = SINKS;
                 for (uint32_t t = SINKS; t < TOKENS - WINDOW; t++) {
-                    if (!is_kept(att, shared, l, h, m, t))
+                    if (!is_kept(att, shared ? SHARED : PER_HEAD, l, h, m, t))
                         continue;
                     for (int k = 0; k < 2; k++)
                         for (uint32_t i = 0; i < hd; i++) {
@@ -344,7 +412,7 @@ static void check_kvtc(kvtc_cache *orig)
     kvtc_calibration *calib = make_random_calibration(&shape, &opt, 8, 512, 24, 100);
     if (!CHECK(calib != NULL))
         return;
-    eval_treat_args a = {SINKS, WINDOW, calib, NULL, 1};
+    eval_treat_args a = {SINKS, WINDOW, calib, NULL, 1, NULL};
     eval_treat_result res;
     kvtc_cache *c = run(orig, "kvtc:4", &a, &res);
     if (c) {
@@ -374,7 +442,7 @@ static void check_kvtc(kvtc_cache *orig)
     }
     /* a calibration with other sinks/window than the harness is refused */
     check_evict_kvtc(orig, calib);
-    eval_treat_args wrong = {SINKS + 1, WINDOW, calib, NULL, 1};
+    eval_treat_args wrong = {SINKS + 1, WINDOW, calib, NULL, 1, NULL};
     eval_method m = {.id = EVAL_KVTC, .target_ratio = 8, .k_ratio = 8, .v_ratio = 8};
     c = clone(orig);
     CHECK_STATUS(eval_method_apply(&m, &wrong, &c, &res, &err), KVTC_E_MISMATCH, &err);
@@ -415,6 +483,11 @@ static void check_parse_and_short(kvtc_cache *orig)
     CHECK(m.id == EVAL_H2O_SHARED && m.target_ratio == 8 && eval_method_evicts(m.id));
     CHECK_STATUS(eval_method_parse("int4+kvtc:8", 16, &m, &err), KVTC_E_INVALID, &err);
     CHECK_STATUS(eval_method_parse("h2o:2+int4", 16, &m, &err), KVTC_E_INVALID, &err);
+    CHECK_OK(eval_method_parse("tova:4+kvtc:8", 16, &m, &err), &err);
+    CHECK(m.evict == EVAL_TOVA && m.target_ratio == 32);
+    CHECK_OK(eval_method_parse("xkv", 12, &m, &err), &err);
+    CHECK(m.id == EVAL_XKV && m.target_ratio == 12 && !eval_method_evicts(m.id));
+    CHECK_STATUS(eval_method_parse("gear:4", 16, &m, &err), KVTC_E_INVALID, &err);
     CHECK_STATUS(eval_method_parse("h2o:2+h2o:2+kvtc:8", 16, &m, &err), KVTC_E_INVALID, &err);
     CHECK_STATUS(eval_method_parse("evict+kvtc", 16, &m, &err), KVTC_E_INVALID, &err);
     CHECK_STATUS(eval_method_parse("kvtc:8/", 16, &m, &err), KVTC_E_INVALID, &err);
@@ -425,7 +498,7 @@ static void check_parse_and_short(kvtc_cache *orig)
     CHECK_STATUS(eval_method_parse("int3", 16, &m, &err), KVTC_E_INVALID, &err);
     /* a cache with nothing between sinks and window is left as it is */
     kvtc_cache *c = clone(orig);
-    eval_treat_args a = {SINKS, TOKENS - SINKS, NULL, NULL, 1};
+    eval_treat_args a = {SINKS, TOKENS - SINKS, NULL, NULL, 1, NULL};
     eval_treat_result res;
     CHECK_OK(eval_method_parse("int4", 16, &m, &err), &err);
     CHECK_OK(eval_method_apply(&m, &a, &c, &res, &err), &err);
@@ -459,8 +532,10 @@ static void matvec_ref(float *y, const float *w, const float *x, uint32_t rows, 
 }
 
 /* Runs tokens through the model one plain loop at a time and sums, per layer
- * and KV head, the causal attention probability each token receives. */
-static void reference_attention(const model *m, const int32_t *tokens, uint32_t n, double *acc)
+ * and KV head, the causal attention probability each token receives (acc)
+ * and that the last token's query gives it (last). */
+static void reference_attention(const model *m, const int32_t *tokens, uint32_t n, double *acc,
+                                double *last)
 {
     const model_config *c = &m->cfg;
     uint32_t dim = c->dim, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
@@ -501,6 +576,8 @@ static void reference_attention(const model *m, const int32_t *tokens, uint32_t 
                     att[h * hd + i] = 0;
                 for (uint32_t j = 0; j <= t; j++) {
                     acc[((size_t)l * nkv + g) * n + j] += p[j] / sum;
+                    if (t == n - 1)
+                        last[((size_t)l * nkv + g) * n + j] += p[j] / sum;
                     const float *v = act + (size_t)j * qkv + (nq + nkv + g) * hd;
                     for (uint32_t i = 0; i < hd; i++)
                         att[h * hd + i] += (float)(p[j] / sum) * v[i];
@@ -540,24 +617,29 @@ static void check_attention_probe(void)
     for (uint32_t i = 0; i < N; i++)
         tokens[i] = (int32_t)((i * 97 + 13) % m->cfg.vocab_size);
     size_t n_acc = (size_t)m->cfg.n_layer * m->cfg.n_kv_head * N;
-    float *acc = calloc(n_acc, sizeof *acc);
-    double *ref = calloc(n_acc, sizeof *ref);
+    float *acc = calloc(n_acc, sizeof *acc), *last = calloc(n_acc, sizeof *last);
+    double *ref = calloc(n_acc, sizeof *ref), *ref_last = calloc(n_acc, sizeof *ref_last);
     attention_probe *p = NULL;
-    if (CHECK(acc && ref) && CHECK_OK(attention_probe_create(m, N, 2, &p, &err), &err) &&
-        CHECK_OK(attention_accumulate(p, tokens, N, acc, &err), &err)) {
-        reference_attention(m, tokens, N, ref);
-        double worst = 0, total = 0;
+    if (CHECK(acc && last && ref && ref_last) &&
+        CHECK_OK(attention_probe_create(m, N, 2, &p, &err), &err) &&
+        CHECK_OK(attention_accumulate(p, tokens, N, acc, last, &err), &err)) {
+        reference_attention(m, tokens, N, ref, ref_last);
+        double worst = 0, worst_last = 0, total = 0, total_last = 0;
         for (size_t i = 0; i < n_acc; i++) {
             worst = fmax(worst, fabs(acc[i] - ref[i]));
+            worst_last = fmax(worst_last, fabs(last[i] - ref_last[i]));
             total += acc[i];
+            total_last += last[i];
         }
         CHECK_MSG(worst < 1e-3, "probe attention differs from the reference by %g", worst);
+        CHECK_MSG(worst_last < 1e-4, "last query's attention differs from the reference by %g",
+                  worst_last);
         /* every query's probabilities sum to one */
         CHECK_NEAR(total, (double)m->cfg.n_layer * m->cfg.n_head * N, 1e-2);
+        CHECK_NEAR(total_last, (double)m->cfg.n_layer * m->cfg.n_head, 1e-3);
     }
     attention_probe_free(p);
-    free(acc);
-    free(ref);
+    free(acc), free(last), free(ref), free(ref_last);
     model_free(m);
 }
 
@@ -574,9 +656,11 @@ int main(void)
     check_per_token(orig, "int8", shape.head_dim, shape.head_dim + 2, 0.501 / 127, 0);
     check_per_token(orig, "int4", EVAL_INT4_GROUP, EVAL_INT4_GROUP / 2 + 2, 0.501 / 7, 0);
     check_kivi(orig);
-    check_h2o(orig, 8, false);
-    check_h2o(orig, 16, false);
-    check_h2o(orig, 8, true);
+    check_h2o(orig, 8, PER_HEAD);
+    check_h2o(orig, 16, PER_HEAD);
+    check_h2o(orig, 8, PER_LAYER);
+    check_h2o(orig, 8, SHARED);
+    check_gear_xkv(orig);
     check_kvtc(orig);
     check_attention_probe();
     kvtc_cache_free(orig);

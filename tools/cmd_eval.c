@@ -26,11 +26,15 @@ static const char usage[] =
     "template). Realized ratio = fp16 bytes of the treated tokens / bytes the\n"
     "method stored for them.\n"
     "\n"
-    "methods: exact, kvtc[:R], fp8, int8, int4, kivi2, h2o[:R], h2o-shared[:R], zstd;\n"
-    "kvtc:K/V splits the budget between keys and values (target 2/(1/K+1/V), the\n"
-    "same bytes); h2o:E+kvtc:R (or h2o-shared:E+...) evicts to 1/E of the tokens,\n"
-    "then codes the kept ones with kvtc (h2o-shared keeps one set of tokens for\n"
-    "every layer and head, ranked by their summed attention)\n"
+    "methods: exact, kvtc[:R], fp8, int8, int4, kivi2, h2o[:R], h2o-shared[:R],\n"
+    "tova[:R], gear, xkv[:R], zstd. kvtc:K/V splits the budget between keys and\n"
+    "values (target 2/(1/K+1/V), the same bytes). h2o evicts per head by\n"
+    "accumulated attention, h2o-shared one set of tokens for every layer and\n"
+    "head, tova one set per layer by the last query's attention; gear is int4\n"
+    "plus a rank-4 residual plus the largest 2% of values exact; xkv is the\n"
+    "context's own SVD across groups of 4 layers. EVICTION:E+kvtc:R (e.g.\n"
+    "h2o:2+kvtc:16) evicts to 1/E of the tokens, then codes the kept ones with\n"
+    "kvtc.\n"
     "\n"
     "options:\n"
     "      --model MODEL          the model: a name (kvtc fetch --list; fetched on\n"
@@ -38,7 +42,7 @@ static const char usage[] =
     "  -c, --calibration FILE     default: the model's default calibration, built on\n"
     "                             first use and cached next to the model\n"
     "  -m, --method LIST          methods, comma-separated (required)\n"
-    "  -r, --ratio R              target ratio of kvtc and h2o without ':R' (default "
+    "  -r, --ratio R              target ratio of the methods without ':R' (default "
     CLI_STR(KVTC_DEFAULT_RATIO) ")\n"
     "      --tasks LIST           nll, passkey or both (default nll,passkey)\n"
     "      --contexts N           continuation contexts (default 4)\n"
@@ -143,12 +147,19 @@ static void print_text(const eval_results *r)
 {
     printf("exact: NLL %.4f over %llu tokens, retrieval %u/%u\n", eval_tally_nll(&r->exact),
            (unsigned long long)r->exact.tokens, r->exact.correct, r->exact.cases);
-    printf("%-10s %8s %9s %9s %8s %10s\n", "method", "ratio", "NLL", "ΔNLL", "top-1", "retrieval");
+    int width = 10; /* the longest label */
+    for (uint32_t i = 0; i < r->n_methods; i++) {
+        char label[64];
+        eval_method_label(&r->methods[i].method, label, sizeof label);
+        width = (int)strlen(label) > width ? (int)strlen(label) : width;
+    }
+    printf("%-*s %8s %9s %9s %8s %10s\n", width, "method", "ratio", "NLL", "ΔNLL", "top-1",
+           "retrieval");
     for (uint32_t i = 0; i < r->n_methods; i++) {
         const eval_method_result *m = &r->methods[i];
         char label[64];
         eval_method_label(&m->method, label, sizeof label);
-        printf("%-10s %7.2fx %9.4f %+9.4f %8.4f %5u/%-4u\n", label, eval_method_ratio(m),
+        printf("%-*s %7.2fx %9.4f %+9.4f %8.4f %5u/%-4u\n", width, label, eval_method_ratio(m),
                eval_tally_nll(&m->all), eval_tally_nll(&m->all) - eval_tally_nll(&r->exact),
                eval_tally_top1(&m->all), m->all.correct, m->all.cases);
     }
