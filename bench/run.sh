@@ -2,7 +2,7 @@
 # make bench: runs every benchmark of 'kvtc bench' on the default model and
 # writes docs/BENCHMARKS.md with the machine it ran on and each benchmark's
 # output exactly as printed, under the command that printed it.
-# About 35 minutes on 2 cores: bench/compare.sh builds c100641 once and runs
+# About 40 minutes on 2 cores: bench/compare.sh builds c100641 once and runs
 # both versions' ttft benchmark side by side, and the prefill and decode speeds
 # run also on Qwen2.5-Coder-0.5B (plus 3-4 minutes the first time, to build the
 # default calibration). BUILD picks the build folder (default: build).
@@ -88,6 +88,7 @@ run "Decode speed and memory bandwidth, Qwen2.5-Coder-0.5B" bench decode --model
 run "Calibration time against calibration tokens" bench calibration --calib-chunks 64
 run "Peak memory of compress and decompress, 4096 tokens" bench memory --context 4096
 run "Peak memory of compress and decompress, 16384 tokens" bench memory --context 16384
+run "Serving: conversations on kvtc serve, first messages of about 2K tokens" bench serve
 
 mkdir -p "$(dirname "$OUT")"
 mv "$tmp" "$OUT"
