@@ -41,9 +41,15 @@ void eval_json_method(cli_json *j, const eval_results *r, uint32_t i)
     cli_json_u64(j, "passkey_cases", m->all.cases);
     cli_json_u64(j, "passkey_lost", m->all.lost);
     cli_json_u64(j, "passkey_gained", m->all.gained);
+    cli_json_f64(j, "kv_accuracy_exact", eval_tally_accuracy(&r->exact_kv));
+    cli_json_f64(j, "kv_accuracy", eval_tally_accuracy(&m->kv));
+    cli_json_u64(j, "kv_cases", m->kv.cases);
+    cli_json_u64(j, "kv_lost", m->kv.lost);
+    cli_json_u64(j, "kv_gained", m->kv.gained);
     cli_json_u64(j, "scored_tokens", m->all.tokens);
     cli_json_u64(j, "contexts", r->contexts);
     cli_json_u64(j, "haystacks", r->haystacks);
+    cli_json_u64(j, "kv_contexts", r->kv_contexts);
     cli_json_f64(j, "k_rel_error", eval_method_rel_error(r, m, KVTC_KEY));
     cli_json_f64(j, "v_rel_error", eval_method_rel_error(r, m, KVTC_VALUE));
     cli_json_f64(j, "k_fact_rel_error", eval_method_fact_rel_error(r, m, KVTC_KEY));
@@ -157,6 +163,11 @@ static void write_setup(md *d, const eval_setup *s, const eval_results *r)
             r->haystacks, o->haystack_tokens, o->facts_per_haystack,
             o->facts_per_haystack == 1 ? "pass key" : "facts", r->exact.cases,
             100 * eval_tally_accuracy(&r->exact));
+    if (o->kv)
+        mdf(d, "- Key-value retrieval: %u JSON objects of %u tokens of random UUID pairs, %u keys "
+               "asked each, %u cases; exact model accuracy %.1f%%\n",
+            r->kv_contexts, o->kv_tokens, o->kv_questions, r->exact_kv.cases,
+            100 * eval_tally_accuracy(&r->exact_kv));
     mdf(d, "- Wall time: %.0f s with %u threads\n\n", r->seconds, o->n_threads);
 }
 
@@ -187,6 +198,22 @@ static void write_table(md *d, const eval_results *r)
             num(b[7], 32, "%+.1f", 100 * (acc - acc_exact)), m->all.lost, m->all.gained,
             num(b[8], 32, "%.4f", eval_method_rel_error(r, m, KVTC_KEY)),
             num(b[9], 32, "%.4f", eval_method_rel_error(r, m, KVTC_VALUE)));
+    }
+    if (r->exact_kv.cases) {
+        double kv_exact = eval_tally_accuracy(&r->exact_kv);
+        mdf(d, "\nKey-value retrieval (a UUID value for its UUID key in a JSON object):\n\n"
+               "| method | realized ratio | key-value retrieval | Δ (points) | cases lost / gained |\n"
+               "|---|---:|---:|---:|---:|\n| (exact reference) | 1.00 | %s | | |\n",
+            num(b[0], 32, "%.1f", 100 * kv_exact));
+        for (uint32_t i = 0; i < r->n_methods; i++) {
+            const eval_method_result *m = &r->methods[i];
+            char label[64];
+            eval_method_label(&m->method, label, sizeof label);
+            double acc = eval_tally_accuracy(&m->kv);
+            mdf(d, "| %s | %s | %s | %s | %u / %u |\n", label,
+                num(b[0], 32, "%.2f", eval_method_ratio(m)), num(b[1], 32, "%.1f", 100 * acc),
+                num(b[2], 32, "%+.1f", 100 * (acc - kv_exact)), m->kv.lost, m->kv.gained);
+        }
     }
     mdf(d, "\nCases lost / gained: retrieval cases the exact model answers and the method "
            "does not, and the reverse (the same questions on the same haystacks).\n");

@@ -25,6 +25,9 @@ void eval_options_default(eval_options *o)
     o->n_haystacks = 17;
     o->facts_per_haystack = 3;
     o->haystack_tokens = 1024;
+    o->kv_contexts = 8;
+    o->kv_tokens = 1024;
+    o->kv_questions = 4;
     o->sinks = 4;
     o->window = 128;
     o->n_threads = 1;
@@ -317,7 +320,8 @@ static const char *const fact_names[] = {"pass key",    "door code",     "flight
 typedef struct question {
     int32_t *ids;     /* suffix (question, end of turn, answer prefix) then answer */
     uint32_t n, n_answer;
-    char value[16];   /* the number asked for, as text */
+    char value[40];   /* the number or UUID asked for, as text */
+    bool text;        /* a UUID, matched as text; else a number, matched as digits */
     bool exact_right; /* the exact run's outcome, to pair each method's with */
 } question;
 
@@ -424,6 +428,44 @@ static void fact_text(uint32_t facts, const char *name, unsigned value, char *fa
  * Over all haystacks the facts' depths cover the treated range evenly:
  * fact f of haystack h sits at (f + (h + 1/2) / H) / F of the prose that is
  * outside the raw window. */
+/* The chat template around one user turn: *chat holds the head (up to the
+ * user's text), *turn_end the rest ("<|im_end|>\n<|im_start|>assistant\n");
+ * both in one allocation, freed with kvtc_free(*chat). */
+static kvtc_status chat_frame(const tokenizer *tok, char **chat, const char **turn_end,
+                              kvtc_error *err)
+{
+    chat_message msg = {"user", "\x01"};
+    kvtc_status st = tokenizer_chat_prompt(tok, &msg, 1, true, chat, err);
+    if (st != KVTC_OK)
+        return st;
+    char *mark = strchr(*chat, '\x01');
+    if (!mark) {
+        kvtc_free(*chat);
+        return kvtc_fail(err, KVTC_E_FORMAT, "chat template lost the user message");
+    }
+    *mark = '\0';
+    *turn_end = mark + 1;
+    return KVTC_OK;
+}
+
+/* A question's tokens: the suffix (question, end of turn, the answer's forced
+ * start), then the answer's. */
+static kvtc_status make_question(const tokenizer *tok, const char *ask, const char *turn_end,
+                                 const char *lead, const char *answer, const char *value,
+                                 bool text, question *q, kvtc_error *err)
+{
+    char suffix[1024];
+    snprintf(suffix, sizeof suffix, "%s%s%s", ask, turn_end, lead);
+    snprintf(q->value, sizeof q->value, "%s", value);
+    q->text = text;
+    kvtc_status st = append_text(tok, suffix, &q->ids, &q->n, err);
+    uint32_t before = q->n;
+    if (st == KVTC_OK)
+        st = append_text(tok, answer, &q->ids, &q->n, err);
+    q->n_answer = q->n - before;
+    return st;
+}
+
 static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n_prose,
                                   uint32_t h, haystack *out, kvtc_error *err)
 {
@@ -431,17 +473,10 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
     uint32_t F = o->facts_per_haystack, L = o->haystack_tokens;
     memset(out, 0, sizeof *out);
     char *chat = NULL;
-    chat_message msg = {"user", "\x01"};
-    kvtc_status st = tokenizer_chat_prompt(r->tok, &msg, 1, true, &chat, err);
+    const char *turn_end;
+    kvtc_status st = chat_frame(r->tok, &chat, &turn_end, err);
     if (st != KVTC_OK)
         return st;
-    char *mark = strchr(chat, '\x01');
-    if (!mark) {
-        kvtc_free(chat);
-        return kvtc_fail(err, KVTC_E_FORMAT, "chat template lost the user message");
-    }
-    *mark = '\0';
-    const char *turn_end = mark + 1; /* "<|im_end|>\n<|im_start|>assistant\n" */
     st = append_text(r->tok, chat, &out->ids, &out->n, err);
 
     /* prose start: spread over the text, then just after a line end */
@@ -473,25 +508,18 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
         /* the fact; names rotate so that depth and name are not tied */
         const char *name = fact_names[(f + h) % N_FACT_NAMES];
         unsigned value = 10000u + (unsigned)(splitmix(&seed) % 90000u);
-        char fact[256], ask[256], lead[256], suffix[1024], answer[32];
+        char fact[256], ask[256], lead[256], answer[32], digits[16];
         fact_text(F, name, value, fact, ask, lead, sizeof fact);
         out->fact_start[f] = out->n;
         st = append_text(r->tok, fact, &out->ids, &out->n, err);
         out->fact_end[f] = out->n;
-        /* its question: suffix tokens, then the answer's */
-        question *q = &out->q[out->n_questions];
-        snprintf(suffix, sizeof suffix, "%s%s%s", ask, turn_end, lead);
         snprintf(answer, sizeof answer, " %u", value);
-        snprintf(q->value, sizeof q->value, "%u", value);
+        snprintf(digits, sizeof digits, "%u", value);
         if (st == KVTC_OK)
-            st = append_text(r->tok, suffix, &q->ids, &q->n, err);
-        uint32_t before = q->n;
+            st = make_question(r->tok, ask, turn_end, lead, answer, digits, false,
+                               &out->q[out->n_questions], err);
         if (st == KVTC_OK)
-            st = append_text(r->tok, answer, &q->ids, &q->n, err);
-        if (st == KVTC_OK) {
-            q->n_answer = q->n - before;
             out->n_questions++;
-        }
     }
     /* the rest of the prose */
     if (st == KVTC_OK) {
@@ -512,6 +540,69 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
     return st;
 }
 
+/* A random UUID (version 4 layout) from the generator. */
+static void make_uuid(uint64_t *seed, char out[37])
+{
+    uint64_t a = splitmix(seed), b = splitmix(seed);
+    snprintf(out, 37, "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32),
+             (unsigned)(a >> 16) & 0xffffu, (unsigned)a & 0xfffu,
+             0x8000u | ((unsigned)(b >> 48) & 0x3fffu),
+             (unsigned long long)(b & 0xffffffffffffull));
+}
+
+/* Key-value context k: an instruction, then a JSON object of UUID pairs of at
+ * least kv_tokens tokens; the keys asked sit at spread depths of the treated
+ * part, over all contexts covering it evenly (as build_haystack's facts). */
+static kvtc_status build_kv_context(run_state *r, uint32_t k, haystack *out, kvtc_error *err)
+{
+    const eval_options *o = r->o;
+    uint32_t Q = o->kv_questions;
+    memset(out, 0, sizeof *out);
+    char *chat = NULL;
+    const char *turn_end;
+    kvtc_status st = chat_frame(r->tok, &chat, &turn_end, err);
+    if (st != KVTC_OK)
+        return st;
+    st = append_text(r->tok, chat, &out->ids, &out->n, err);
+    if (st == KVTC_OK)
+        st = append_text(r->tok,
+                         "Extract the value corresponding to the specified key in the JSON "
+                         "object below.\n\nJSON data:\n{",
+                         &out->ids, &out->n, err);
+    uint32_t head = out->n, body = o->kv_tokens;
+    uint32_t usable = body > o->window ? body - o->window : body;
+    uint32_t next_q = 0;
+    uint64_t seed = 0x6b76726574ull + k;
+    for (uint32_t pair = 0; st == KVTC_OK && out->n - head < body; pair++) {
+        char key[37], value[37], text[96];
+        make_uuid(&seed, key);
+        make_uuid(&seed, value);
+        snprintf(text, sizeof text, "%s\"%s\": \"%s\"", pair ? ", " : "", key, value);
+        uint32_t at = out->n;
+        double depth = next_q < Q ? (next_q + (k + 0.5) / o->kv_contexts) / Q : 2;
+        bool asked = (double)(at - head) >= depth * usable;
+        st = append_text(r->tok, text, &out->ids, &out->n, err);
+        if (st != KVTC_OK || !asked)
+            continue;
+        char ask[128], lead[128], answer[48];
+        snprintf(ask, sizeof ask, "\n\nWhat is the value of the key \"%s\"?", key);
+        snprintf(lead, sizeof lead, "The value of the key \"%s\" is \"", key);
+        snprintf(answer, sizeof answer, "%s\"", value);
+        out->fact_start[next_q] = at;
+        out->fact_end[next_q] = out->n;
+        st = make_question(r->tok, ask, turn_end, lead, answer, value, true,
+                           &out->q[next_q], err);
+        if (st == KVTC_OK)
+            out->n_questions = ++next_q;
+    }
+    if (st == KVTC_OK)
+        st = append_text(r->tok, "}", &out->ids, &out->n, err);
+    kvtc_free(chat);
+    if (st != KVTC_OK)
+        haystack_free(out);
+    return st;
+}
+
 /* Whether fact f lies wholly in the treated tokens (not sinks or window). */
 static bool fact_treated(const run_state *r, const haystack *h, uint32_t f)
 {
@@ -522,8 +613,31 @@ static bool fact_treated(const run_state *r, const haystack *h, uint32_t f)
  * of digits the model writes is the number. The model may write it its own
  * way (" 41190", " **41190**", ": 41190."), which a token-by-token match of
  * one tokenization would count wrong. */
+/* A UUID answer: right when the text greedy decoding writes is the UUID, then
+ * the closing quote. */
+static kvtc_status uuid_right(run_state *r, const question *q, bool *right, kvtc_error *err)
+{
+    uint32_t vocab = r->m->cfg.vocab_size, lead = q->n - q->n_answer;
+    kvtc_status st = session_forward(r->s, q->ids, lead, r->logits, false, err);
+    char text[128];
+    size_t len = 0, want = strlen(q->value) + 1;
+    for (uint32_t step = 0; st == KVTC_OK && len < want && step < q->n_answer + 4; step++) {
+        int32_t next = logits_argmax(r->logits, vocab);
+        char bytes[64];
+        size_t k = tokenizer_token_bytes(r->tok, next, bytes, sizeof bytes);
+        for (size_t i = 0; i < k && i < sizeof bytes && len + 1 < sizeof text; i++)
+            text[len++] = bytes[i];
+        if (len < want)
+            st = session_forward(r->s, &next, 1, r->logits, false, err);
+    }
+    *right = len >= want && memcmp(text, q->value, want - 1) == 0 && text[want - 1] == '"';
+    return st;
+}
+
 static kvtc_status answer_right(run_state *r, const question *q, bool *right, kvtc_error *err)
 {
+    if (q->text)
+        return uuid_right(r, q, right, err);
     uint32_t vocab = r->m->cfg.vocab_size;
     uint32_t lead = q->n - q->n_answer; /* suffix tokens, forced */
     kvtc_status st = session_forward(r->s, q->ids, lead, r->logits, false, err);
@@ -576,37 +690,41 @@ static kvtc_status ask(run_state *r, haystack *h, const kvtc_cache *cache, bool 
     return KVTC_OK;
 }
 
+/* Pass-key retrieval (prose given) or key-value retrieval (prose NULL). */
 static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_prose,
                                  kvtc_error *err)
 {
     kvtc_status st = KVTC_OK;
-    for (uint32_t h = 0; h < r->o->n_haystacks && st == KVTC_OK; h++) {
+    bool kv = prose == NULL;
+    uint32_t n_contexts = kv ? r->o->kv_contexts : r->o->n_haystacks;
+    for (uint32_t h = 0; h < n_contexts && st == KVTC_OK; h++) {
         haystack hs;
         kvtc_cache *exact = NULL;
-        if ((st = build_haystack(r, prose, n_prose, h, &hs, err)) != KVTC_OK)
+        st = kv ? build_kv_context(r, h, &hs, err) : build_haystack(r, prose, n_prose, h, &hs, err);
+        if (st != KVTC_OK)
             break;
         st = read_context(r, hs.ids, hs.n, &exact, err);
         if (st == KVTC_OK)
-            st = ask(r, &hs, exact, true, &r->res->exact, err);
-        if (st == KVTC_OK && r->cal)
+            st = ask(r, &hs, exact, true, kv ? &r->res->exact_kv : &r->res->exact, err);
+        if (st == KVTC_OK && r->cal && !kv)
             for (uint32_t f = 0; f < hs.n_questions && st == KVTC_OK; f++)
                 if (fact_treated(r, &hs, f))
                     st = add_energy(r->cal, exact, hs.fact_start[f], hs.fact_end[f],
                                     r->res->fact_energy, r->res->fact_outside_basis, err);
         if (st == KVTC_OK) {
-            r->res->haystacks++;
+            *(kv ? &r->res->kv_contexts : &r->res->haystacks) += 1;
             progress_step(r);
         }
         for (uint32_t i = 0; i < r->n_methods && st == KVTC_OK; i++) {
             kvtc_cache *treated = NULL;
             st = treat(r, i, exact, &treated, err);
             eval_method_result *mr = &r->res->methods[i];
-            for (uint32_t f = 0; f < hs.n_questions && st == KVTC_OK; f++)
+            for (uint32_t f = 0; f < hs.n_questions && st == KVTC_OK && !kv; f++)
                 if (!eval_method_evicts(mr->method.id) && fact_treated(r, &hs, f))
                     st = add_sq_error(exact, treated, hs.fact_start[f], hs.fact_end[f],
                                       mr->fact_sq_error, err);
             if (st == KVTC_OK)
-                st = ask(r, &hs, treated, false, &mr->all, err);
+                st = ask(r, &hs, treated, false, kv ? &mr->kv : &mr->all, err);
             kvtc_cache_free(treated);
             if (st == KVTC_OK)
                 progress_step(r);
@@ -630,6 +748,12 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     if (o->facts_per_haystack < 1 || o->facts_per_haystack > N_FACT_NAMES)
         return kvtc_fail(err, KVTC_E_INVALID, "facts per haystack must be 1..%zu",
                          N_FACT_NAMES);
+    if (o->kv && (o->kv_questions < 1 || o->kv_questions > N_FACT_NAMES || !o->kv_contexts ||
+                  o->kv_tokens <= o->window))
+        return kvtc_fail(err, KVTC_E_INVALID,
+                         "key-value retrieval needs 1..%zu questions and objects longer than "
+                         "the window (%u tokens)",
+                         N_FACT_NAMES, o->window);
     if ((o->nll &&
          (o->context_tokens <= (uint64_t)o->sinks + o->window || !o->continuation_tokens)) ||
         (o->passkey && o->haystack_tokens <= o->window))
@@ -658,6 +782,9 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
         st = prose_tokens(tok, &prose, &n_prose, err);
     /* the template head and facts come on top of the haystack's prose */
     uint32_t max_context = o->passkey ? o->haystack_tokens + 128 * (o->facts_per_haystack + 1) : 0;
+    /* the instruction and one pair past kv_tokens */
+    if (o->kv && o->kv_tokens + 256 > max_context)
+        max_context = o->kv_tokens + 256;
     if (o->nll && o->context_tokens > max_context)
         max_context = o->context_tokens;
     uint32_t capacity = max_context + (o->continuation_tokens > QUESTION_TOKENS
@@ -677,11 +804,15 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     if (st == KVTC_OK &&
         !(r.logits = kvtc_malloc_array((size_t)rows * m->cfg.vocab_size, sizeof(float))))
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for logits");
-    r.total = (uint64_t)(chunks.n_chunks + (o->passkey ? o->n_haystacks : 0)) * (1 + n_methods);
+    r.total = (uint64_t)(chunks.n_chunks + (o->passkey ? o->n_haystacks : 0) +
+                         (o->kv ? o->kv_contexts : 0)) *
+              (1 + n_methods);
     if (st == KVTC_OK && o->nll)
         st = run_continuation(&r, &chunks, err);
     if (st == KVTC_OK && o->passkey)
         st = run_retrieval(&r, prose, n_prose, err);
+    if (st == KVTC_OK && o->kv)
+        st = run_retrieval(&r, NULL, 0, err);
     out->seconds = now_s() - t0;
     kvtc_free(r.logits);
     kvtc_free(r.attention);

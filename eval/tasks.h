@@ -12,7 +12,11 @@
  *   top of the restored cache and the answer is scored by teacher forcing: a
  *   case is right when every digit is the model's greedy (top-1) choice, i.e.
  *   exactly when greedy decoding would write the number. Several facts share a
- *   haystack, so its prefill serves several cases. */
+ *   haystack, so its prefill serves several cases.
+ * - key-value retrieval (the KVTC paper's, after "Lost in the Middle"): a JSON
+ *   object of random UUID keys and values in one user turn; the question asks
+ *   for the value of one key (keys at spread positions), and a case is right
+ *   when greedy decoding writes that UUID exactly. */
 #ifndef KVTC_EVAL_TASKS_H
 #define KVTC_EVAL_TASKS_H
 
@@ -25,13 +29,16 @@
 #include <stdint.h>
 
 typedef struct eval_options {
-    bool nll, passkey;             /* which tasks run */
+    bool nll, passkey, kv;         /* which tasks run */
     uint32_t n_contexts;           /* continuation contexts; prose and code alternate */
     uint32_t context_tokens;       /* tokens each context holds (BOS included) */
     uint32_t continuation_tokens;  /* tokens scored after it */
     uint32_t n_haystacks;          /* retrieval haystacks */
     uint32_t facts_per_haystack;   /* questions per haystack (1 = a single pass key) */
     uint32_t haystack_tokens;      /* tokens of the haystack's user turn before the question */
+    uint32_t kv_contexts;          /* key-value retrieval: JSON objects */
+    uint32_t kv_tokens;            /* tokens of each object (whole pairs, at least this) */
+    uint32_t kv_questions;         /* keys asked per object, 1..10 */
     uint32_t sinks, window;        /* never treated (the calibration's) */
     uint32_t n_threads;
     kvtc_progress_fn progress;     /* stage "eval": done / total work items */
@@ -54,6 +61,7 @@ enum { EVAL_PROSE = 0, EVAL_CODE = 1 };
 typedef struct eval_method_result {
     eval_method method;
     eval_tally all, genre[2]; /* genre: continuation tokens by context genre */
+    eval_tally kv;            /* key-value retrieval */
     uint64_t fp16_bytes, stored_bytes; /* summed over every treated cache of both tasks */
     uint32_t min_kept;                 /* h2o: fewest tokens kept per head in one cache */
     /* squared error of the restored treated tokens per kind (keys before
@@ -64,8 +72,8 @@ typedef struct eval_method_result {
 } eval_method_result;
 
 typedef struct eval_results {
-    eval_tally exact, exact_genre[2];
-    uint32_t contexts, haystacks;
+    eval_tally exact, exact_genre[2], exact_kv;
+    uint32_t contexts, haystacks, kv_contexts;
     uint32_t n_methods;
     eval_method_result *methods; /* [n_methods] */
     bool exact_bit_identical;    /* "exact" reproduced the uninterrupted run's logits */

@@ -44,7 +44,8 @@ static const char usage[] =
     "  -m, --method LIST          methods, comma-separated (required)\n"
     "  -r, --ratio R              target ratio of the methods without ':R' (default "
     CLI_STR(KVTC_DEFAULT_RATIO) ")\n"
-    "      --tasks LIST           nll, passkey or both (default nll,passkey)\n"
+    "      --tasks LIST           of nll, passkey, kv (key-value retrieval in a JSON\n"
+    "                             object of UUIDs; default nll,passkey)\n"
     "      --contexts N           continuation contexts (default 4)\n"
     "      --context-tokens N     tokens per context (default 1024)\n"
     "      --continuation-tokens N  tokens scored after each context (default 256)\n"
@@ -52,6 +53,9 @@ static const char usage[] =
     "      --facts N              facts per haystack, 1..10; 1 = a single pass key\n"
     "                             (default 3: 51 cases)\n"
     "      --haystack-tokens N    prose tokens per haystack (default 1024)\n"
+    "      --kv-contexts N        key-value objects (default 8)\n"
+    "      --kv-tokens N          tokens per object (default 1024)\n"
+    "      --kv-questions N       keys asked per object, 1..10 (default 4)\n"
     "      --threads N            worker threads (default: all CPUs)\n"
     "      --json                 JSON: one object, or an array for several methods\n"
     "      --plot OUT.svg         chart: quality vs realized ratio, explained variance,\n"
@@ -61,7 +65,8 @@ static const char usage[] =
 
 enum {
     OPT_MODEL = 256, OPT_TASKS, OPT_CONTEXTS, OPT_CONTEXT_TOKENS, OPT_CONTINUATION, OPT_HAYSTACKS,
-    OPT_FACTS, OPT_HAYSTACK_TOKENS, OPT_THREADS, OPT_JSON, OPT_PLOT, OPT_REPORT
+    OPT_FACTS, OPT_HAYSTACK_TOKENS, OPT_THREADS, OPT_JSON, OPT_PLOT, OPT_REPORT, OPT_KV_CONTEXTS,
+    OPT_KV_TOKENS, OPT_KV_QUESTIONS
 };
 
 #define MAX_METHODS 32
@@ -75,7 +80,7 @@ typedef struct eval_args {
 
 static bool parse_tasks(const char *text, eval_options *o)
 {
-    o->nll = o->passkey = false;
+    o->nll = o->passkey = o->kv = false;
     char buf[64];
     if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf)
         return false;
@@ -84,10 +89,12 @@ static bool parse_tasks(const char *text, eval_options *o)
             o->nll = true;
         else if (!strcmp(t, "passkey"))
             o->passkey = true;
+        else if (!strcmp(t, "kv"))
+            o->kv = true;
         else
             return false;
     }
-    return o->nll || o->passkey;
+    return o->nll || o->passkey || o->kv;
 }
 
 static int handle_option(void *user, int opt, const char *arg)
@@ -102,7 +109,7 @@ static int handle_option(void *user, int opt, const char *arg)
     case 'r': ok = cli_parse_ratio("--ratio", arg, &a->ratio); break;
     case OPT_TASKS:
         if (!parse_tasks(arg, o))
-            return cli_usage_error("--tasks takes nll, passkey or nll,passkey (got '%s')", arg);
+            return cli_usage_error("--tasks takes a list of nll, passkey, kv (got '%s')", arg);
         break;
     case OPT_CONTEXTS: ok = cli_parse_u32("--contexts", arg, 1, 1024, &o->n_contexts); break;
     case OPT_CONTEXT_TOKENS:
@@ -115,6 +122,13 @@ static int handle_option(void *user, int opt, const char *arg)
     case OPT_FACTS: ok = cli_parse_u32("--facts", arg, 1, 10, &o->facts_per_haystack); break;
     case OPT_HAYSTACK_TOKENS:
         ok = cli_parse_u32("--haystack-tokens", arg, 2, 1u << 16, &o->haystack_tokens);
+        break;
+    case OPT_KV_CONTEXTS:
+        ok = cli_parse_u32("--kv-contexts", arg, 1, 1024, &o->kv_contexts);
+        break;
+    case OPT_KV_TOKENS: ok = cli_parse_u32("--kv-tokens", arg, 2, 1u << 16, &o->kv_tokens); break;
+    case OPT_KV_QUESTIONS:
+        ok = cli_parse_u32("--kv-questions", arg, 1, 10, &o->kv_questions);
         break;
     case OPT_THREADS: ok = cli_parse_threads(arg, &o->n_threads); break;
     case OPT_JSON: a->json = true; break;
@@ -145,23 +159,25 @@ static int parse_methods(const eval_args *a, eval_method *out, uint32_t *n)
 
 static void print_text(const eval_results *r)
 {
-    printf("exact: NLL %.4f over %llu tokens, retrieval %u/%u\n", eval_tally_nll(&r->exact),
-           (unsigned long long)r->exact.tokens, r->exact.correct, r->exact.cases);
+    printf("exact: NLL %.4f over %llu tokens, retrieval %u/%u, key-value %u/%u\n",
+           eval_tally_nll(&r->exact), (unsigned long long)r->exact.tokens, r->exact.correct,
+           r->exact.cases, r->exact_kv.correct, r->exact_kv.cases);
     int width = 10; /* the longest label */
     for (uint32_t i = 0; i < r->n_methods; i++) {
         char label[64];
         eval_method_label(&r->methods[i].method, label, sizeof label);
         width = (int)strlen(label) > width ? (int)strlen(label) : width;
     }
-    printf("%-*s %8s %9s %9s %8s %10s\n", width, "method", "ratio", "NLL", "ΔNLL", "top-1",
-           "retrieval");
+    printf("%-*s %8s %9s %9s %8s %10s %10s\n", width, "method", "ratio", "NLL", "ΔNLL", "top-1",
+           "retrieval", "key-value");
     for (uint32_t i = 0; i < r->n_methods; i++) {
         const eval_method_result *m = &r->methods[i];
         char label[64];
         eval_method_label(&m->method, label, sizeof label);
-        printf("%-*s %7.2fx %9.4f %+9.4f %8.4f %5u/%-4u\n", width, label, eval_method_ratio(m),
-               eval_tally_nll(&m->all), eval_tally_nll(&m->all) - eval_tally_nll(&r->exact),
-               eval_tally_top1(&m->all), m->all.correct, m->all.cases);
+        printf("%-*s %7.2fx %9.4f %+9.4f %8.4f %5u/%-4u %5u/%-4u\n", width, label,
+               eval_method_ratio(m), eval_tally_nll(&m->all),
+               eval_tally_nll(&m->all) - eval_tally_nll(&r->exact), eval_tally_top1(&m->all),
+               m->all.correct, m->all.cases, m->kv.correct, m->kv.cases);
     }
     for (uint32_t i = 0; i < r->n_methods; i++)
         if (r->methods[i].method.id == EVAL_EXACT && r->exact.tokens)
@@ -219,6 +235,9 @@ int cmd_eval(int argc, char **argv)
         {"haystacks", required_argument, NULL, OPT_HAYSTACKS},
         {"facts", required_argument, NULL, OPT_FACTS},
         {"haystack-tokens", required_argument, NULL, OPT_HAYSTACK_TOKENS},
+        {"kv-contexts", required_argument, NULL, OPT_KV_CONTEXTS},
+        {"kv-tokens", required_argument, NULL, OPT_KV_TOKENS},
+        {"kv-questions", required_argument, NULL, OPT_KV_QUESTIONS},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"json", no_argument, NULL, OPT_JSON},
         {"plot", required_argument, NULL, OPT_PLOT},
