@@ -4,6 +4,7 @@
 #include "svg.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,10 +47,16 @@ void eval_json_method(cli_json *j, const eval_results *r, uint32_t i)
     cli_json_u64(j, "kv_cases", m->kv.cases);
     cli_json_u64(j, "kv_lost", m->kv.lost);
     cli_json_u64(j, "kv_gained", m->kv.gained);
+    cli_json_f64(j, "code_accuracy_exact", eval_tally_accuracy(&r->exact_code));
+    cli_json_f64(j, "code_accuracy", eval_tally_accuracy(&m->code));
+    cli_json_u64(j, "code_cases", m->code.cases);
+    cli_json_u64(j, "code_lost", m->code.lost);
+    cli_json_u64(j, "code_gained", m->code.gained);
     cli_json_u64(j, "scored_tokens", m->all.tokens);
     cli_json_u64(j, "contexts", r->contexts);
     cli_json_u64(j, "haystacks", r->haystacks);
     cli_json_u64(j, "kv_contexts", r->kv_contexts);
+    cli_json_u64(j, "code_contexts", r->code_contexts);
     cli_json_f64(j, "k_rel_error", eval_method_rel_error(r, m, KVTC_KEY));
     cli_json_f64(j, "v_rel_error", eval_method_rel_error(r, m, KVTC_VALUE));
     cli_json_f64(j, "k_fact_rel_error", eval_method_fact_rel_error(r, m, KVTC_KEY));
@@ -168,7 +175,35 @@ static void write_setup(md *d, const eval_setup *s, const eval_results *r)
                "asked each, %u cases; exact model accuracy %.1f%%\n",
             r->kv_contexts, o->kv_tokens, o->kv_questions, r->exact_kv.cases,
             100 * eval_tally_accuracy(&r->exact_kv));
+    if (o->code)
+        mdf(d, "- Code questions: %u excerpts of at least %u tokens of C headers, up to %u "
+               "numeric macros asked each, %u cases; exact model accuracy %.1f%%\n",
+            r->code_contexts, o->code_tokens, o->code_questions, r->exact_code.cases,
+            100 * eval_tally_accuracy(&r->exact_code));
     mdf(d, "- Wall time: %.0f s with %u threads\n\n", r->seconds, o->n_threads);
+}
+
+/* One question task's table (when it ran): each method's tally at `offset`. */
+static void task_table(md *d, const eval_results *r, const char *title,
+                       const eval_tally *exact, size_t offset)
+{
+    char b[3][32];
+    if (!exact->cases)
+        return;
+    double acc_exact = eval_tally_accuracy(exact);
+    mdf(d, "\n%s:\n\n| method | realized ratio | accuracy | Δ (points) | cases lost / gained |\n"
+           "|---|---:|---:|---:|---:|\n| (exact reference) | 1.00 | %s | | |\n",
+        title, num(b[0], 32, "%.1f", 100 * acc_exact));
+    for (uint32_t i = 0; i < r->n_methods; i++) {
+        const eval_method_result *m = &r->methods[i];
+        const eval_tally *t = (const eval_tally *)((const char *)m + offset);
+        char label[64];
+        eval_method_label(&m->method, label, sizeof label);
+        double acc = eval_tally_accuracy(t);
+        mdf(d, "| %s | %s | %s | %s | %u / %u |\n", label,
+            num(b[0], 32, "%.2f", eval_method_ratio(m)), num(b[1], 32, "%.1f", 100 * acc),
+            num(b[2], 32, "%+.1f", 100 * (acc - acc_exact)), t->lost, t->gained);
+    }
 }
 
 static void write_table(md *d, const eval_results *r)
@@ -199,22 +234,10 @@ static void write_table(md *d, const eval_results *r)
             num(b[8], 32, "%.4f", eval_method_rel_error(r, m, KVTC_KEY)),
             num(b[9], 32, "%.4f", eval_method_rel_error(r, m, KVTC_VALUE)));
     }
-    if (r->exact_kv.cases) {
-        double kv_exact = eval_tally_accuracy(&r->exact_kv);
-        mdf(d, "\nKey-value retrieval (a UUID value for its UUID key in a JSON object):\n\n"
-               "| method | realized ratio | key-value retrieval | Δ (points) | cases lost / gained |\n"
-               "|---|---:|---:|---:|---:|\n| (exact reference) | 1.00 | %s | | |\n",
-            num(b[0], 32, "%.1f", 100 * kv_exact));
-        for (uint32_t i = 0; i < r->n_methods; i++) {
-            const eval_method_result *m = &r->methods[i];
-            char label[64];
-            eval_method_label(&m->method, label, sizeof label);
-            double acc = eval_tally_accuracy(&m->kv);
-            mdf(d, "| %s | %s | %s | %s | %u / %u |\n", label,
-                num(b[0], 32, "%.2f", eval_method_ratio(m)), num(b[1], 32, "%.1f", 100 * acc),
-                num(b[2], 32, "%+.1f", 100 * (acc - kv_exact)), m->kv.lost, m->kv.gained);
-        }
-    }
+    task_table(d, r, "Key-value retrieval (a UUID value for its UUID key in a JSON object)",
+               &r->exact_kv, offsetof(eval_method_result, kv));
+    task_table(d, r, "Code questions (the value of a macro of a real C header)", &r->exact_code,
+               offsetof(eval_method_result, code));
     mdf(d, "\nCases lost / gained: retrieval cases the exact model answers and the method "
            "does not, and the reverse (the same questions on the same haystacks).\n");
     mdf(d, "Relative error = squared error of the restored treated tokens / their energy "

@@ -28,6 +28,9 @@ void eval_options_default(eval_options *o)
     o->kv_contexts = 8;
     o->kv_tokens = 1024;
     o->kv_questions = 4;
+    o->code_contexts = 8;
+    o->code_tokens = 1024;
+    o->code_questions = 4;
     o->sinks = 4;
     o->window = 128;
     o->n_threads = 1;
@@ -603,6 +606,168 @@ static kvtc_status build_kv_context(run_state *r, uint32_t k, haystack *out, kvt
     return st;
 }
 
+static bool ident_char(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+
+/* A constant macro of a header line "#define NAME VALUE [comment]": NAME and
+ * VALUE as written (a number with its suffix, or a constant expression of
+ * numbers such as "(1U << 5)"), into name and value. */
+static bool numeric_define(const char *line, size_t len, char name[64], char value[40])
+{
+    size_t i, n;
+    if (len < 8 || memcmp(line, "#define", 7) != 0 || (line[7] != ' ' && line[7] != '\t'))
+        return false;
+    for (i = 7; i < len && (line[i] == ' ' || line[i] == '\t'); i++)
+        ;
+    for (n = 0; i + n < len && ident_char(line[i + n]) && n < 63; n++)
+        name[n] = line[i + n];
+    name[n] = '\0';
+    i += n;
+    if (n == 0 || (name[0] >= '0' && name[0] <= '9') || i >= len ||
+        (line[i] != ' ' && line[i] != '\t'))
+        return false; /* a function-like macro or none */
+    for (; i < len && (line[i] == ' ' || line[i] == '\t'); i++)
+        ;
+    size_t end = len;
+    for (size_t k = i; k + 1 < len; k++)
+        if (line[k] == '/' && (line[k + 1] == '*' || line[k + 1] == '/')) {
+            end = k;
+            break;
+        }
+    while (end > i && (line[end - 1] == ' ' || line[end - 1] == '\t'))
+        end--;
+    if (end <= i || end - i >= 40 || !((line[i] >= '0' && line[i] <= '9') || line[i] == '('))
+        return false;
+    bool digits = false;
+    for (size_t k = i; k < end; k++) {
+        char c = line[k];
+        digits |= c >= '0' && c <= '9';
+        /* numbers, hex, suffixes and operators; no other identifiers (checked below) */
+        if (!ident_char(c) && !strchr(" ()<>|&+-~*", c))
+            return false;
+    }
+    /* every letter belongs to a number: hex digits after 0x, or a U/L suffix */
+    for (size_t k = i; k < end; k++) {
+        char c = line[k];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'))
+            continue;
+        size_t s = k;
+        while (s > i && ident_char(line[s - 1]))
+            s--;
+        bool hex = line[s] == '0' && s + 1 < end && (line[s + 1] == 'x' || line[s + 1] == 'X');
+        bool ok = (line[s] >= '0' && line[s] <= '9') &&
+                  (strchr("uUlL", c) || (hex && (k == s + 1 || strchr("abcdefABCDEF", c))));
+        if (!ok)
+            return false;
+    }
+    memcpy(value, line + i, end - i);
+    value[end - i] = '\0';
+    return digits;
+}
+
+/* Code context k: a header of the evaluation corpus (documents in turn, later
+ * rounds further into each), whole lines to at least code_tokens tokens; the
+ * numeric macros asked sit at spread depths of the treated part, each defined
+ * once in the excerpt. */
+static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, kvtc_error *err)
+{
+    const eval_options *o = r->o;
+    memset(out, 0, sizeof *out);
+    corpus_doc docs[CORPUS_MAX_DOCS], code[CORPUS_MAX_DOCS];
+    size_t n_docs = corpus_documents(CORPUS_EVALUATION, docs, CORPUS_MAX_DOCS), n_code = 0;
+    for (size_t d = 0; d < n_docs; d++)
+        if (docs[d].genre == CORPUS_CODE)
+            code[n_code++] = docs[d];
+    if (n_code == 0)
+        return kvtc_fail(err, KVTC_E_IO, "no evaluation C headers on this machine (%s)",
+                         "/usr/include");
+    const corpus_doc *doc = &code[k % n_code];
+    char *text = NULL, *chat = NULL;
+    size_t len;
+    const char *turn_end;
+    kvtc_status st = corpus_doc_text(doc, &text, &len, err);
+    if (st == KVTC_OK)
+        st = chat_frame(r->tok, &chat, &turn_end, err);
+    char intro[256];
+    snprintf(intro, sizeof intro, "Here is part of the C header %s from this machine:\n\n",
+             doc->name);
+    if (st == KVTC_OK)
+        st = append_text(r->tok, chat, &out->ids, &out->n, err);
+    if (st == KVTC_OK)
+        st = append_text(r->tok, intro, &out->ids, &out->n, err);
+    /* each round starts somewhere else in the document (golden-ratio steps) */
+    double frac = fmod(0.3 + 0.618034 * (double)(k / n_code), 1.0);
+    size_t pos = (size_t)(frac * (double)len);
+    while (pos > 0 && pos < len && text[pos - 1] != '\n')
+        pos++;
+    uint32_t head = out->n;
+    struct candidate {
+        char name[64], value[40];
+        uint32_t start, end;
+        bool twice;
+    } *cand = kvtc_calloc(4096, sizeof *cand);
+    uint32_t n_cand = 0;
+    if (!cand && st == KVTC_OK)
+        st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    while (st == KVTC_OK && pos < len && out->n - head < o->code_tokens) {
+        const char *line = text + pos, *nl = memchr(line, '\n', len - pos);
+        size_t line_len = nl ? (size_t)(nl - line) : len - pos;
+        char piece[1024], name[64], value[40];
+        if (line_len + 2 > sizeof piece) { /* an overlong line: skipped */
+            pos += line_len + 1;
+            continue;
+        }
+        memcpy(piece, line, line_len);
+        piece[line_len] = '\n';
+        piece[line_len + 1] = '\0';
+        uint32_t at = out->n;
+        st = append_text(r->tok, piece, &out->ids, &out->n, err);
+        if (st == KVTC_OK && numeric_define(line, line_len, name, value)) {
+            uint32_t i = 0;
+            while (i < n_cand && strcmp(cand[i].name, name))
+                i++;
+            if (i < n_cand)
+                cand[i].twice = true;
+            else if (n_cand < 4096) {
+                cand[n_cand] = (struct candidate){.start = at, .end = out->n};
+                snprintf(cand[n_cand].name, 64, "%s", name);
+                snprintf(cand[n_cand].value, 40, "%s", value);
+                n_cand++;
+            }
+        }
+        pos += line_len + 1;
+    }
+    /* questions at spread depths of the treated part */
+    uint32_t usable = out->n > o->window ? out->n - o->window : 0, next = 0;
+    for (uint32_t q = 0; st == KVTC_OK && q < o->code_questions; q++) {
+        double depth = (q + (k + 0.5) / o->code_contexts) / o->code_questions;
+        uint32_t want = head + (uint32_t)(depth * (usable > head ? usable - head : 0));
+        while (next < n_cand && (cand[next].start < want || cand[next].twice))
+            next++;
+        if (next >= n_cand || cand[next].end > usable)
+            break; /* no macro left in the treated part: fewer questions here */
+        const struct candidate *c = &cand[next++];
+        char ask[160], lead[128];
+        snprintf(ask, sizeof ask, "\n\nWhat is the value of the macro %s in the header above?",
+                 c->name);
+        snprintf(lead, sizeof lead, "%s is defined as ", c->name);
+        out->fact_start[out->n_questions] = c->start;
+        out->fact_end[out->n_questions] = c->end;
+        st = make_question(r->tok, ask, turn_end, lead, c->value, c->value, true,
+                           &out->q[out->n_questions], err);
+        if (st == KVTC_OK)
+            out->n_questions++;
+    }
+    kvtc_free(cand);
+    kvtc_free(text);
+    kvtc_free(chat);
+    if (st != KVTC_OK)
+        haystack_free(out);
+    return st;
+}
+
 /* Whether fact f lies wholly in the treated tokens (not sinks or window). */
 static bool fact_treated(const run_state *r, const haystack *h, uint32_t f)
 {
@@ -613,31 +778,77 @@ static bool fact_treated(const run_state *r, const haystack *h, uint32_t f)
  * of digits the model writes is the number. The model may write it its own
  * way (" 41190", " **41190**", ": 41190."), which a token-by-token match of
  * one tokenization would count wrong. */
-/* A UUID answer: right when the text greedy decoding writes is the UUID, then
- * the closing quote. */
-static kvtc_status uuid_right(run_state *r, const question *q, bool *right, kvtc_error *err)
+/* Whether text[0, len) starts with value[0, n), spaces ignored on both
+ * sides, followed by something that ends it (a quote, a comma, a full stop:
+ * not a letter, digit or underscore); *more when text ran out first. */
+static bool starts_with_value(const char *text, size_t len, const char *value, size_t n,
+                              bool *more)
+{
+    size_t i = 0, j = 0;
+    for (;;) {
+        while (i < len && text[i] == ' ')
+            i++;
+        while (j < n && value[j] == ' ')
+            j++;
+        if (j == n)
+            break;
+        if (i == len) {
+            *more = true;
+            return false;
+        }
+        if (text[i++] != value[j++])
+            return false;
+    }
+    if (i == len)
+        *more = true;
+    return i < len && !ident_char(text[i]);
+}
+
+/* Whether the text answers value: as written, or without the parentheses
+ * around a whole expression ("1U << 5" for "(1U << 5)"). */
+static bool answers(const char *text, size_t len, const char *value, bool *more)
+{
+    size_t n = strlen(value);
+    *more = false;
+    if (starts_with_value(text, len, value, n, more))
+        return true;
+    bool outer = n > 2 && value[0] == '(' && value[n - 1] == ')';
+    for (size_t d = 0, i = 0; outer && i < n; i++) { /* the first '(' closes at the end */
+        d += value[i] == '(';
+        d -= value[i] == ')';
+        if (d == 0 && i + 1 < n)
+            outer = false;
+    }
+    return outer && starts_with_value(text, len, value + 1, n - 2, more);
+}
+
+/* A text answer (a UUID, a macro's value): right when the text greedy
+ * decoding writes is the value (see answers). */
+static kvtc_status text_right(run_state *r, const question *q, bool *right, kvtc_error *err)
 {
     uint32_t vocab = r->m->cfg.vocab_size, lead = q->n - q->n_answer;
     kvtc_status st = session_forward(r->s, q->ids, lead, r->logits, false, err);
     char text[128];
-    size_t len = 0, want = strlen(q->value) + 1;
-    for (uint32_t step = 0; st == KVTC_OK && len < want && step < q->n_answer + 4; step++) {
+    size_t len = 0;
+    bool more = true;
+    *right = false;
+    for (uint32_t step = 0; st == KVTC_OK && more && step < q->n_answer + 4; step++) {
         int32_t next = logits_argmax(r->logits, vocab);
         char bytes[64];
         size_t k = tokenizer_token_bytes(r->tok, next, bytes, sizeof bytes);
         for (size_t i = 0; i < k && i < sizeof bytes && len + 1 < sizeof text; i++)
             text[len++] = bytes[i];
-        if (len < want)
+        *right = answers(text, len, q->value, &more);
+        if (more)
             st = session_forward(r->s, &next, 1, r->logits, false, err);
     }
-    *right = len >= want && memcmp(text, q->value, want - 1) == 0 && text[want - 1] == '"';
     return st;
 }
 
 static kvtc_status answer_right(run_state *r, const question *q, bool *right, kvtc_error *err)
 {
     if (q->text)
-        return uuid_right(r, q, right, err);
+        return text_right(r, q, right, err);
     uint32_t vocab = r->m->cfg.vocab_size;
     uint32_t lead = q->n - q->n_answer; /* suffix tokens, forced */
     kvtc_status st = session_forward(r->s, q->ids, lead, r->logits, false, err);
@@ -690,29 +901,48 @@ static kvtc_status ask(run_state *r, haystack *h, const kvtc_cache *cache, bool 
     return KVTC_OK;
 }
 
-/* Pass-key retrieval (prose given) or key-value retrieval (prose NULL). */
-static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_prose,
-                                 kvtc_error *err)
+typedef enum question_task { TASK_PASSKEY, TASK_KV, TASK_CODE } question_task;
+
+/* The tally of a question task: the exact run's (method NULL) or a method's. */
+static eval_tally *task_tally(run_state *r, question_task task, eval_method_result *method)
+{
+    if (task == TASK_KV)
+        return method ? &method->kv : &r->res->exact_kv;
+    if (task == TASK_CODE)
+        return method ? &method->code : &r->res->exact_code;
+    return method ? &method->all : &r->res->exact;
+}
+
+/* A question task: pass-key retrieval (prose given), key-value retrieval or
+ * code questions. */
+static kvtc_status run_retrieval(run_state *r, question_task task, const int32_t *prose,
+                                 uint32_t n_prose, kvtc_error *err)
 {
     kvtc_status st = KVTC_OK;
-    bool kv = prose == NULL;
-    uint32_t n_contexts = kv ? r->o->kv_contexts : r->o->n_haystacks;
+    bool kv = task != TASK_PASSKEY; /* no fact errors: those are the pass keys' */
+    uint32_t n_contexts = task == TASK_KV     ? r->o->kv_contexts
+                          : task == TASK_CODE ? r->o->code_contexts
+                                              : r->o->n_haystacks;
     for (uint32_t h = 0; h < n_contexts && st == KVTC_OK; h++) {
         haystack hs;
         kvtc_cache *exact = NULL;
-        st = kv ? build_kv_context(r, h, &hs, err) : build_haystack(r, prose, n_prose, h, &hs, err);
+        st = task == TASK_KV     ? build_kv_context(r, h, &hs, err)
+             : task == TASK_CODE ? build_code_context(r, h, &hs, err)
+                                 : build_haystack(r, prose, n_prose, h, &hs, err);
         if (st != KVTC_OK)
             break;
         st = read_context(r, hs.ids, hs.n, &exact, err);
         if (st == KVTC_OK)
-            st = ask(r, &hs, exact, true, kv ? &r->res->exact_kv : &r->res->exact, err);
+            st = ask(r, &hs, exact, true, task_tally(r, task, NULL), err);
         if (st == KVTC_OK && r->cal && !kv)
             for (uint32_t f = 0; f < hs.n_questions && st == KVTC_OK; f++)
                 if (fact_treated(r, &hs, f))
                     st = add_energy(r->cal, exact, hs.fact_start[f], hs.fact_end[f],
                                     r->res->fact_energy, r->res->fact_outside_basis, err);
         if (st == KVTC_OK) {
-            *(kv ? &r->res->kv_contexts : &r->res->haystacks) += 1;
+            *(task == TASK_KV     ? &r->res->kv_contexts
+              : task == TASK_CODE ? &r->res->code_contexts
+                                  : &r->res->haystacks) += 1;
             progress_step(r);
         }
         for (uint32_t i = 0; i < r->n_methods && st == KVTC_OK; i++) {
@@ -724,7 +954,7 @@ static kvtc_status run_retrieval(run_state *r, const int32_t *prose, uint32_t n_
                     st = add_sq_error(exact, treated, hs.fact_start[f], hs.fact_end[f],
                                       mr->fact_sq_error, err);
             if (st == KVTC_OK)
-                st = ask(r, &hs, treated, false, kv ? &mr->kv : &mr->all, err);
+                st = ask(r, &hs, treated, false, task_tally(r, task, mr), err);
             kvtc_cache_free(treated);
             if (st == KVTC_OK)
                 progress_step(r);
@@ -748,10 +978,12 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     if (o->facts_per_haystack < 1 || o->facts_per_haystack > N_FACT_NAMES)
         return kvtc_fail(err, KVTC_E_INVALID, "facts per haystack must be 1..%zu",
                          N_FACT_NAMES);
-    if (o->kv && (o->kv_questions < 1 || o->kv_questions > N_FACT_NAMES || !o->kv_contexts ||
-                  o->kv_tokens <= o->window))
+    if ((o->kv && (o->kv_questions < 1 || o->kv_questions > N_FACT_NAMES || !o->kv_contexts ||
+                   o->kv_tokens <= o->window)) ||
+        (o->code && (o->code_questions < 1 || o->code_questions > N_FACT_NAMES ||
+                     !o->code_contexts || o->code_tokens <= o->window)))
         return kvtc_fail(err, KVTC_E_INVALID,
-                         "key-value retrieval needs 1..%zu questions and objects longer than "
+                         "question tasks need 1..%zu questions and contexts longer than "
                          "the window (%u tokens)",
                          N_FACT_NAMES, o->window);
     if ((o->nll &&
@@ -785,6 +1017,9 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     /* the instruction and one pair past kv_tokens */
     if (o->kv && o->kv_tokens + 256 > max_context)
         max_context = o->kv_tokens + 256;
+    /* the intro and one line (at most 1024 bytes) past code_tokens */
+    if (o->code && o->code_tokens + 1100 > max_context)
+        max_context = o->code_tokens + 1100;
     if (o->nll && o->context_tokens > max_context)
         max_context = o->context_tokens;
     uint32_t capacity = max_context + (o->continuation_tokens > QUESTION_TOKENS
@@ -805,14 +1040,16 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
         !(r.logits = kvtc_malloc_array((size_t)rows * m->cfg.vocab_size, sizeof(float))))
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for logits");
     r.total = (uint64_t)(chunks.n_chunks + (o->passkey ? o->n_haystacks : 0) +
-                         (o->kv ? o->kv_contexts : 0)) *
+                         (o->kv ? o->kv_contexts : 0) + (o->code ? o->code_contexts : 0)) *
               (1 + n_methods);
     if (st == KVTC_OK && o->nll)
         st = run_continuation(&r, &chunks, err);
     if (st == KVTC_OK && o->passkey)
-        st = run_retrieval(&r, prose, n_prose, err);
+        st = run_retrieval(&r, TASK_PASSKEY, prose, n_prose, err);
     if (st == KVTC_OK && o->kv)
-        st = run_retrieval(&r, NULL, 0, err);
+        st = run_retrieval(&r, TASK_KV, NULL, 0, err);
+    if (st == KVTC_OK && o->code)
+        st = run_retrieval(&r, TASK_CODE, NULL, 0, err);
     out->seconds = now_s() - t0;
     kvtc_free(r.logits);
     kvtc_free(r.attention);

@@ -16,7 +16,11 @@
  * - key-value retrieval (the KVTC paper's, after "Lost in the Middle"): a JSON
  *   object of random UUID keys and values in one user turn; the question asks
  *   for the value of one key (keys at spread positions), and a case is right
- *   when greedy decoding writes that UUID exactly. */
+ *   when greedy decoding writes that UUID exactly.
+ * - code questions: a real C header of the machine (evaluation corpus) as the
+ *   context, questions on the numeric macros it defines ("What is the value
+ *   of the macro X?"), right when greedy decoding writes the value exactly as
+ *   the source does. */
 #ifndef KVTC_EVAL_TASKS_H
 #define KVTC_EVAL_TASKS_H
 
@@ -29,7 +33,7 @@
 #include <stdint.h>
 
 typedef struct eval_options {
-    bool nll, passkey, kv;         /* which tasks run */
+    bool nll, passkey, kv, code;   /* which tasks run */
     uint32_t n_contexts;           /* continuation contexts; prose and code alternate */
     uint32_t context_tokens;       /* tokens each context holds (BOS included) */
     uint32_t continuation_tokens;  /* tokens scored after it */
@@ -39,6 +43,9 @@ typedef struct eval_options {
     uint32_t kv_contexts;          /* key-value retrieval: JSON objects */
     uint32_t kv_tokens;            /* tokens of each object (whole pairs, at least this) */
     uint32_t kv_questions;         /* keys asked per object, 1..10 */
+    uint32_t code_contexts;        /* code questions: header excerpts */
+    uint32_t code_tokens;          /* tokens of each excerpt (whole lines, at least this) */
+    uint32_t code_questions;       /* macros asked per excerpt, 1..10 */
     uint32_t sinks, window;        /* never treated (the calibration's) */
     uint32_t n_threads;
     kvtc_progress_fn progress;     /* stage "eval": done / total work items */
@@ -62,6 +69,7 @@ typedef struct eval_method_result {
     eval_method method;
     eval_tally all, genre[2]; /* genre: continuation tokens by context genre */
     eval_tally kv;            /* key-value retrieval */
+    eval_tally code;          /* code questions */
     uint64_t fp16_bytes, stored_bytes; /* summed over every treated cache of both tasks */
     uint32_t min_kept;                 /* h2o: fewest tokens kept per head in one cache */
     /* squared error of the restored treated tokens per kind (keys before
@@ -72,8 +80,8 @@ typedef struct eval_method_result {
 } eval_method_result;
 
 typedef struct eval_results {
-    eval_tally exact, exact_genre[2], exact_kv;
-    uint32_t contexts, haystacks, kv_contexts;
+    eval_tally exact, exact_genre[2], exact_kv, exact_code;
+    uint32_t contexts, haystacks, kv_contexts, code_contexts;
     uint32_t n_methods;
     eval_method_result *methods; /* [n_methods] */
     bool exact_bit_identical;    /* "exact" reproduced the uninterrupted run's logits */

@@ -33,9 +33,9 @@ trap 'rm -rf "$tmp"' EXIT
 grep -q "3 chunks, 1152 tokens" "$tmp/cal.txt" || { cat "$tmp/cal.txt"; exit 1; }
 
 "$kvtc" eval --model "$model" -c "$tmp/cal.kvtcal" --method exact,kvtc:16,h2o:8,int4,tova:8 \
-  --tasks nll,passkey,kv --contexts 2 --context-tokens 200 --continuation-tokens 16 \
+  --tasks nll,passkey,kv,code --contexts 2 --context-tokens 200 --continuation-tokens 16 \
   --haystacks 1 --facts 2 --haystack-tokens 200 --kv-contexts 1 --kv-tokens 200 \
-  --kv-questions 2 --json > "$tmp/eval.json"
+  --kv-questions 2 --code-contexts 4 --code-tokens 300 --code-questions 2 --json > "$tmp/eval.json"
 
 python3 - "$tmp/eval.json" <<'PY'
 import json, math, sys
@@ -52,6 +52,8 @@ for label, r in rows.items():
     check(r["scored_tokens"] == 2 * 16, f"{label}: scored {r['scored_tokens']} tokens, not 32")
     check(r["passkey_cases"] == 2, f"{label}: {r['passkey_cases']} retrieval cases, not 2")
     check(r["kv_cases"] == 2 and r["kv_contexts"] == 1, f"{label}: {r['kv_cases']} key-value cases")
+    # only excerpts with constant macros in their treated part ask (2 of the 4 here)
+    check(r["code_contexts"] == 4 and 1 <= r["code_cases"] <= 8, f"{label}: {r['code_cases']} code cases")
     for k in ["passkey_accuracy", "passkey_accuracy_exact", "top1_agreement"]:
         check(0 <= r[k] <= 1, f"{label}: {k} {r[k]} is not a fraction")
     # the one ratio definition, from the bytes reported
@@ -62,6 +64,8 @@ check(e["bit_identical"] is True, "exact did not reproduce the uninterrupted run
 check(e["delta_nll"] == 0 and e["top1_agreement"] == 1, "exact changed the scores")
 check(e["passkey_accuracy"] == e["passkey_accuracy_exact"], "exact changed retrieval")
 check(e["kv_accuracy"] == e["kv_accuracy_exact"], "exact changed key-value retrieval")
+check(e["code_accuracy"] == e["code_accuracy_exact"], "exact changed the code answers")
+check(len({r["code_cases"] for r in rows.values()}) == 1, "every method answers the same questions")
 check(rows["tova:8"]["ratio"] >= 8, f"tova:8 realized {rows['tova:8']['ratio']}")
 check(e["ratio"] == 1 and e["target_ratio"] is None, "exact ratio")
 check(rows["kvtc:16"]["target_ratio"] == 16 and rows["kvtc:16"]["ratio"] > 4,

@@ -45,7 +45,8 @@ static const char usage[] =
     "  -r, --ratio R              target ratio of the methods without ':R' (default "
     CLI_STR(KVTC_DEFAULT_RATIO) ")\n"
     "      --tasks LIST           of nll, passkey, kv (key-value retrieval in a JSON\n"
-    "                             object of UUIDs; default nll,passkey)\n"
+    "                             object of UUIDs), code (the values of macros of a\n"
+    "                             real C header); default nll,passkey\n"
     "      --contexts N           continuation contexts (default 4)\n"
     "      --context-tokens N     tokens per context (default 1024)\n"
     "      --continuation-tokens N  tokens scored after each context (default 256)\n"
@@ -56,6 +57,9 @@ static const char usage[] =
     "      --kv-contexts N        key-value objects (default 8)\n"
     "      --kv-tokens N          tokens per object (default 1024)\n"
     "      --kv-questions N       keys asked per object, 1..10 (default 4)\n"
+    "      --code-contexts N      header excerpts (default 8)\n"
+    "      --code-tokens N        tokens per excerpt (default 1024)\n"
+    "      --code-questions N     macros asked per excerpt, 1..10 (default 4)\n"
     "      --threads N            worker threads (default: all CPUs)\n"
     "      --json                 JSON: one object, or an array for several methods\n"
     "      --plot OUT.svg         chart: quality vs realized ratio, explained variance,\n"
@@ -66,7 +70,7 @@ static const char usage[] =
 enum {
     OPT_MODEL = 256, OPT_TASKS, OPT_CONTEXTS, OPT_CONTEXT_TOKENS, OPT_CONTINUATION, OPT_HAYSTACKS,
     OPT_FACTS, OPT_HAYSTACK_TOKENS, OPT_THREADS, OPT_JSON, OPT_PLOT, OPT_REPORT, OPT_KV_CONTEXTS,
-    OPT_KV_TOKENS, OPT_KV_QUESTIONS
+    OPT_KV_TOKENS, OPT_KV_QUESTIONS, OPT_CODE_CONTEXTS, OPT_CODE_TOKENS, OPT_CODE_QUESTIONS
 };
 
 #define MAX_METHODS 32
@@ -80,7 +84,7 @@ typedef struct eval_args {
 
 static bool parse_tasks(const char *text, eval_options *o)
 {
-    o->nll = o->passkey = o->kv = false;
+    o->nll = o->passkey = o->kv = o->code = false;
     char buf[64];
     if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf)
         return false;
@@ -91,10 +95,12 @@ static bool parse_tasks(const char *text, eval_options *o)
             o->passkey = true;
         else if (!strcmp(t, "kv"))
             o->kv = true;
+        else if (!strcmp(t, "code"))
+            o->code = true;
         else
             return false;
     }
-    return o->nll || o->passkey || o->kv;
+    return o->nll || o->passkey || o->kv || o->code;
 }
 
 static int handle_option(void *user, int opt, const char *arg)
@@ -109,7 +115,7 @@ static int handle_option(void *user, int opt, const char *arg)
     case 'r': ok = cli_parse_ratio("--ratio", arg, &a->ratio); break;
     case OPT_TASKS:
         if (!parse_tasks(arg, o))
-            return cli_usage_error("--tasks takes a list of nll, passkey, kv (got '%s')", arg);
+            return cli_usage_error("--tasks takes a list of nll, passkey, kv, code (got '%s')", arg);
         break;
     case OPT_CONTEXTS: ok = cli_parse_u32("--contexts", arg, 1, 1024, &o->n_contexts); break;
     case OPT_CONTEXT_TOKENS:
@@ -129,6 +135,15 @@ static int handle_option(void *user, int opt, const char *arg)
     case OPT_KV_TOKENS: ok = cli_parse_u32("--kv-tokens", arg, 2, 1u << 16, &o->kv_tokens); break;
     case OPT_KV_QUESTIONS:
         ok = cli_parse_u32("--kv-questions", arg, 1, 10, &o->kv_questions);
+        break;
+    case OPT_CODE_CONTEXTS:
+        ok = cli_parse_u32("--code-contexts", arg, 1, 1024, &o->code_contexts);
+        break;
+    case OPT_CODE_TOKENS:
+        ok = cli_parse_u32("--code-tokens", arg, 2, 1u << 16, &o->code_tokens);
+        break;
+    case OPT_CODE_QUESTIONS:
+        ok = cli_parse_u32("--code-questions", arg, 1, 10, &o->code_questions);
         break;
     case OPT_THREADS: ok = cli_parse_threads(arg, &o->n_threads); break;
     case OPT_JSON: a->json = true; break;
@@ -159,25 +174,27 @@ static int parse_methods(const eval_args *a, eval_method *out, uint32_t *n)
 
 static void print_text(const eval_results *r)
 {
-    printf("exact: NLL %.4f over %llu tokens, retrieval %u/%u, key-value %u/%u\n",
+    printf("exact: NLL %.4f over %llu tokens, retrieval %u/%u, key-value %u/%u, code %u/%u\n",
            eval_tally_nll(&r->exact), (unsigned long long)r->exact.tokens, r->exact.correct,
-           r->exact.cases, r->exact_kv.correct, r->exact_kv.cases);
+           r->exact.cases, r->exact_kv.correct, r->exact_kv.cases, r->exact_code.correct,
+           r->exact_code.cases);
     int width = 10; /* the longest label */
     for (uint32_t i = 0; i < r->n_methods; i++) {
         char label[64];
         eval_method_label(&r->methods[i].method, label, sizeof label);
         width = (int)strlen(label) > width ? (int)strlen(label) : width;
     }
-    printf("%-*s %8s %9s %9s %8s %10s %10s\n", width, "method", "ratio", "NLL", "ΔNLL", "top-1",
-           "retrieval", "key-value");
+    printf("%-*s %8s %9s %9s %8s %10s %10s %10s\n", width, "method", "ratio", "NLL", "ΔNLL",
+           "top-1", "retrieval", "key-value", "code");
     for (uint32_t i = 0; i < r->n_methods; i++) {
         const eval_method_result *m = &r->methods[i];
         char label[64];
         eval_method_label(&m->method, label, sizeof label);
-        printf("%-*s %7.2fx %9.4f %+9.4f %8.4f %5u/%-4u %5u/%-4u\n", width, label,
+        printf("%-*s %7.2fx %9.4f %+9.4f %8.4f %5u/%-4u %5u/%-4u %5u/%-4u\n", width, label,
                eval_method_ratio(m), eval_tally_nll(&m->all),
                eval_tally_nll(&m->all) - eval_tally_nll(&r->exact), eval_tally_top1(&m->all),
-               m->all.correct, m->all.cases, m->kv.correct, m->kv.cases);
+               m->all.correct, m->all.cases, m->kv.correct, m->kv.cases, m->code.correct,
+               m->code.cases);
     }
     for (uint32_t i = 0; i < r->n_methods; i++)
         if (r->methods[i].method.id == EVAL_EXACT && r->exact.tokens)
@@ -238,6 +255,9 @@ int cmd_eval(int argc, char **argv)
         {"kv-contexts", required_argument, NULL, OPT_KV_CONTEXTS},
         {"kv-tokens", required_argument, NULL, OPT_KV_TOKENS},
         {"kv-questions", required_argument, NULL, OPT_KV_QUESTIONS},
+        {"code-contexts", required_argument, NULL, OPT_CODE_CONTEXTS},
+        {"code-tokens", required_argument, NULL, OPT_CODE_TOKENS},
+        {"code-questions", required_argument, NULL, OPT_CODE_QUESTIONS},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"json", no_argument, NULL, OPT_JSON},
         {"plot", required_argument, NULL, OPT_PLOT},
