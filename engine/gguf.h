@@ -97,6 +97,9 @@ bool kvtc_ggml_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_
 /* gguf_dequant.c: dequantization to f32. *//* Dequantizes n elements (a multiple of the block size) starting at data. */
 kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, uint64_t n,
                             kvtc_error *err);
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block, from
+ * its 12 bytes of scales. */
+void kvtc_ggml_k_scale_min(const uint8_t *scales, int j, int *sc, int *mn);
 /* Whole tensor to f32 (t->n_elements floats). */
 kvtc_status kvtc_gguf_tensor_to_f32(const kvtc_gguf_tensor *t, float *out, kvtc_error *err);
 

@@ -58,7 +58,7 @@ static void dequant_q8_0(const uint8_t *b, float *y)
  * first four pairs are the low 6 bits of bytes 0..7; the last four take their
  * low 4 bits from bytes 8..11 and their top 2 bits from the spare bits of
  * bytes 0..7. */
-static void k_scale_min(const uint8_t *s, int j, int *sc, int *mn)
+void kvtc_ggml_k_scale_min(const uint8_t *s, int j, int *sc, int *mn)
 {
     if (j < 4) {
         *sc = s[j] & 63;
@@ -80,8 +80,8 @@ static void dequant_q45_k(const uint8_t *b, float *y, bool has_high)
     const uint8_t *qs = b + (has_high ? 48 : 16);
     for (int c = 0; c < 4; c++) {
         int sc0, mn0, sc1, mn1;
-        k_scale_min(scales, 2 * c, &sc0, &mn0);
-        k_scale_min(scales, 2 * c + 1, &sc1, &mn1);
+        kvtc_ggml_k_scale_min(scales, 2 * c, &sc0, &mn0);
+        kvtc_ggml_k_scale_min(scales, 2 * c + 1, &sc1, &mn1);
         float d0 = d * (float)sc0, m0 = dmin * (float)mn0;
         float d1 = d * (float)sc1, m1 = dmin * (float)mn1;
         for (int l = 0; l < 32; l++) {
