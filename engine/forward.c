@@ -108,13 +108,22 @@ static void matmul_bt(uint32_t m, uint32_t n, uint32_t k, float alpha, const flo
                     (int)lda, b, (int)ldb, beta, c, (int)ldc);
 }
 
-/* C[n][w->rows] (ldc) = A[n][w->cols] (lda) W^T + beta C. */
+/* C[n][w->rows] (ldc) = A[n][w->cols] (lda) W^T + beta C, beta 0 or 1. A few
+ * tokens go through the fused matvec one by one: dequantizing the whole
+ * matrix for sgemm costs about as much as 8 matvecs. */
+#define MATVEC_BATCH 8u
 static kvtc_status project(session *s, const weight_matrix *w, uint32_t n, const float *a,
                            uint32_t lda, float beta, float *c, uint32_t ldc, kvtc_error *err)
 {
-    if (n == 1)
-        return weight_matvec(w, a, c, beta != 0.0f, s->n_threads, err);
-    return weight_matmul(w, n, a, lda, beta, c, ldc, s->panel, s->n_threads, err);
+    if (n >= MATVEC_BATCH)
+        return weight_matmul(w, n, a, lda, beta, c, ldc, s->panel, s->n_threads, err);
+    for (uint32_t i = 0; i < n; i++) {
+        kvtc_status st = weight_matvec(w, a + (size_t)i * lda, c + (size_t)i * ldc, beta != 0.0f,
+                                       s->n_threads, err);
+        if (st != KVTC_OK)
+            return st;
+    }
+    return KVTC_OK;
 }
 
 /* C[m][n] (ldc) = A[m][k] (lda) B, with B stored [k][n] (ldb). */

@@ -54,21 +54,6 @@ static void dequant_q8_0(const uint8_t *b, float *y)
         y[j] = d * (float)(int8_t)b[2 + j];
 }
 
-/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block: the
- * first four pairs are the low 6 bits of bytes 0..7; the last four take their
- * low 4 bits from bytes 8..11 and their top 2 bits from the spare bits of
- * bytes 0..7. */
-void kvtc_ggml_k_scale_min(const uint8_t *s, int j, int *sc, int *mn)
-{
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0x0f) | (s[j - 4] >> 6) << 4;
-        *mn = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
-    }
-}
-
 /* Q4_K and Q5_K: each 64-element chunk is 32 bytes of qs, low nibbles for
  * its first sub-block and high nibbles for its second; in Q5_K, bit 2c (for
  * the first) and 2c+1 (for the second) of qh[l] add 16 to element l. */
