@@ -133,16 +133,26 @@ static size_t slot_bytes(const slot *s)
     return (size_t)s->rows * weight_row_bytes(s->type, s->cols);
 }
 
-/* Places slot s at `at` in the arena and copies (or converts) its values. */
-static kvtc_status fill_slot(model *m, const slot *s, uint8_t *at, kvtc_error *err)
+/* A matrix part kept in its source's type can stay where it is when the
+ * source outlives the model (a GGUF mapping the model owns). */
+static bool stays_in_source(const slot *s, bool map) { return map && s->w && s->type == s->src_type; }
+
+/* Bytes of the slot in the arena. */
+static size_t arena_bytes(const slot *s, bool map) { return stays_in_source(s, map) ? 0 : slot_bytes(s); }
+
+/* Places slot s at `at` in the arena and copies (or converts) its values,
+ * or points at its source when it stays there. */
+static kvtc_status fill_slot(model *m, const slot *s, uint8_t *at, bool map, kvtc_error *err)
 {
+    if (stays_in_source(s, map))
+        at = (uint8_t *)(uintptr_t)s->src; /* read only, like the mapping */
     if (s->vec)
         *s->vec = (float *)(void *)at;
     if (s->w) {
         weight_matrix *w = s->w;
         weight_part *last = w->n_parts ? &w->part[w->n_parts - 1] : NULL;
-        if (last && last->type == s->type)
-            last->rows += (uint32_t)s->rows; /* adjacent in the arena: one part */
+        if (last && last->type == s->type && last->data + last->rows * last->row_bytes == at)
+            last->rows += (uint32_t)s->rows; /* adjacent: one part */
         else
             w->part[w->n_parts++] = (weight_part){s->type, (uint32_t)s->rows,
                                                   weight_row_bytes(s->type, s->cols), at};
@@ -150,6 +160,8 @@ static kvtc_status fill_slot(model *m, const slot *s, uint8_t *at, kvtc_error *e
         w->cols = (uint32_t)s->cols;
         m->weight_bytes += slot_bytes(s);
     }
+    if (stays_in_source(s, map))
+        return KVTC_OK;
     if (s->type == s->src_type) {
         memcpy(at, s->src, slot_bytes(s));
         return KVTC_OK;
@@ -158,14 +170,15 @@ static kvtc_status fill_slot(model *m, const slot *s, uint8_t *at, kvtc_error *e
                                 err);
 }
 
-/* Allocates the arena for the slots (their types and sources set) and fills it. */
-static kvtc_status fill_arena(model *m, const slot *s, size_t n, kvtc_error *err)
+/* Allocates the arena for the slots (their types and sources set) and fills
+ * it; with `map`, matrices kept in their source's type stay there. */
+static kvtc_status fill_arena(model *m, const slot *s, size_t n, bool map, kvtc_error *err)
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         if (starts_block(s, i))
             total = (total + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
-        total += slot_bytes(&s[i]);
+        total += arena_bytes(&s[i], map);
     }
     m->arena = kvtc_malloc(total);
     if (!m->arena)
@@ -175,10 +188,10 @@ static kvtc_status fill_arena(model *m, const slot *s, size_t n, kvtc_error *err
     for (size_t i = 0; i < n; i++) {
         if (starts_block(s, i))
             at = (at + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
-        kvtc_status st = fill_slot(m, &s[i], m->arena + at, err);
+        kvtc_status st = fill_slot(m, &s[i], m->arena + at, map, err);
         if (st != KVTC_OK)
             return st;
-        at += slot_bytes(&s[i]);
+        at += arena_bytes(&s[i], map);
     }
     if (m->tied)
         m->output = m->token_embd;
@@ -219,6 +232,7 @@ void model_free(model *m)
         return;
     kvtc_free(m->arena);
     kvtc_free(m->layers);
+    kvtc_gguf_close(m->file);
     kvtc_free(m);
 }
 
@@ -358,7 +372,7 @@ static kvtc_status kvtc_gguf_config(const kvtc_gguf_file *f, model_config *c, kv
     return KVTC_OK;
 }
 
-kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *err)
+kvtc_status model_load_gguf(kvtc_gguf_file *f, model **out, kvtc_error *err)
 {
     *out = NULL;
     model_config c;
@@ -374,12 +388,13 @@ kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *er
     for (size_t i = 0; i < n && st == KVTC_OK; i++)
         st = gguf_source(f, &s[i], err);
     if (st == KVTC_OK)
-        st = fill_arena(m, s, n, err);
+        st = fill_arena(m, s, n, true, err);
     kvtc_free(s);
     if (st != KVTC_OK) {
         model_free(m);
         return st;
     }
+    m->file = f;
     *out = m;
     return KVTC_OK;
 }
@@ -425,7 +440,7 @@ kvtc_status model_load_llama2c(const llama2c_file *f, model **out, kvtc_error *e
         s[i].type = s[i].src_type = KVTC_GGML_F32;
         s[i].src = stacked[s[i].role] + (size_t)s[i].layer * s[i].rows * s[i].cols;
     }
-    st = fill_arena(m, s, n, err);
+    st = fill_arena(m, s, n, false, err);
     kvtc_free(s);
     if (st != KVTC_OK) {
         model_free(m);
@@ -490,11 +505,12 @@ kvtc_status model_open(const char *path, model **out, tokenizer **tok, kvtc_erro
         if ((st = kvtc_gguf_open(path, &f, err)) != KVTC_OK)
             return st;
         st = model_load_gguf(f, out, err);
-        if (st == KVTC_OK && tok && (st = tokenizer_load_gguf(f, tok, err)) != KVTC_OK) {
-            model_free(*out);
+        if (st != KVTC_OK)
+            kvtc_gguf_close(f);
+        else if (tok && (st = tokenizer_load_gguf(f, tok, err)) != KVTC_OK) {
+            model_free(*out); /* and f with it */
             *out = NULL;
         }
-        kvtc_gguf_close(f);
     } else {
         llama2c_file *f;
         if ((st = llama2c_open(path, &f, err)) != KVTC_OK)

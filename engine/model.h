@@ -51,13 +51,16 @@ typedef struct model {
     weight_matrix output;     /* [vocab][dim]; token_embd's data when tied */
     bool tied;
     model_layer *layers;      /* [n_layer] */
-    uint8_t *arena;           /* every weight above, one allocation */
+    uint8_t *arena;           /* the weights above that are not in `file`, one allocation */
+    kvtc_gguf_file *file;     /* the GGUF the kept matrices point into, or NULL */
     size_t weight_bytes;      /* the matrices' bytes in the arena */
 } model;
 
 /* Builds a model from an open GGUF: hyperparameters from "<arch>.*" metadata,
- * matrices in their own block types (F16 and BF16 ones as f32). The kvtc_gguf_file may be closed afterwards. */
-kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *err);
+ * matrices in their own block types (F16 and BF16 ones converted to f32).
+ * Matrices kept as they are point into f's data: on success the model owns f
+ * (model_free closes it); on failure the caller still does. */
+kvtc_status model_load_gguf(kvtc_gguf_file *f, model **out, kvtc_error *err);
 /* Builds a model from a llama2.c checkpoint (RoPE theta 10000, eps 1e-5, BOS 1). */
 kvtc_status model_load_llama2c(const llama2c_file *f, model **out, kvtc_error *err);
 /* Opens a model file of either kind: GGUF when it starts with the GGUF magic,
