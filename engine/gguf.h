@@ -94,7 +94,9 @@ const char *kvtc_ggml_type_name(uint32_t type);
 /* Elements per block and bytes per block; false for unknown/unsupported types. */
 bool kvtc_ggml_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes);
 
-/* gguf_dequant.c: dequantization to f32. *//* Dequantizes n elements (a multiple of the block size) starting at data. */
+/* gguf_dequant.c: dequantization to f32. *//* Whether the type is one of the quantized block types dequantized below. */
+bool kvtc_ggml_block_dequantizable(uint32_t type);
+/* Dequantizes n elements (a multiple of the block size) starting at data. */
 kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, uint64_t n,
                             kvtc_error *err);
 /* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block, from

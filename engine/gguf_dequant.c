@@ -108,6 +108,21 @@ static void dequant_q6_k(const uint8_t *b, float *y)
     }
 }
 
+bool kvtc_ggml_block_dequantizable(uint32_t type)
+{
+    switch (type) {
+    case KVTC_GGML_Q4_0:
+    case KVTC_GGML_Q4_1:
+    case KVTC_GGML_Q5_0:
+    case KVTC_GGML_Q5_1:
+    case KVTC_GGML_Q8_0:
+    case KVTC_GGML_Q4_K:
+    case KVTC_GGML_Q5_K:
+    case KVTC_GGML_Q6_K: return true;
+    default: return false;
+    }
+}
+
 kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, uint64_t n,
                             kvtc_error *err)
 {
@@ -131,18 +146,10 @@ kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, ui
             out[i] = type == KVTC_GGML_F16 ? kvtc_f16_to_f32(h) : kvtc_bf16_to_f32(h);
         }
         return KVTC_OK;
-    case KVTC_GGML_Q4_0:
-    case KVTC_GGML_Q4_1:
-    case KVTC_GGML_Q5_0:
-    case KVTC_GGML_Q5_1:
-    case KVTC_GGML_Q8_0:
-    case KVTC_GGML_Q4_K:
-    case KVTC_GGML_Q5_K:
-    case KVTC_GGML_Q6_K:
-        break;
     default:
-        return kvtc_fail(err, KVTC_E_UNSUPPORTED, "tensor type %s cannot be dequantized",
-                         kvtc_ggml_type_name(type));
+        if (!kvtc_ggml_block_dequantizable(type))
+            return kvtc_fail(err, KVTC_E_UNSUPPORTED, "tensor type %s cannot be dequantized",
+                             kvtc_ggml_type_name(type));
     }
     for (uint64_t i = 0; i < n_blocks; i++, b += block_bytes, out += block_elems) {
         switch (type) {

@@ -15,18 +15,7 @@
 
 bool weight_type_kept(uint32_t type)
 {
-    switch (type) {
-    case KVTC_GGML_F32:
-    case KVTC_GGML_Q4_0:
-    case KVTC_GGML_Q4_1:
-    case KVTC_GGML_Q5_0:
-    case KVTC_GGML_Q5_1:
-    case KVTC_GGML_Q8_0:
-    case KVTC_GGML_Q4_K:
-    case KVTC_GGML_Q5_K:
-    case KVTC_GGML_Q6_K: return true;
-    default: return false;
-    }
+    return type == KVTC_GGML_F32 || kvtc_ggml_block_dequantizable(type);
 }
 
 size_t weight_row_bytes(uint32_t type, uint64_t cols)
