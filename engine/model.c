@@ -142,7 +142,7 @@ static size_t arena_bytes(const slot *s, bool map) { return stays_in_source(s, m
 
 /* Places slot s at `at` in the arena and copies (or converts) its values,
  * or points at its source when it stays there. */
-static kvtc_status fill_slot(model *m, const slot *s, uint8_t *at, bool map, kvtc_error *err)
+static kvtc_status fill_slot(const slot *s, uint8_t *at, bool map, kvtc_error *err)
 {
     if (stays_in_source(s, map))
         at = (uint8_t *)(uintptr_t)s->src; /* read only, like the mapping */
@@ -158,7 +158,6 @@ static kvtc_status fill_slot(model *m, const slot *s, uint8_t *at, bool map, kvt
                                                   weight_row_bytes(s->type, s->cols), at};
         w->rows += (uint32_t)s->rows;
         w->cols = (uint32_t)s->cols;
-        m->weight_bytes += slot_bytes(s);
     }
     if (stays_in_source(s, map))
         return KVTC_OK;
@@ -188,7 +187,7 @@ static kvtc_status fill_arena(model *m, const slot *s, size_t n, bool map, kvtc_
     for (size_t i = 0; i < n; i++) {
         if (starts_block(s, i))
             at = (at + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
-        kvtc_status st = fill_slot(m, &s[i], m->arena + at, map, err);
+        kvtc_status st = fill_slot(&s[i], m->arena + at, map, err);
         if (st != KVTC_OK)
             return st;
         at += arena_bytes(&s[i], map);

@@ -53,7 +53,6 @@ typedef struct model {
     model_layer *layers;      /* [n_layer] */
     uint8_t *arena;           /* the weights above that are not in `file`, one allocation */
     kvtc_gguf_file *file;     /* the GGUF the kept matrices point into, or NULL */
-    size_t weight_bytes;      /* the matrices' bytes in the arena */
 } model;
 
 /* Builds a model from an open GGUF: hyperparameters from "<arch>.*" metadata,

@@ -53,7 +53,7 @@ const float *weight_f32_data(const weight_matrix *w);
 kvtc_status weight_matvec(const weight_matrix *w, const float *x, float *y, bool accumulate,
                           uint32_t n_threads, kvtc_error *err);
 
-/* Floats of f32 panel a matmul needs (weight_matmul's scratch). */
+/* Floats of the f32 panel weight_matmul dequantizes tiles of rows into. */
 #define WEIGHT_PANEL_FLOATS (4u << 20)
 
 /* C[m][rows] (ldc) = A[m][cols] (lda) W^T + beta C, through sgemm; quantized
