@@ -1,5 +1,5 @@
 /* kvtc bench decode: the reference engine's decode speed against this
- * machine's memory bandwidth (a decode step reads every weight once). */
+ * machine's memory bandwidth (a decode step reads every weight matrix once). */
 #include "bench_common.h"
 
 #include "cli.h"
@@ -15,10 +15,10 @@ static const char decode_usage[] =
     "\n"
     "Decode speed of the reference engine: after a prefill of N tokens of the\n"
     "evaluation corpus, 32 greedy single-token steps on 1 and N threads. Reports\n"
-    "tokens/s (the median step), the bytes each step reads (the model's f32\n"
-    "weights and the KV cache) per second, this machine's memory bandwidth (the\n"
-    "best of a few OpenBLAS sdot over two 256 MiB vectors) and the peak resident\n"
-    "memory of the process.\n"
+    "tokens/s (the median step), the bytes each step reads (the weights in the\n"
+    "blocks the engine keeps them in, and the KV cache) per second, this\n"
+    "machine's memory bandwidth (the best of a few OpenBLAS sdot over two 256 MiB\n"
+    "vectors) and the peak resident memory of the process.\n"
     "\n"
     "options:\n"
     "      --model MODEL  model name or GGUF path (default: smollm2-135m)\n"
@@ -29,17 +29,23 @@ static const char decode_usage[] =
 
 #define DECODE_STEPS 32
 
-/* Bytes a decode step at position t reads: every weight matrix once (the
- * engine keeps them in f32), the norms and biases, and the keys and values
- * of t + 1 positions. */
+/* Bytes a decode step at position t reads: every weight matrix once, in the
+ * blocks the engine keeps it in (weights.h), one row of the embedding, the
+ * f32 norms and biases, and the keys and values of t + 1 positions. */
 static double step_bytes(const model *m, uint64_t t)
 {
     const model_config *c = &m->cfg;
     double q = (double)c->n_head * c->head_dim, kv = (double)c->n_kv_head * c->head_dim;
-    double per_layer = c->dim * (q + 2 * kv) + q * c->dim + 3.0 * c->dim * c->hidden_dim +
-                       2.0 * c->dim + (m->layers[0].bqkv ? q + 2 * kv : 0);
-    double weights = c->n_layer * per_layer + (double)c->vocab_size * c->dim + c->dim;
-    return sizeof(float) * (weights + 2.0 * c->n_layer * kv * (double)(t + 1));
+    double matrices = (double)weight_bytes(&m->output);
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        const model_layer *L = &m->layers[l];
+        matrices += (double)(weight_bytes(&L->wqkv) + weight_bytes(&L->wo) +
+                             weight_bytes(&L->w_gate_up) + weight_bytes(&L->w_down));
+    }
+    double embd_row = (double)weight_bytes(&m->token_embd) / c->vocab_size;
+    double vectors = c->n_layer * (2.0 * c->dim + (m->layers[0].bqkv ? q + 2 * kv : 0)) + c->dim;
+    return matrices + embd_row +
+           sizeof(float) * (vectors + 2.0 * c->n_layer * kv * (double)(t + 1));
 }
 
 typedef struct decode_run {

@@ -10,7 +10,8 @@
 #include <stdio.h>
 
 static const char prefill_usage[] =
-    "usage: kvtc bench prefill [--model MODEL] [--repeat K] [--threads N] [--json]\n"
+    "usage: kvtc bench prefill [--model MODEL] [--context N] [--repeat K] [--threads N]\n"
+    "                          [--json]\n"
     "\n"
     "Prefill speed of the reference engine at 512, 2048 and 4096 tokens of the\n"
     "evaluation corpus on 1 and N threads: tokens/s and achieved GFLOP/s, next to\n"
@@ -18,6 +19,7 @@ static const char prefill_usage[] =
     "\n"
     "options:\n"
     "      --model MODEL  model name or GGUF path (default: smollm2-135m)\n"
+    "      --context N    only N tokens (at least 200) instead of the three lengths\n"
     "      --repeat K     runs per figure, median (default 1)\n"
     "      --threads N    most threads (default: all CPUs)\n"
     "      --json         print the results as JSON\n"
@@ -35,19 +37,26 @@ static double forward_flops(const model_config *c, uint64_t t0, uint64_t n)
            2.0 * c->dim * (double)c->vocab_size;
 }
 
-static const uint32_t prefill_contexts[] = {512, 2048, 4096};
-#define N_PREFILL_CONTEXTS (sizeof prefill_contexts / sizeof prefill_contexts[0])
+static const uint32_t default_contexts[] = {512, 2048, 4096};
+#define N_PREFILL_CONTEXTS (sizeof default_contexts / sizeof default_contexts[0])
 
 int bench_prefill(int argc, char **argv)
 {
-    static const struct option longs[] = {OPTION_MODEL, OPTION_REPEAT, OPTION_THREADS,
-                                          OPTION_JSON, {0}};
+    static const struct option longs[] = {OPTION_MODEL, OPTION_CONTEXT, OPTION_REPEAT,
+                                          OPTION_THREADS, OPTION_JSON, {0}};
     bench_args a = {.repeat = 1, .threads = cli_default_threads()};
     bench_env e;
     int rc;
     if (!bench_begin(argc, argv, "", longs, prefill_usage, &a, &e, false, &rc))
         return rc;
-    const uint32_t max_n = prefill_contexts[N_PREFILL_CONTEXTS - 1];
+    const uint32_t *prefill_contexts = a.context ? &a.context : default_contexts;
+    const size_t n_contexts = a.context ? 1 : N_PREFILL_CONTEXTS;
+    const uint32_t max_n = prefill_contexts[n_contexts - 1];
+    if (max_n > e.m->cfg.context_length) {
+        cli_usage_error("--context %u: the model holds %u tokens", max_n, e.m->cfg.context_length);
+        bench_env_close(&e);
+        return CLI_USAGE;
+    }
     int32_t *ids = bench_context_ids(&e, max_n);
     uint32_t thread_counts[2] = {1, a.threads};
     size_t n_threads = a.threads > 1 ? 2 : 1;
@@ -59,7 +68,7 @@ int bench_prefill(int argc, char **argv)
         st = session_create(e.m, max_n, thread_counts[ti], &s, &err);
         if (st == KVTC_OK) /* warm-up */
             st = session_forward(s, ids, 64, NULL, false, &err);
-        for (size_t ci = 0; ci < N_PREFILL_CONTEXTS && st == KVTC_OK; ci++) {
+        for (size_t ci = 0; ci < n_contexts && st == KVTC_OK; ci++) {
             double runs[MAX_REPEAT];
             for (uint32_t r = 0; r < a.repeat && st == KVTC_OK; r++) {
                 session_reset(s);
@@ -84,7 +93,7 @@ int bench_prefill(int argc, char **argv)
         kvtc_jw_key(&j.jw, "runs");
         kvtc_jw_begin_array(&j.jw);
         for (size_t ti = 0; ti < n_threads; ti++)
-            for (size_t ci = 0; ci < N_PREFILL_CONTEXTS; ci++) {
+            for (size_t ci = 0; ci < n_contexts; ci++) {
                 double f = forward_flops(&e.m->cfg, 0, prefill_contexts[ci]);
                 kvtc_jw_begin_object(&j.jw);
                 cli_json_u64(&j, "threads", thread_counts[ti]);
@@ -103,7 +112,7 @@ int bench_prefill(int argc, char **argv)
         printf("  %7s %7s %10s %10s %9s %12s %10s\n", "threads", "tokens", "ms", "tokens/s",
                "GFLOP/s", "sgemm peak", "of peak");
         for (size_t ti = 0; ti < n_threads; ti++)
-            for (size_t ci = 0; ci < N_PREFILL_CONTEXTS; ci++) {
+            for (size_t ci = 0; ci < n_contexts; ci++) {
                 double g = forward_flops(&e.m->cfg, 0, prefill_contexts[ci]) / seconds[ti][ci] /
                            1e9;
                 printf("  %7u %7u %10.1f %10.1f %9.1f %12.1f %9.0f%%\n", thread_counts[ti],

@@ -2,10 +2,10 @@
 # make bench: runs every benchmark of 'kvtc bench' on the default model and
 # writes docs/BENCHMARKS.md with the machine it ran on and each benchmark's
 # output exactly as printed, under the command that printed it.
-# About 40 minutes on 2 cores: bench/compare.sh builds c100641 once and runs
+# About 50 minutes on 2 cores: bench/compare.sh builds c100641 once and runs
 # both versions' ttft benchmark side by side, and the prefill and decode speeds
-# run also on Qwen2.5-Coder-0.5B (plus 3-4 minutes the first time, to build the
-# default calibration). BUILD picks the build folder (default: build).
+# run also on Qwen2.5-Coder-0.5B and 1.5B (plus 3-4 minutes the first time, to
+# build the default calibration, and the models' fetch). BUILD picks the build folder (default: build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
@@ -38,6 +38,7 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "- Load average when it started (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine slows every number below)"
   echo "- Model: SmolLM2-135M-Instruct Q4_1 (the default model) with its default calibration;"
   echo "  the prefill and decode speeds also on Qwen2.5-Coder-0.5B-Instruct (AWQ, Q4_K_M)"
+  echo "  and Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)"
   echo "  (built on first use from /usr/share/common-licenses, /usr/include and generated prose"
   echo "  with numbers: app/corpus.h);"
   echo "  contexts are text of the evaluation corpus (app/corpus.h), never calibrated on."
@@ -85,6 +86,8 @@ run "Prefill speed and sgemm peak" bench prefill
 run "Decode speed and memory bandwidth" bench decode
 run "Prefill speed and sgemm peak, Qwen2.5-Coder-0.5B" bench prefill --model qwen2.5-coder-0.5b
 run "Decode speed and memory bandwidth, Qwen2.5-Coder-0.5B" bench decode --model qwen2.5-coder-0.5b
+run "Prefill speed and sgemm peak, Qwen2.5-Coder-1.5B" bench prefill --model qwen2.5-coder-1.5b
+run "Decode speed and memory bandwidth, Qwen2.5-Coder-1.5B" bench decode --model qwen2.5-coder-1.5b
 run "Calibration time against calibration tokens" bench calibration --calib-chunks 64
 run "Peak memory of compress and decompress, 4096 tokens" bench memory --context 4096
 run "Peak memory of compress and decompress, 16384 tokens" bench memory --context 16384

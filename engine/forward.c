@@ -1,7 +1,7 @@
-/* The forward pass of a Llama-family decoder over a batch of tokens. Every
- * matrix product, the attention's included, goes to BLAS: sgemm over the
- * whole batch (sgemv for a single token); only normalization, RoPE, softmax
- * and SwiGLU are loops here. */
+/* The forward pass of a Llama-family decoder over a batch of tokens. Products
+ * with the weights go through weights.h (a fused dequantizing matvec for a
+ * single token, sgemm on dequantized tiles for a batch); the attention's go
+ * to BLAS; only normalization, RoPE, softmax and SwiGLU are loops here. */
 #include "session.h"
 #include "kvtc_internal.h"
 
@@ -41,8 +41,9 @@ kvtc_status session_create(const model *m, uint32_t capacity, uint32_t n_threads
     s->scores = kvtc_malloc_array((size_t)s->n_threads * QUERY_CHUNK * capacity, sizeof(float));
     s->rope_cos = kvtc_malloc_array((size_t)BATCH * c->rope_dims / 2, sizeof(float));
     s->rope_sin = kvtc_malloc_array((size_t)BATCH * c->rope_dims / 2, sizeof(float));
+    s->panel = kvtc_malloc_array(WEIGHT_PANEL_FLOATS, sizeof(float)); /* touched by prefill only */
     if (!s->keys || !s->values || !s->x || !s->xn || !s->qkv || !s->att || !s->ffn ||
-        !s->scores || !s->rope_cos || !s->rope_sin) {
+        !s->scores || !s->rope_cos || !s->rope_sin || !s->panel) {
         session_free(s);
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for a %u-token session", capacity);
     }
@@ -55,7 +56,7 @@ void session_free(session *s)
     if (!s)
         return;
     float *bufs[] = {s->keys, s->values, s->x, s->xn, s->qkv, s->att, s->ffn, s->scores,
-                     s->rope_cos, s->rope_sin};
+                     s->rope_cos, s->rope_sin, s->panel};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         kvtc_free(bufs[i]);
     kvtc_free(s);
@@ -105,6 +106,24 @@ static void matmul_bt(uint32_t m, uint32_t n, uint32_t k, float alpha, const flo
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, alpha, a,
                     (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+/* C[n][w->rows] (ldc) = A[n][w->cols] (lda) W^T + beta C, beta 0 or 1. A few
+ * tokens go through the fused matvec one by one: dequantizing the whole
+ * matrix for sgemm costs about as much as 8 matvecs. */
+#define MATVEC_BATCH 8u
+static kvtc_status project(session *s, const weight_matrix *w, uint32_t n, const float *a,
+                           uint32_t lda, float beta, float *c, uint32_t ldc, kvtc_error *err)
+{
+    if (n >= MATVEC_BATCH)
+        return weight_matmul(w, n, a, lda, beta, c, ldc, s->panel, s->n_threads, err);
+    for (uint32_t i = 0; i < n; i++) {
+        kvtc_status st = weight_matvec(w, a + (size_t)i * lda, c + (size_t)i * ldc, beta != 0.0f,
+                                       s->n_threads, err);
+        if (st != KVTC_OK)
+            return st;
+    }
+    return KVTC_OK;
 }
 
 /* C[m][n] (ldc) = A[m][k] (lda) B, with B stored [k][n] (ldb). */
@@ -321,42 +340,45 @@ static kvtc_status forward_batch(session *s, const int32_t *tokens, uint32_t n,
     kvtc_model_shape shape = model_kv_shape(m);
     size_t half = c->rope_dims / 2;
     for (uint32_t i = 0; i < n; i++) {
-        memcpy(s->x + (size_t)i * dim, m->token_embd + (size_t)tokens[i] * dim,
-               dim * sizeof(float));
+        weight_row_f32(&m->token_embd, (uint32_t)tokens[i], s->x + (size_t)i * dim);
         kvtc_rope_angles(&shape, s->pos0 + s->n_past + i, s->rope_cos + i * half,
                          s->rope_sin + i * half);
     }
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const model_layer *L = &m->layers[l];
         rmsnorm(s->xn, s->x, L->attn_norm, n, dim, c->norm_eps);
-        matmul_bt(n, ld, dim, 1.0f, s->xn, dim, L->wqkv, dim, 0.0f, s->qkv, ld);
+        kvtc_status st = project(s, &L->wqkv, n, s->xn, dim, 0.0f, s->qkv, ld, err);
+        if (st != KVTC_OK)
+            return st; /* n_past unchanged: the slots written are simply reused */
         if (L->bqkv)
             for (uint32_t i = 0; i < n; i++)
                 for (uint32_t j = 0; j < ld; j++)
                     s->qkv[(size_t)i * ld + j] += L->bqkv[j];
         rope_and_store(s, l, n);
-        kvtc_status st = attention(s, l, n, err);
-        if (st != KVTC_OK)
-            return st; /* n_past unchanged: the slots written are simply reused */
-        matmul_bt(n, dim, q_dim(c), 1.0f, s->att, q_dim(c), L->wo, q_dim(c), 1.0f, s->x, dim);
+        if ((st = attention(s, l, n, err)) != KVTC_OK ||
+            (st = project(s, &L->wo, n, s->att, q_dim(c), 1.0f, s->x, dim, err)) != KVTC_OK)
+            return st;
         rmsnorm(s->xn, s->x, L->ffn_norm, n, dim, c->norm_eps);
-        matmul_bt(n, 2 * hid, dim, 1.0f, s->xn, dim, L->w_gate_up, dim, 0.0f, s->ffn, 2 * hid);
+        st = project(s, &L->w_gate_up, n, s->xn, dim, 0.0f, s->ffn, 2 * hid, err);
+        if (st != KVTC_OK)
+            return st;
         for (uint32_t i = 0; i < n; i++)
             swiglu(s->ffn + (size_t)i * 2 * hid, s->ffn + (size_t)i * 2 * hid + hid, hid);
-        matmul_bt(n, dim, hid, 1.0f, s->ffn, 2 * hid, L->w_down, hid, 1.0f, s->x, dim);
+        if ((st = project(s, &L->w_down, n, s->ffn, 2 * hid, 1.0f, s->x, dim, err)) != KVTC_OK)
+            return st;
     }
     s->n_past += n;
     return KVTC_OK;
 }
 
 /* Logits of `rows` rows of the final residual stream. */
-static void output_logits(session *s, const float *x, uint32_t rows, float *logits)
+static kvtc_status output_logits(session *s, const float *x, uint32_t rows, float *logits,
+                                 kvtc_error *err)
 {
     const model *m = s->m;
     uint32_t dim = m->cfg.dim;
     rmsnorm(s->xn, x, m->output_norm, rows, dim, m->cfg.norm_eps);
-    matmul_bt(rows, m->cfg.vocab_size, dim, 1.0f, s->xn, dim, m->output, dim, 0.0f, logits,
-              m->cfg.vocab_size);
+    return project(s, &m->output, rows, s->xn, dim, 0.0f, logits, m->cfg.vocab_size, err);
 }
 
 kvtc_status session_forward(session *s, const int32_t *tokens, uint32_t n, float *logits,
@@ -382,10 +404,12 @@ kvtc_status session_forward(session *s, const int32_t *tokens, uint32_t n, float
         if (st != KVTC_OK)
             return st;
         if (logits && all_logits)
-            output_logits(s, s->x, b, logits + (size_t)done * c->vocab_size);
+            st = output_logits(s, s->x, b, logits + (size_t)done * c->vocab_size, err);
         done += b;
-        if (logits && !all_logits && done == n)
-            output_logits(s, s->x + (size_t)(b - 1) * c->dim, 1, logits);
+        if (st == KVTC_OK && logits && !all_logits && done == n)
+            st = output_logits(s, s->x + (size_t)(b - 1) * c->dim, 1, logits, err);
+        if (st != KVTC_OK)
+            return st;
     }
     return KVTC_OK;
 }

@@ -94,9 +94,26 @@ const char *kvtc_ggml_type_name(uint32_t type);
 /* Elements per block and bytes per block; false for unknown/unsupported types. */
 bool kvtc_ggml_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes);
 
-/* gguf_dequant.c: dequantization to f32. *//* Dequantizes n elements (a multiple of the block size) starting at data. */
+/* gguf_dequant.c: dequantization to f32. *//* Whether the type is one of the quantized block types dequantized below. */
+bool kvtc_ggml_block_dequantizable(uint32_t type);
+/* Dequantizes n elements (a multiple of the block size) starting at data. */
 kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, uint64_t n,
                             kvtc_error *err);
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block, from
+ * its 12 bytes of scales: the first four pairs are the low 6 bits of bytes
+ * 0..7; the last four take their low 4 bits from bytes 8..11 and their top 2
+ * bits from the spare bits of bytes 0..7. Inline: the kernels call it per
+ * sub-block. */
+static inline void kvtc_ggml_k_scale_min(const uint8_t *s, int j, int *sc, int *mn)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0f) | (s[j - 4] >> 6) << 4;
+        *mn = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+    }
+}
 /* Whole tensor to f32 (t->n_elements floats). */
 kvtc_status kvtc_gguf_tensor_to_f32(const kvtc_gguf_tensor *t, float *out, kvtc_error *err);
 

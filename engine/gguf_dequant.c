@@ -54,21 +54,6 @@ static void dequant_q8_0(const uint8_t *b, float *y)
         y[j] = d * (float)(int8_t)b[2 + j];
 }
 
-/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block: the
- * first four pairs are the low 6 bits of bytes 0..7; the last four take their
- * low 4 bits from bytes 8..11 and their top 2 bits from the spare bits of
- * bytes 0..7. */
-static void k_scale_min(const uint8_t *s, int j, int *sc, int *mn)
-{
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0x0f) | (s[j - 4] >> 6) << 4;
-        *mn = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
-    }
-}
-
 /* Q4_K and Q5_K: each 64-element chunk is 32 bytes of qs, low nibbles for
  * its first sub-block and high nibbles for its second; in Q5_K, bit 2c (for
  * the first) and 2c+1 (for the second) of qh[l] add 16 to element l. */
@@ -80,8 +65,8 @@ static void dequant_q45_k(const uint8_t *b, float *y, bool has_high)
     const uint8_t *qs = b + (has_high ? 48 : 16);
     for (int c = 0; c < 4; c++) {
         int sc0, mn0, sc1, mn1;
-        k_scale_min(scales, 2 * c, &sc0, &mn0);
-        k_scale_min(scales, 2 * c + 1, &sc1, &mn1);
+        kvtc_ggml_k_scale_min(scales, 2 * c, &sc0, &mn0);
+        kvtc_ggml_k_scale_min(scales, 2 * c + 1, &sc1, &mn1);
         float d0 = d * (float)sc0, m0 = dmin * (float)mn0;
         float d1 = d * (float)sc1, m1 = dmin * (float)mn1;
         for (int l = 0; l < 32; l++) {
@@ -123,6 +108,21 @@ static void dequant_q6_k(const uint8_t *b, float *y)
     }
 }
 
+bool kvtc_ggml_block_dequantizable(uint32_t type)
+{
+    switch (type) {
+    case KVTC_GGML_Q4_0:
+    case KVTC_GGML_Q4_1:
+    case KVTC_GGML_Q5_0:
+    case KVTC_GGML_Q5_1:
+    case KVTC_GGML_Q8_0:
+    case KVTC_GGML_Q4_K:
+    case KVTC_GGML_Q5_K:
+    case KVTC_GGML_Q6_K: return true;
+    default: return false;
+    }
+}
+
 kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, uint64_t n,
                             kvtc_error *err)
 {
@@ -146,18 +146,10 @@ kvtc_status kvtc_ggml_dequantize(uint32_t type, const void *data, float *out, ui
             out[i] = type == KVTC_GGML_F16 ? kvtc_f16_to_f32(h) : kvtc_bf16_to_f32(h);
         }
         return KVTC_OK;
-    case KVTC_GGML_Q4_0:
-    case KVTC_GGML_Q4_1:
-    case KVTC_GGML_Q5_0:
-    case KVTC_GGML_Q5_1:
-    case KVTC_GGML_Q8_0:
-    case KVTC_GGML_Q4_K:
-    case KVTC_GGML_Q5_K:
-    case KVTC_GGML_Q6_K:
-        break;
     default:
-        return kvtc_fail(err, KVTC_E_UNSUPPORTED, "tensor type %s cannot be dequantized",
-                         kvtc_ggml_type_name(type));
+        if (!kvtc_ggml_block_dequantizable(type))
+            return kvtc_fail(err, KVTC_E_UNSUPPORTED, "tensor type %s cannot be dequantized",
+                             kvtc_ggml_type_name(type));
     }
     for (uint64_t i = 0; i < n_blocks; i++, b += block_bytes, out += block_elems) {
         switch (type) {

@@ -1,5 +1,5 @@
 /* Model loading: hyperparameters from GGUF metadata or a llama2.c header,
- * every weight converted to f32 into one arena. */
+ * every weight into one arena, matrices in their GGUF block types. */
 #include "model.h"
 #include "kvtc_internal.h"
 
@@ -56,55 +56,171 @@ kvtc_model_shape model_kv_shape(const model *m)
     return config_kv_shape(&m->cfg);
 }
 
-static float *take(float **p, uint64_t n)
+/* What a model holds, in the order of the arena: each matrix (its parts
+ * adjacent, so that parts of one type merge) and each f32 vector. */
+typedef enum role {
+    R_EMBD, R_OUT_NORM, R_OUTPUT, /* model-wide */
+    R_ATTN_NORM, R_Q, R_K, R_V, R_BQ, R_BK, R_BV, R_WO, R_FFN_NORM, R_GATE, R_UP, R_DOWN,
+    N_ROLES
+} role;
+
+static const char *const role_names[N_ROLES] = {
+    "token_embd.weight", "output_norm.weight", "output.weight",  "attn_norm.weight",
+    "attn_q.weight",     "attn_k.weight",      "attn_v.weight",  "attn_q.bias",
+    "attn_k.bias",       "attn_v.bias",        "attn_output.weight", "ffn_norm.weight",
+    "ffn_gate.weight",   "ffn_up.weight",      "ffn_down.weight",
+};
+
+/* One weight to place: a part of a matrix, or an f32 vector (a bias in three
+ * parts continues the previous slot), and where its values come from. */
+typedef struct slot {
+    role role;
+    uint32_t layer;
+    weight_matrix *w; /* the matrix this is a part of, or NULL: f32 values */
+    float **vec;      /* where the vector's address goes; NULL: continues the last */
+    uint64_t rows, cols;
+    uint32_t type;     /* as stored: the source's when weight_type_kept, else F32 */
+    uint32_t src_type; /* the source's */
+    const void *src;
+} slot;
+
+/* Lists the model's slots for its config into s (room for 3 + 12 n_layer)
+ * and returns their count. m->layers must be allocated. */
+static size_t list_slots(model *m, bool qkv_bias, slot *s)
 {
-    float *at = *p;
-    *p += n;
-    return at;
+    const model_config *c = &m->cfg;
+    uint64_t dim = c->dim, hid = c->hidden_dim, vocab = c->vocab_size;
+    uint64_t q_dim = (uint64_t)c->n_head * c->head_dim, kv_dim = (uint64_t)c->n_kv_head * c->head_dim;
+    size_t n = 0;
+#define SLOT(r, l, w_, v_, rows_, cols_) \
+    s[n++] = (slot){.role = r, .layer = l, .w = w_, .vec = v_, .rows = rows_, .cols = cols_}
+    SLOT(R_EMBD, 0, &m->token_embd, NULL, vocab, dim);
+    SLOT(R_OUT_NORM, 0, NULL, &m->output_norm, 1, dim);
+    if (!m->tied)
+        SLOT(R_OUTPUT, 0, &m->output, NULL, vocab, dim);
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        SLOT(R_ATTN_NORM, l, NULL, &L->attn_norm, 1, dim);
+        SLOT(R_Q, l, &L->wqkv, NULL, q_dim, dim);
+        SLOT(R_K, l, &L->wqkv, NULL, kv_dim, dim);
+        SLOT(R_V, l, &L->wqkv, NULL, kv_dim, dim);
+        if (qkv_bias) {
+            SLOT(R_BQ, l, NULL, &L->bqkv, 1, q_dim);
+            SLOT(R_BK, l, NULL, NULL, 1, kv_dim);
+            SLOT(R_BV, l, NULL, NULL, 1, kv_dim);
+        }
+        SLOT(R_WO, l, &L->wo, NULL, dim, q_dim);
+        SLOT(R_FFN_NORM, l, NULL, &L->ffn_norm, 1, dim);
+        SLOT(R_GATE, l, &L->w_gate_up, NULL, hid, dim);
+        SLOT(R_UP, l, &L->w_gate_up, NULL, hid, dim);
+        SLOT(R_DOWN, l, &L->w_down, NULL, dim, hid);
+    }
+#undef SLOT
+    return n;
 }
 
-/* Allocates the model and lays every weight out in one arena. */
+#define ARENA_ALIGN 64u
+
+/* Whether slot i starts a new aligned block of the arena (a matrix's first
+ * part, or a vector's). */
+static bool starts_block(const slot *s, size_t i)
+{
+    return s[i].w ? i == 0 || s[i - 1].w != s[i].w : s[i].vec != NULL;
+}
+
+static size_t slot_bytes(const slot *s)
+{
+    return (size_t)s->rows * weight_row_bytes(s->type, s->cols);
+}
+
+/* A matrix part kept in its source's type can stay where it is when the
+ * source outlives the model (a GGUF mapping the model owns). */
+static bool stays_in_source(const slot *s, bool map) { return map && s->w && s->type == s->src_type; }
+
+/* Bytes of the slot in the arena. */
+static size_t arena_bytes(const slot *s, bool map) { return stays_in_source(s, map) ? 0 : slot_bytes(s); }
+
+/* Places slot s at `at` in the arena and copies (or converts) its values,
+ * or points at its source when it stays there. */
+static kvtc_status fill_slot(const slot *s, uint8_t *at, bool map, kvtc_error *err)
+{
+    if (stays_in_source(s, map))
+        at = (uint8_t *)(uintptr_t)s->src; /* read only, like the mapping */
+    if (s->vec)
+        *s->vec = (float *)(void *)at;
+    if (s->w) {
+        weight_matrix *w = s->w;
+        weight_part *last = w->n_parts ? &w->part[w->n_parts - 1] : NULL;
+        if (last && last->type == s->type && last->data + last->rows * last->row_bytes == at)
+            last->rows += (uint32_t)s->rows; /* adjacent: one part */
+        else
+            w->part[w->n_parts++] = (weight_part){s->type, (uint32_t)s->rows,
+                                                  weight_row_bytes(s->type, s->cols), at};
+        w->rows += (uint32_t)s->rows;
+        w->cols = (uint32_t)s->cols;
+    }
+    if (stays_in_source(s, map))
+        return KVTC_OK;
+    if (s->type == s->src_type) {
+        memcpy(at, s->src, slot_bytes(s));
+        return KVTC_OK;
+    }
+    return kvtc_ggml_dequantize(s->src_type, s->src, (float *)(void *)at, s->rows * s->cols,
+                                err);
+}
+
+/* Allocates the arena for the slots (their types and sources set) and fills
+ * it; with `map`, matrices kept in their source's type stay there. */
+static kvtc_status fill_arena(model *m, const slot *s, size_t n, bool map, kvtc_error *err)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (starts_block(s, i))
+            total = (total + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+        total += arena_bytes(&s[i], map);
+    }
+    m->arena = kvtc_malloc(total);
+    if (!m->arena)
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %zu bytes of model weights",
+                         total);
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (starts_block(s, i))
+            at = (at + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+        kvtc_status st = fill_slot(&s[i], m->arena + at, map, err);
+        if (st != KVTC_OK)
+            return st;
+        at += arena_bytes(&s[i], map);
+    }
+    if (m->tied)
+        m->output = m->token_embd;
+    return KVTC_OK;
+}
+
+/* A model with its config checked, layers allocated and slots listed (in
+ * *slots, freed by the caller). */
 static kvtc_status model_alloc(const model_config *c, bool tied, bool qkv_bias, model **out,
-                               kvtc_error *err)
+                               slot **slots, size_t *n_slots, kvtc_error *err)
 {
     *out = NULL;
+    *slots = NULL;
     kvtc_status st = check_config(c, err);
     if (st != KVTC_OK)
         return st;
-    uint64_t dim = c->dim, hid = c->hidden_dim, vocab = c->vocab_size;
-    uint64_t q_dim = (uint64_t)c->n_head * c->head_dim;
-    uint64_t qkv_rows = q_dim + 2ull * c->n_kv_head * c->head_dim;
-    uint64_t per_layer = dim + qkv_rows * dim + (qkv_bias ? qkv_rows : 0) + dim * q_dim + dim +
-                         2 * hid * dim + dim * hid;
-    uint64_t total = vocab * dim * (tied ? 1 : 2) + dim + per_layer * c->n_layer;
-    if (total > SIZE_MAX / sizeof(float))
-        return kvtc_fail(err, KVTC_E_NOMEM, "model too large: %llu weights",
-                         (unsigned long long)total);
     model *m = kvtc_calloc(1, sizeof *m);
     if (m) {
+        m->cfg = *c;
+        m->tied = tied;
         m->layers = kvtc_calloc(c->n_layer, sizeof *m->layers);
-        m->arena = kvtc_malloc_array((size_t)total, sizeof(float));
+        *slots = kvtc_malloc_array(3 + 12 * (size_t)c->n_layer, sizeof **slots);
     }
-    if (!m || !m->layers || !m->arena) {
+    if (!m || !m->layers || !*slots) {
         model_free(m);
-        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for %llu model weights",
-                         (unsigned long long)total);
+        kvtc_free(*slots);
+        *slots = NULL;
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for the model");
     }
-    m->cfg = *c;
-    float *p = m->arena;
-    m->token_embd = take(&p, vocab * dim);
-    m->output_norm = take(&p, dim);
-    m->output = tied ? m->token_embd : take(&p, vocab * dim);
-    for (uint32_t l = 0; l < c->n_layer; l++) {
-        model_layer *L = &m->layers[l];
-        L->attn_norm = take(&p, dim);
-        L->wqkv = take(&p, qkv_rows * dim);
-        L->bqkv = qkv_bias ? take(&p, qkv_rows) : NULL;
-        L->wo = take(&p, dim * q_dim);
-        L->ffn_norm = take(&p, dim);
-        L->w_gate_up = take(&p, 2 * hid * dim);
-        L->w_down = take(&p, dim * hid);
-    }
+    *n_slots = list_slots(m, qkv_bias, *slots);
     *out = m;
     return KVTC_OK;
 }
@@ -115,6 +231,7 @@ void model_free(model *m)
         return;
     kvtc_free(m->arena);
     kvtc_free(m->layers);
+    kvtc_gguf_close(m->file);
     kvtc_free(m);
 }
 
@@ -134,31 +251,47 @@ static bool arch_f32(const kvtc_gguf_file *f, const char *arch, const char *key,
     return kvtc_gguf_get_f32(f, k, out);
 }
 
-/* Dequantizes tensor `name` ([rows][cols] row-major, ggml dims {cols, rows})
- * into dst after checking its shape. */
-static kvtc_status load_tensor(const kvtc_gguf_file *f, const char *name, uint64_t rows, uint64_t cols,
-                               float *dst, kvtc_error *err)
+/* Points slot s at its GGUF tensor after checking the tensor's shape, type
+ * and length, and picks the type it is stored in. */
+static kvtc_status gguf_source(const kvtc_gguf_file *f, slot *s, kvtc_error *err)
 {
+    char name[96];
+    if (s->role >= R_ATTN_NORM)
+        snprintf(name, sizeof name, "blk.%u.%s", s->layer, role_names[s->role]);
+    else
+        snprintf(name, sizeof name, "%s", role_names[s->role]);
     const kvtc_gguf_tensor *t = kvtc_gguf_find_tensor(f, name);
     if (!t)
         return kvtc_fail(err, KVTC_E_FORMAT, "tensor %s missing", name);
     uint64_t t_rows = 1;
     for (uint32_t d = 1; d < t->n_dims && d < 4; d++)
         t_rows *= t->dims[d];
-    if (t->dims[0] != cols || t_rows != rows || (rows > 1 && t->dims[1] != rows))
+    if (t->dims[0] != s->cols || t_rows != s->rows || (s->rows > 1 && t->dims[1] != s->rows))
         return kvtc_fail(err, KVTC_E_FORMAT,
                          "tensor %s has shape [%llu, %llu], expected [%llu, %llu]", name,
                          (unsigned long long)t->dims[0], (unsigned long long)t_rows,
-                         (unsigned long long)cols, (unsigned long long)rows);
-    return kvtc_gguf_tensor_to_f32(t, dst, err);
-}
-
-static kvtc_status load_layer_tensor(const kvtc_gguf_file *f, uint32_t layer, const char *what,
-                                     uint64_t rows, uint64_t cols, float *dst, kvtc_error *err)
-{
-    char name[96];
-    snprintf(name, sizeof name, "blk.%u.%s", layer, what);
-    return load_tensor(f, name, rows, cols, dst, err);
+                         (unsigned long long)s->cols, (unsigned long long)s->rows);
+    size_t need = (size_t)s->rows * weight_row_bytes(t->type, s->cols);
+    if (need == 0 || t->n_bytes < need) {
+        kvtc_status st =
+            need == 0 ? kvtc_fail(err, KVTC_E_UNSUPPORTED, "tensor type %s not supported",
+                                  kvtc_ggml_type_name(t->type))
+                      : kvtc_fail(err, KVTC_E_FORMAT, "%llu bytes of data do not hold %llu "
+                                  "elements", (unsigned long long)t->n_bytes,
+                                  (unsigned long long)t->n_elements);
+        char prefix[128];
+        snprintf(prefix, sizeof prefix, "tensor %s", name);
+        (void)st;
+        return kvtc_fail_prefix(err, prefix);
+    }
+    s->src = t->data;
+    s->src_type = t->type;
+    s->type = s->w && weight_type_kept(t->type) ? t->type : KVTC_GGML_F32;
+    if (s->type != s->src_type && s->src_type != KVTC_GGML_F16 && s->src_type != KVTC_GGML_BF16 &&
+        !weight_type_kept(s->src_type))
+        return kvtc_fail(err, KVTC_E_UNSUPPORTED, "tensor %s: type %s cannot be dequantized",
+                         name, kvtc_ggml_type_name(t->type));
+    return KVTC_OK;
 }
 
 static kvtc_status kvtc_gguf_config(const kvtc_gguf_file *f, model_config *c, kvtc_error *err)
@@ -238,7 +371,7 @@ static kvtc_status kvtc_gguf_config(const kvtc_gguf_file *f, model_config *c, kv
     return KVTC_OK;
 }
 
-kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *err)
+kvtc_status model_load_gguf(kvtc_gguf_file *f, model **out, kvtc_error *err)
 {
     *out = NULL;
     model_config c;
@@ -246,60 +379,30 @@ kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *er
     if (st != KVTC_OK)
         return st;
     bool tied = kvtc_gguf_find_tensor(f, "output.weight") == NULL;
-    bool bias = c.arch == MODEL_ARCH_QWEN2;
     model *m;
-    if ((st = model_alloc(&c, tied, bias, &m, err)) != KVTC_OK)
+    slot *s;
+    size_t n;
+    if ((st = model_alloc(&c, tied, c.arch == MODEL_ARCH_QWEN2, &m, &s, &n, err)) != KVTC_OK)
         return st;
-    uint64_t dim = c.dim, hid = c.hidden_dim, hd = c.head_dim;
-    uint64_t q_dim = c.n_head * hd, kv_dim = c.n_kv_head * hd;
-    st = load_tensor(f, "token_embd.weight", c.vocab_size, dim, m->token_embd, err);
+    for (size_t i = 0; i < n && st == KVTC_OK; i++)
+        st = gguf_source(f, &s[i], err);
     if (st == KVTC_OK)
-        st = load_tensor(f, "output_norm.weight", 1, dim, m->output_norm, err);
-    if (st == KVTC_OK && !tied)
-        st = load_tensor(f, "output.weight", c.vocab_size, dim, m->output, err);
-    for (uint32_t l = 0; l < c.n_layer && st == KVTC_OK; l++) {
-        model_layer *L = &m->layers[l];
-        const struct {
-            const char *name;
-            uint64_t rows, cols;
-            float *dst;
-        } parts[] = {
-            {"attn_norm.weight", 1, dim, L->attn_norm},
-            {"attn_q.weight", q_dim, dim, L->wqkv},
-            {"attn_k.weight", kv_dim, dim, L->wqkv + q_dim * dim},
-            {"attn_v.weight", kv_dim, dim, L->wqkv + (q_dim + kv_dim) * dim},
-            {"attn_output.weight", dim, q_dim, L->wo},
-            {"ffn_norm.weight", 1, dim, L->ffn_norm},
-            {"ffn_gate.weight", hid, dim, L->w_gate_up},
-            {"ffn_up.weight", hid, dim, L->w_gate_up + hid * dim},
-            {"ffn_down.weight", dim, hid, L->w_down},
-            {"attn_q.bias", 1, q_dim, L->bqkv},
-            {"attn_k.bias", 1, kv_dim, bias ? L->bqkv + q_dim : NULL},
-            {"attn_v.bias", 1, kv_dim, bias ? L->bqkv + q_dim + kv_dim : NULL},
-        };
-        for (size_t i = 0; i < sizeof parts / sizeof parts[0] && st == KVTC_OK; i++)
-            if (parts[i].dst)
-                st = load_layer_tensor(f, l, parts[i].name, parts[i].rows, parts[i].cols,
-                                       parts[i].dst, err);
-    }
+        st = fill_arena(m, s, n, true, err);
+    kvtc_free(s);
     if (st != KVTC_OK) {
         model_free(m);
         return st;
     }
+    m->file = f;
     *out = m;
     return KVTC_OK;
 }
 
 /* ---- llama2.c ---------------------------------------------------------------- */
 
-/* Copies `rows` rows of `cols` floats from layer l of a stacked tensor. */
-static void copy_layer(float *dst, const float *stacked, uint32_t l, uint64_t rows, uint64_t cols)
-{
-    memcpy(dst, stacked + l * rows * cols, rows * cols * sizeof(float));
-}
-
 kvtc_status model_load_llama2c(const llama2c_file *f, model **out, kvtc_error *err)
 {
+    *out = NULL;
     const llama2c_config *h = &f->cfg;
     model_config c = {
         .arch = MODEL_ARCH_LLAMA,
@@ -320,25 +423,27 @@ kvtc_status model_load_llama2c(const llama2c_file *f, model **out, kvtc_error *e
     };
     set_name(&c, "llama2.c", 8);
     model *m;
-    kvtc_status st = model_alloc(&c, h->shared_classifier, false, &m, err);
+    slot *s;
+    size_t n;
+    kvtc_status st = model_alloc(&c, h->shared_classifier, false, &m, &s, &n, err);
     if (st != KVTC_OK)
         return st;
-    uint64_t dim = c.dim, hid = c.hidden_dim, kv_dim = (uint64_t)c.n_kv_head * c.head_dim;
-    memcpy(m->token_embd, f->token_embedding, (size_t)(c.vocab_size * dim) * sizeof(float));
-    memcpy(m->output_norm, f->rms_final, dim * sizeof(float));
-    if (!h->shared_classifier)
-        memcpy(m->output, f->wcls, (size_t)(c.vocab_size * dim) * sizeof(float));
-    for (uint32_t l = 0; l < c.n_layer; l++) {
-        model_layer *L = &m->layers[l];
-        copy_layer(L->attn_norm, f->rms_att, l, 1, dim);
-        copy_layer(L->wqkv, f->wq, l, dim, dim);
-        copy_layer(L->wqkv + dim * dim, f->wk, l, kv_dim, dim);
-        copy_layer(L->wqkv + (dim + kv_dim) * dim, f->wv, l, kv_dim, dim);
-        copy_layer(L->wo, f->wo, l, dim, dim);
-        copy_layer(L->ffn_norm, f->rms_ffn, l, 1, dim);
-        copy_layer(L->w_gate_up, f->w1, l, hid, dim);
-        copy_layer(L->w_gate_up + hid * dim, f->w3, l, hid, dim);
-        copy_layer(L->w_down, f->w2, l, dim, hid);
+    for (size_t i = 0; i < n; i++) {
+        /* the stacked tensors hold layer l's rows after l such blocks */
+        const float *stacked[N_ROLES] = {
+            [R_EMBD] = f->token_embedding, [R_OUT_NORM] = f->rms_final, [R_OUTPUT] = f->wcls,
+            [R_ATTN_NORM] = f->rms_att, [R_Q] = f->wq, [R_K] = f->wk, [R_V] = f->wv,
+            [R_WO] = f->wo, [R_FFN_NORM] = f->rms_ffn, [R_GATE] = f->w1, [R_UP] = f->w3,
+            [R_DOWN] = f->w2,
+        };
+        s[i].type = s[i].src_type = KVTC_GGML_F32;
+        s[i].src = stacked[s[i].role] + (size_t)s[i].layer * s[i].rows * s[i].cols;
+    }
+    st = fill_arena(m, s, n, false, err);
+    kvtc_free(s);
+    if (st != KVTC_OK) {
+        model_free(m);
+        return st;
     }
     *out = m;
     return KVTC_OK;
@@ -399,11 +504,12 @@ kvtc_status model_open(const char *path, model **out, tokenizer **tok, kvtc_erro
         if ((st = kvtc_gguf_open(path, &f, err)) != KVTC_OK)
             return st;
         st = model_load_gguf(f, out, err);
-        if (st == KVTC_OK && tok && (st = tokenizer_load_gguf(f, tok, err)) != KVTC_OK) {
-            model_free(*out);
+        if (st != KVTC_OK)
+            kvtc_gguf_close(f);
+        else if (tok && (st = tokenizer_load_gguf(f, tok, err)) != KVTC_OK) {
+            model_free(*out); /* and f with it */
             *out = NULL;
         }
-        kvtc_gguf_close(f);
     } else {
         llama2c_file *f;
         if ((st = llama2c_open(path, &f, err)) != KVTC_OK)
@@ -416,3 +522,4 @@ kvtc_status model_open(const char *path, model **out, tokenizer **tok, kvtc_erro
     name_from_path(&(*out)->cfg, path);
     return KVTC_OK;
 }
+

@@ -1,6 +1,6 @@
-/* The reference engine's model: hyperparameters and f32 weights of a
+/* The reference engine's model: hyperparameters and weights of a
  * Llama-family decoder (arch llama or qwen2), loaded from a GGUF file or a
- * llama2.c checkpoint. Quantized GGUF weights are dequantized once at load. */
+ * llama2.c checkpoint. Matrices keep the GGUF's quantized blocks (weights.h). */
 #ifndef KVTC_ENGINE_MODEL_H
 #define KVTC_ENGINE_MODEL_H
 
@@ -8,6 +8,7 @@
 #include "kvtc.h"
 #include "llama2c.h"
 #include "tokenizer.h"
+#include "weights.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -30,31 +31,35 @@ typedef struct model_config {
     char name[64];
 } model_config;
 
-/* Per-layer weights, row-major [out][in]. The Q, K and V projections lie next
- * to each other so that one matrix product computes all three; so do the
- * gate and up projections of the FFN. */
+/* Per-layer weights, row-major [out][in]. The Q, K and V projections are
+ * rows of one matrix so that one product computes all three; so are the gate
+ * and up projections of the FFN. Norms and biases are f32. */
 typedef struct model_layer {
-    float *attn_norm; /* [dim] */
-    float *wqkv;      /* [(n_head + 2 n_kv_head) head_dim][dim]: wq, wk, wv */
-    float *bqkv;      /* the matching biases (qwen2), or NULL */
-    float *wo;        /* [dim][n_head head_dim] */
-    float *ffn_norm;  /* [dim] */
-    float *w_gate_up; /* [2 hidden][dim]: gate, then up */
-    float *w_down;    /* [dim][hidden] */
+    float *attn_norm;         /* [dim] */
+    weight_matrix wqkv;       /* [(n_head + 2 n_kv_head) head_dim][dim]: wq, wk, wv */
+    float *bqkv;              /* the matching biases (qwen2), or NULL */
+    weight_matrix wo;         /* [dim][n_head head_dim] */
+    float *ffn_norm;          /* [dim] */
+    weight_matrix w_gate_up;  /* [2 hidden][dim]: gate, then up */
+    weight_matrix w_down;     /* [dim][hidden] */
 } model_layer;
 
 typedef struct model {
     model_config cfg;
-    float *token_embd;  /* [vocab][dim] */
-    float *output_norm; /* [dim] */
-    float *output;      /* [vocab][dim]; token_embd when tied */
-    model_layer *layers; /* [n_layer] */
-    float *arena;        /* every weight above, one allocation */
+    weight_matrix token_embd; /* [vocab][dim] */
+    float *output_norm;       /* [dim] */
+    weight_matrix output;     /* [vocab][dim]; token_embd's data when tied */
+    bool tied;
+    model_layer *layers;      /* [n_layer] */
+    uint8_t *arena;           /* the weights above that are not in `file`, one allocation */
+    kvtc_gguf_file *file;     /* the GGUF the kept matrices point into, or NULL */
 } model;
 
 /* Builds a model from an open GGUF: hyperparameters from "<arch>.*" metadata,
- * weights dequantized to f32. The kvtc_gguf_file may be closed afterwards. */
-kvtc_status model_load_gguf(const kvtc_gguf_file *f, model **out, kvtc_error *err);
+ * matrices in their own block types (F16 and BF16 ones converted to f32).
+ * Matrices kept as they are point into f's data: on success the model owns f
+ * (model_free closes it); on failure the caller still does. */
+kvtc_status model_load_gguf(kvtc_gguf_file *f, model **out, kvtc_error *err);
 /* Builds a model from a llama2.c checkpoint (RoPE theta 10000, eps 1e-5, BOS 1). */
 kvtc_status model_load_llama2c(const llama2c_file *f, model **out, kvtc_error *err);
 /* Opens a model file of either kind: GGUF when it starts with the GGUF magic,

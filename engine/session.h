@@ -27,6 +27,7 @@ typedef struct session {
     float *ffn;                /* [batch][2 hidden] gate and up */
     float *scores;             /* [n_threads][query chunk][capacity] */
     float *rope_cos, *rope_sin; /* [batch][rope_dims / 2] */
+    float *panel;              /* [WEIGHT_PANEL_FLOATS]: dequantized weight tiles */
     /* layer-by-layer import in progress */
     struct {
         bool active;

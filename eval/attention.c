@@ -85,22 +85,36 @@ kvtc_status attention_probe_create(const model *m, uint32_t capacity, uint32_t n
         attention_probe_free(p);
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for the attention probe");
     }
+    /* the real layer's projections in f32, whatever blocks the model keeps */
+    size_t real_qkv = (size_t)(c->n_head + 2 * c->n_kv_head) * hd, real_q = c->n_head * hd;
+    float *qkv_f32 = kvtc_malloc_array(real_qkv * dim, sizeof(float));
+    float *wo_f32 = kvtc_malloc_array(dim * real_q, sizeof(float));
+    if (!qkv_f32 || !wo_f32) {
+        kvtc_free(qkv_f32);
+        kvtc_free(wo_f32);
+        attention_probe_free(p);
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for the attention probe");
+    }
     float *dst = p->weights;
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const model_layer *src = &m->layers[l];
         model_layer *L = &p->layers[l];
         *L = *src;
-        L->wqkv = dst;
-        dst = widen_qkv(dst, src->wqkv, c, p->extra, dim);
+        weight_to_f32(&src->wqkv, qkv_f32);
+        weight_to_f32(&src->wo, wo_f32);
+        L->wqkv = weight_f32_matrix(dst, (uint32_t)qkv_rows, (uint32_t)dim);
+        dst = widen_qkv(dst, qkv_f32, c, p->extra, dim);
         L->bqkv = src->bqkv ? dst : NULL;
         dst = src->bqkv ? widen_qkv(dst, src->bqkv, c, p->extra, 1) : dst + qkv_rows;
         /* output projection: real heads' columns, zero for the extra heads */
-        L->wo = dst;
+        L->wo = weight_f32_matrix(dst, (uint32_t)dim, w->n_head * (uint32_t)hd);
         for (size_t r = 0; r < dim; r++) {
-            dst = put_rows(dst, src->wo + r * c->n_head * hd, 1, c->n_head * hd);
+            dst = put_rows(dst, wo_f32 + r * real_q, 1, real_q);
             dst = put_rows(dst, NULL, 1, (size_t)(w->n_head - c->n_head) * hd);
         }
     }
+    kvtc_free(qkv_f32);
+    kvtc_free(wo_f32);
     p->wide.layers = p->layers;
     kvtc_status st = session_create(&p->wide, capacity, p->n_threads, &p->s, err);
     if (st != KVTC_OK) {

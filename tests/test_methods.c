@@ -545,13 +545,13 @@ static void reference_attention(const model *m, const int32_t *tokens, uint32_t 
     float *att = calloc((size_t)nq * hd, 4), *ffn = calloc(2 * (size_t)hid, 4), *tmp = calloc(dim, 4);
     double *p = calloc(n, sizeof *p);
     for (uint32_t t = 0; t < n; t++)
-        memcpy(x + (size_t)t * dim, m->token_embd + (size_t)tokens[t] * dim, dim * 4);
+        weight_row_f32(&m->token_embd, (uint32_t)tokens[t], x + (size_t)t * dim);
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const model_layer *L = &m->layers[l];
         for (uint32_t t = 0; t < n; t++) {
             float *a = act + (size_t)t * qkv;
             rmsnorm_ref(xn, x + (size_t)t * dim, L->attn_norm, dim, c->norm_eps);
-            matvec_ref(a, L->wqkv, xn, qkv, dim);
+            matvec_ref(a, weight_f32_data(&L->wqkv), xn, qkv, dim);
             for (uint32_t i = 0; L->bqkv && i < qkv; i++)
                 a[i] += L->bqkv[i];
             for (uint32_t h = 0; h < nq + nkv; h++) /* queries and keys */
@@ -586,14 +586,14 @@ static void reference_attention(const model *m, const int32_t *tokens, uint32_t 
             /* the layer's keys and values of every token are already in act,
              * so token t's residual stream can move on to the next layer now */
             float *xt = x + (size_t)t * dim;
-            matvec_ref(tmp, L->wo, att, dim, nq * hd);
+            matvec_ref(tmp, weight_f32_data(&L->wo), att, dim, nq * hd);
             for (uint32_t i = 0; i < dim; i++)
                 xt[i] += tmp[i];
             rmsnorm_ref(xn, xt, L->ffn_norm, dim, c->norm_eps);
-            matvec_ref(ffn, L->w_gate_up, xn, 2 * hid, dim);
+            matvec_ref(ffn, weight_f32_data(&L->w_gate_up), xn, 2 * hid, dim);
             for (uint32_t i = 0; i < hid; i++)
                 ffn[i] = ffn[i] / (1.0f + expf(-ffn[i])) * ffn[hid + i];
-            matvec_ref(tmp, L->w_down, ffn, dim, hid);
+            matvec_ref(tmp, weight_f32_data(&L->w_down), ffn, dim, hid);
             for (uint32_t i = 0; i < dim; i++)
                 xt[i] += tmp[i];
         }
