@@ -155,6 +155,7 @@ static enum MHD_Result send_metrics(server *sv, struct MHD_Connection *c)
     serve_metrics mx = sv->mx;
     uint32_t queued = sv->queued;
     bool busy = sv->busy;
+    uint64_t store_queued = sv->store_queued_bytes;
     pthread_mutex_unlock(&sv->lock);
     prompt_tier_stats ts[3] = {{0}};
     for (size_t t = 0; t < sv->n_tiers; t++)
@@ -204,6 +205,9 @@ static enum MHD_Result send_metrics(server *sv, struct MHD_Connection *c)
     put_metric(&w, "kvtc_store_drops_total", "counter",
                "streams not stored below RAM: the tier writer's queue was full");
     put_text(&w, "kvtc_store_drops_total %llu\n", (unsigned long long)mx.store_drops);
+    put_metric(&w, "kvtc_store_queue_bytes", "gauge",
+               "streams waiting for (or being written by) the tier writer");
+    put_text(&w, "kvtc_store_queue_bytes %llu\n", (unsigned long long)store_queued);
     /* per tier; a server without the RAM tier still shows it, empty */
     static const struct {
         const char *name, *type, *help;
