@@ -14,6 +14,8 @@
 #      a cold server's;
 #  (d) kill -9 of the Redis master holding the conversation's entry: requests
 #      still succeed, by recompute until a replica takes over, from Redis after;
+#  then the entry's slot is migrated to another master (ASK while migrating,
+#  MOVED after): still hits;
 #  (e) the whole cluster down: requests succeed by recompute.
 # (d) and (e) use a conversation shorter than the stream's raw sinks + window
 # (4 + 128 tokens), kept exactly in fp16, so every reply there, restored or
@@ -247,6 +249,29 @@ ask a "$tmp/short-2.json"
 [ "$(metric a 'kvtc_cache_hits_total{tier="redis"}')" -gt "$hits" ] || fail "(d): no Redis hit after the failover"
 [ "$reply" = "$short_cold" ] || fail "(d): reply after the failover '$reply' differs from the cold '$short_cold'"
 say "(d) after the failover to $replica: $cached tokens from Redis, the cold reply; slot maps loaded: $refreshes before, $(metric a 'kvtc_redis_slot_refreshes_total{tier="redis"}') after"
+
+# ---- ASK and MOVED: the entry's slot migrates to another master while A serves
+slot=$(rcli "$replica" cluster keyslot "$turn1_key")
+src_id=$(rcli "$replica" cluster myid)
+dst=""; for p in $(masters); do [ "$p" != "$replica" ] && dst=$p; done
+dst_id=$(rcli "$dst" cluster myid)
+rcli "$dst" cluster setslot "$slot" importing "$src_id" >/dev/null
+rcli "$replica" cluster setslot "$slot" migrating "$dst_id" >/dev/null
+# the entry and its last block's index key share the slot (hash tag): they move together
+idx_key="kvtc:b:${turn1_key#kvtc:e:}"
+[ "$(rcli "$replica" migrate 127.0.0.1 "$dst" "" 0 5000 keys "$turn1_key" "$idx_key")" = OK ] ||
+  fail "MIGRATE of $turn1_key and $idx_key"
+ask0=$(metric a 'kvtc_redis_ask_total{tier="redis"}')
+ask a "$tmp/short-2.json"
+[ "$cached" -ge 64 ] && [ "$reply" = "$short_cold" ] || fail "(ASK): $cached cached, reply '$reply'"
+[ "$(metric a 'kvtc_redis_ask_total{tier="redis"}')" -gt "$ask0" ] || fail "(ASK): no ASK redirection followed"
+for p in $(masters); do rcli "$p" cluster setslot "$slot" node "$dst_id" >/dev/null; done
+moved0=$(metric a 'kvtc_redis_moved_total{tier="redis"}')
+idle a
+ask a "$tmp/short-2.json"
+[ "$cached" -ge 64 ] && [ "$reply" = "$short_cold" ] || fail "(MOVED): $cached cached, reply '$reply'"
+[ "$(metric a 'kvtc_redis_moved_total{tier="redis"}')" -gt "$moved0" ] || fail "(MOVED): no MOVED redirection followed"
+say "slot $slot migrated from $replica to $dst: hits through ASK ($(metric a 'kvtc_redis_ask_total{tier="redis"}')) and MOVED ($(metric a 'kvtc_redis_moved_total{tier="redis"}')) redirections"
 
 # ---- (e) the whole cluster down: recompute
 "$src/scripts/redis-cluster.sh" stop "$tmp/redis"
