@@ -187,6 +187,27 @@ bool prompt_entry_verify(const uint8_t *data, size_t len, const prompt_hash *fin
     return true;
 }
 
+prompt_accept prompt_entry_accept(const uint8_t *data, size_t len, const prompt_hash *fingerprint,
+                                  const prompt_hash *want, size_t blocks, prompt_tier_stats *st,
+                                  void **stream, size_t *stream_len)
+{
+    const uint8_t *s;
+    size_t slen;
+    if (!prompt_entry_verify(data, len, fingerprint, want, blocks, &s, &slen)) {
+        st->verify_failures++;
+        return PROMPT_REJECTED;
+    }
+    void *copy = kvtc_malloc(slen);
+    if (!copy)
+        return PROMPT_NO_MEMORY;
+    memcpy(copy, s, slen);
+    *stream = copy;
+    *stream_len = slen;
+    st->hits++;
+    st->hit_tokens += (uint64_t)blocks * PROMPT_BLOCK;
+    return PROMPT_ACCEPTED;
+}
+
 /* ---- the RAM tier ----------------------------------------------------------- */
 
 typedef struct ram_tier {
@@ -198,13 +219,15 @@ typedef struct ram_tier {
 } ram_tier;
 
 static size_t ram_find(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks,
-                       void **stream, size_t *stream_len)
+                       size_t shorter, void **stream, size_t *stream_len)
 {
     ram_tier *r = (ram_tier *)t;
     pthread_mutex_lock(&r->lock);
     r->st.lookups++;
     size_t at;
     size_t best = prompt_index_best(&r->x, hashes, n_blocks, &at);
+    if (best <= shorter)
+        best = 0;
     if (best > 0) {
         prompt_index_entry *e = &r->x.e[at];
         void *copy = kvtc_malloc(e->bytes);

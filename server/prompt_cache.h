@@ -46,14 +46,15 @@ typedef struct prompt_tier_stats {
 } prompt_tier_stats;
 
 /* One storage tier. find returns how many leading blocks of `hashes` an entry
- * holds (0: none) and, when > 0, a copy of that entry's stream (kvtc_malloc,
- * caller frees). put takes a stream of blocks [0, n_blocks) and its hashes
+ * holds when that is more than `shorter` (else 0: a tier above found as much,
+ * so nothing is read) and, when > 0, a copy of that entry's stream
+ * (kvtc_malloc, caller frees). put takes a stream of blocks [0, n_blocks) and its hashes
  * (copied). Every function is safe to call from several threads. */
 typedef struct prompt_tier prompt_tier;
 struct prompt_tier {
     const char *name; /* "ram", "disk", "redis" */
-    size_t (*find)(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks, void **stream,
-                   size_t *stream_len);
+    size_t (*find)(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks, size_t shorter,
+                   void **stream, size_t *stream_len);
     kvtc_status (*put)(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks,
                        const void *stream, size_t stream_len, kvtc_error *err);
     void (*stats)(prompt_tier *t, prompt_tier_stats *out);
@@ -146,5 +147,12 @@ bool prompt_entry_hashes(const uint8_t *data, size_t header_len, prompt_hash **h
 bool prompt_entry_verify(const uint8_t *data, size_t len, const prompt_hash *fingerprint,
                          const prompt_hash *want, size_t want_blocks, const uint8_t **stream,
                          size_t *stream_len);
+/* An entry read back from a tier as a hit of `blocks` blocks: verified, its
+ * stream copied (kvtc_malloc) into *stream, the hit or the verification
+ * failure counted in st. PROMPT_NO_MEMORY counts nothing (a miss). */
+typedef enum { PROMPT_ACCEPTED, PROMPT_REJECTED, PROMPT_NO_MEMORY } prompt_accept;
+prompt_accept prompt_entry_accept(const uint8_t *data, size_t len, const prompt_hash *fingerprint,
+                                  const prompt_hash *want, size_t blocks, prompt_tier_stats *st,
+                                  void **stream, size_t *stream_len);
 
 #endif /* KVTC_SERVER_PROMPT_CACHE_H */

@@ -65,20 +65,8 @@ static void drop(disk_tier *d, size_t i)
     prompt_index_remove(&d->x, i);
 }
 
-/* Reads what path holds into a kvtc_malloc'd buffer. */
-static bool read_whole(const char *path, uint8_t **data, size_t *len)
-{
-    void *buf;
-    size_t n;
-    if (kvtc_read_file(path, &buf, &n, NULL) != KVTC_OK)
-        return false;
-    *data = buf;
-    *len = n;
-    return true;
-}
-
 static size_t disk_find(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks,
-                        void **stream, size_t *stream_len)
+                        size_t shorter, void **stream, size_t *stream_len)
 {
     disk_tier *d = (disk_tier *)t;
     size_t found = 0;
@@ -87,39 +75,30 @@ static size_t disk_find(prompt_tier *t, const prompt_hash *hashes, size_t n_bloc
     for (;;) {
         size_t at;
         size_t best = prompt_index_best(&d->x, hashes, n_blocks, &at);
-        if (best == 0)
+        if (best <= shorter)
             break;
         char path[4096];
         prompt_index_entry *e = &d->x.e[at];
         entry_path(d, &e->hashes[e->n_blocks - 1], path, sizeof path);
-        uint8_t *data = NULL;
+        void *data = NULL;
         size_t len = 0;
-        const uint8_t *s;
-        size_t slen;
-        if (!read_whole(path, &data, &len)) {
+        if (kvtc_read_file(path, &data, &len, NULL) != KVTC_OK) {
             d->st.errors++; /* gone or unreadable: forget it */
             prompt_index_remove(&d->x, at);
             continue;
         }
-        if (!prompt_entry_verify(data, len, &d->fingerprint, hashes, best, &s, &slen)) {
-            kvtc_free(data);
-            d->st.verify_failures++;
+        prompt_accept a = prompt_entry_accept(data, len, &d->fingerprint, hashes, best, &d->st,
+                                              stream, stream_len);
+        kvtc_buffer_free(data);
+        if (a == PROMPT_REJECTED) {
             drop(d, at);
             continue; /* another entry may still hold a prefix */
         }
-        void *copy = kvtc_malloc(slen);
-        if (copy)
-            memcpy(copy, s, slen);
-        kvtc_free(data);
-        if (!copy)
-            break;
-        e->last_used = now_ns();
-        utimensat(AT_FDCWD, path, NULL, 0); /* the LRU order, kept across restarts */
-        *stream = copy;
-        *stream_len = slen;
-        found = best;
-        d->st.hits++;
-        d->st.hit_tokens += (uint64_t)best * PROMPT_BLOCK;
+        if (a == PROMPT_ACCEPTED) {
+            e->last_used = now_ns();
+            utimensat(AT_FDCWD, path, NULL, 0); /* the LRU order, kept across restarts */
+            found = best;
+        }
         break;
     }
     pthread_mutex_unlock(&d->lock);

@@ -258,8 +258,9 @@ static redisReply *cluster_command(redis_tier *r, int argc, const char **argv,
         }
         redisReply *reply = node_command(r, i, argc, argv, lens);
         if (!reply) {
-            /* maybe failed over: the next try asks the others for a new map */
-            if (!refresh_map(r))
+            /* maybe failed over: ask the others for the map once; while it still
+             * names the same node, the cluster has not failed over yet */
+            if (!refresh_map(r) || r->slots[slot] == i)
                 return NULL;
             continue;
         }
@@ -326,7 +327,7 @@ static redisReply *get_key(redis_tier *r, const char *key, bool *failed)
 }
 
 static size_t redis_find(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks,
-                         void **stream, size_t *stream_len)
+                         size_t shorter, void **stream, size_t *stream_len)
 {
     redis_tier *r = (redis_tier *)t;
     size_t found = 0;
@@ -335,7 +336,7 @@ static size_t redis_find(prompt_tier *t, const prompt_hash *hashes, size_t n_blo
     start_operation(r);
     char key[KEY_LEN + 1];
     int tries = 3; /* entries fetched at most, when they fail to verify */
-    for (size_t i = n_blocks; i-- > 0 && tries > 0;) {
+    for (size_t i = n_blocks; i-- > shorter && tries > 0;) {
         bool failed;
         key_of(key, 'b', &hashes[i]);
         redisReply *idx = get_key(r, key, &failed);
@@ -362,24 +363,13 @@ static size_t redis_find(prompt_tier *t, const prompt_hash *hashes, size_t n_blo
         if (!e)
             continue; /* evicted or expired: a shorter prefix may remain */
         tries--;
-        const uint8_t *s;
-        size_t slen;
-        if (!prompt_entry_verify((const uint8_t *)e->str, e->len, &r->fingerprint, hashes, i + 1,
-                                 &s, &slen)) {
-            r->st.verify_failures++;
-            freeReplyObject(e);
-            continue;
-        }
-        void *copy = kvtc_malloc(slen);
-        if (copy) {
-            memcpy(copy, s, slen);
-            *stream = copy;
-            *stream_len = slen;
-            found = i + 1;
-            r->st.hits++;
-            r->st.hit_tokens += (uint64_t)found * PROMPT_BLOCK;
-        }
+        prompt_accept a = prompt_entry_accept((const uint8_t *)e->str, e->len, &r->fingerprint,
+                                              hashes, i + 1, &r->st, stream, stream_len);
         freeReplyObject(e);
+        if (a == PROMPT_REJECTED)
+            continue;
+        if (a == PROMPT_ACCEPTED)
+            found = i + 1;
         break;
     }
     pthread_mutex_unlock(&r->lock);

@@ -88,7 +88,11 @@ static kvtc_status restore_prefix(const server *sv, session *s, const void *stre
         if (!p.k || !p.v)
             st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     }
+    /* streams come from disk and a shared store too: none restores more than
+     * the model's context (requests never exceed it, so neither do entries) */
     kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = sv->opt->threads};
+    dopt.max_output_bytes = (uint64_t)m->cfg.context_length * m->cfg.n_layer * 2 *
+                            m->cfg.n_kv_head * m->cfg.head_dim * sizeof(float);
     if (st == KVTC_OK)
         st = session_begin_import(s, info.dtype, n_tokens, 0, err);
     if (st == KVTC_OK)
@@ -169,17 +173,16 @@ static size_t lookup_prefix(server *sv, const prompt_hash *h, size_t n_blocks, v
 {
     size_t best = 0, from = 0;
     for (size_t t = 0; t < sv->n_tiers && best < n_blocks; t++) {
+        /* a lower tier reads only an entry longer than the one found above */
         void *s = NULL;
         size_t len = 0;
-        size_t k = sv->tiers[t]->find(sv->tiers[t], h, n_blocks, &s, &len);
+        size_t k = sv->tiers[t]->find(sv->tiers[t], h, n_blocks, best, &s, &len);
         if (k > best) {
             kvtc_buffer_free(*stream);
             *stream = s;
             *stream_len = len;
             best = k;
             from = t;
-        } else if (k > 0) {
-            kvtc_buffer_free(s);
         }
     }
     if (best > 0 && sv->ram && sv->tiers[from] != sv->ram) {

@@ -283,14 +283,10 @@ ask b "$tmp/story-2.json" # B: RAM still serves
 say "(e) cluster down: recomputed with the cold reply"
 
 # ---- the openai package as the client, on B with Redis down
-venv="${KVTC_BUILD_DIR:-.}/serve-tiers-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
-  python3 -m venv "$venv" >/dev/null 2>&1 &&
-    "$venv/bin/pip" install -q -r "$src/tests/serve-requirements.txt" >/dev/null 2>&1 ||
-    say "the openai client part skipped: cannot install tests/serve-requirements.txt (offline?)"
-fi
-if "$venv/bin/python" -c "import openai" 2>/dev/null; then
-  "$venv/bin/python" - "$port_b" "$tmp/short-2.json" "$short_cold" <<'PY' || fail "openai client"
+source "$src/tests/support/openai_venv.sh"
+openai_venv test_serve_tiers
+if [ -n "$openai_python" ]; then
+  "$openai_python" - "$port_b" "$tmp/short-2.json" "$short_cold" <<'PY' || fail "openai client"
 import json, sys, openai
 port, req, want = sys.argv[1:]
 q = json.load(open(req))
