@@ -143,6 +143,11 @@ bool prompt_entry_fixed(const uint8_t *data, const prompt_hash *fingerprint, siz
     return true;
 }
 
+bool prompt_entry_foreign(const uint8_t *data, const prompt_hash *fingerprint)
+{
+    return memcmp(data, entry_magic, 8) == 0 && memcmp(data + 24, fingerprint->b, 32) != 0;
+}
+
 bool prompt_entry_hashes(const uint8_t *data, size_t header_len, prompt_hash **hashes,
                          size_t *n_blocks)
 {

@@ -139,6 +139,8 @@ kvtc_status prompt_entry_header(const prompt_hash *fingerprint, const prompt_has
  * fingerprint) and gives the full header's length. */
 bool prompt_entry_fixed(const uint8_t *data, const prompt_hash *fingerprint, size_t *header_len,
                         uint64_t *stream_len);
+/* Whether those bytes begin an entry of another model or calibration. */
+bool prompt_entry_foreign(const uint8_t *data, const prompt_hash *fingerprint);
 /* Checks a whole header (header_len bytes) and gives a copy of its hashes. */
 bool prompt_entry_hashes(const uint8_t *data, size_t header_len, prompt_hash **hashes,
                          size_t *n_blocks);

@@ -8,6 +8,7 @@
  * renamed into place (kvtc_write_parts_atomic): a crash leaves the old entry
  * or the new one, never a mix. At startup the index is rebuilt from the
  * headers found in DIR (a header that does not check is deleted and counted);
+ * entries of another model or calibration are left alone (never indexed);
  * every read checks the whole entry again, and an entry that fails is deleted,
  * counted and never served: the request recomputes.
  *
@@ -183,18 +184,24 @@ static void disk_destroy(prompt_tier *t)
 /* ---- rebuilding the index at startup ------------------------------------------ */
 
 /* Indexes one entry file by its header; false when it does not check. */
-static bool index_file(disk_tier *d, const char *path, const char *name)
+typedef enum { FILE_INDEXED, FILE_BAD, FILE_FOREIGN } file_verdict;
+
+static file_verdict index_file(disk_tier *d, const char *path, const char *name)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return false;
+        return FILE_FOREIGN; /* not readable: not ours to judge */
     struct stat sb;
     uint8_t fixed[PROMPT_ENTRY_FIXED];
     size_t header_len;
     uint64_t stream_len;
     bool ok = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
-              pread(fd, fixed, sizeof fixed, 0) == (ssize_t)sizeof fixed &&
-              prompt_entry_fixed(fixed, &d->fingerprint, &header_len, &stream_len) &&
+              pread(fd, fixed, sizeof fixed, 0) == (ssize_t)sizeof fixed;
+    if (ok && prompt_entry_foreign(fixed, &d->fingerprint)) {
+        close(fd);
+        return FILE_FOREIGN;
+    }
+    ok = ok && prompt_entry_fixed(fixed, &d->fingerprint, &header_len, &stream_len) &&
               (uint64_t)sb.st_size == header_len + stream_len;
     uint8_t *header = ok ? kvtc_malloc(header_len) : NULL;
     prompt_index_entry e = {0};
@@ -214,7 +221,7 @@ static bool index_file(disk_tier *d, const char *path, const char *name)
     }
     if (!ok)
         kvtc_free(e.hashes);
-    return ok;
+    return ok ? FILE_INDEXED : FILE_BAD;
 }
 
 static kvtc_status scan(disk_tier *d, kvtc_error *err)
@@ -232,7 +239,7 @@ static kvtc_status scan(disk_tier *d, kvtc_error *err)
         if (n <= strlen(ENTRY_SUFFIX) ||
             strcmp(de->d_name + n - strlen(ENTRY_SUFFIX), ENTRY_SUFFIX) != 0)
             continue; /* not an entry (temporaries a crash left: the next write removes them) */
-        if (!index_file(d, path, de->d_name)) {
+        if (index_file(d, path, de->d_name) == FILE_BAD) {
             unlink(path);
             d->st.verify_failures++;
         }

@@ -193,8 +193,11 @@ say "(c) a flipped stream byte: counted, deleted, recomputed with the cold reply
 [ "$(metric a 'kvtc_cache_stores_total{tier="disk"}')" = 1 ] || fail "(c): the recomputed conversation was not stored"
 kill -9 "$pid_a"; wait "$pid_a" 2>/dev/null || true
 entries=("$tmp"/disk-a/*.kvtce)
+cp "${entries[0]}" "$tmp/disk-a/foreign.kvtce"
+flip "$tmp/disk-a/foreign.kvtce" 30 # another fingerprint: another model's entry, left alone
 flip "${entries[0]}" 100 # in the block hashes: the header's own SHA-256 fails at startup
 start a --disk-dir "$tmp/disk-a"
+[ -f "$tmp/disk-a/foreign.kvtce" ] || fail "(c): an entry of another fingerprint was deleted"
 [ "$(metric a 'kvtc_cache_entries{tier="disk"}')" = 0 ] || fail "(c): an entry with a bad header was indexed"
 [ "$(metric a 'kvtc_cache_verify_failures_total{tier="disk"}')" = 1 ] || fail "(c): a bad header not counted at startup"
 [ ! -e "${entries[0]}" ] || fail "(c): the entry with a bad header is still there"
