@@ -15,7 +15,7 @@
 #  (d) kill -9 of the Redis master holding the conversation's entry: requests
 #      still succeed, by recompute until a replica takes over, from Redis after;
 #  then the entry's slot is migrated to another master (ASK while migrating,
-#  MOVED after): still hits;
+#  MOVED after): still hits; a corrupted value there is a counted miss;
 #  (e) the whole cluster down: requests succeed by recompute.
 # (d) and (e) use a conversation shorter than the stream's raw sinks + window
 # (4 + 128 tokens), kept exactly in fp16, so every reply there, restored or
@@ -275,6 +275,18 @@ ask a "$tmp/short-2.json"
 [ "$cached" -ge 64 ] && [ "$reply" = "$short_cold" ] || fail "(MOVED): $cached cached, reply '$reply'"
 [ "$(metric a 'kvtc_redis_moved_total{tier="redis"}')" -gt "$moved0" ] || fail "(MOVED): no MOVED redirection followed"
 say "slot $slot migrated from $replica to $dst: hits through ASK ($(metric a 'kvtc_redis_ask_total{tier="redis"}')) and MOVED ($(metric a 'kvtc_redis_moved_total{tier="redis"}')) redirections"
+
+# ---- a corrupted Redis value: verified on fetch like a disk entry, a miss, counted
+idle a
+len=$(rcli "$dst" strlen "$turn1_key")
+off=$((len - 1000))
+byte=X; [ "$(rcli "$dst" getrange "$turn1_key" "$off" "$off")" = X ] && byte=Y
+rcli "$dst" setrange "$turn1_key" "$off" "$byte" >/dev/null
+fails=$(metric a 'kvtc_cache_verify_failures_total{tier="redis"}')
+ask a "$tmp/short-2.json"
+[ "$cached" = 0 ] && [ "$reply" = "$short_cold" ] || fail "(corrupt value): $cached cached, reply '$reply'"
+[ "$(metric a 'kvtc_cache_verify_failures_total{tier="redis"}')" -gt "$fails" ] || fail "(corrupt value): not counted"
+say "a corrupted Redis value: counted, recomputed with the cold reply"
 
 # ---- (e) the whole cluster down: recompute
 "$src/scripts/redis-cluster.sh" stop "$tmp/redis"
