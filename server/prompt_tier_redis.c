@@ -17,6 +17,11 @@
  * next shorter index key is tried. The hash tag {H} puts an entry and the
  * index key of its last block in one slot, on one node.
  *
+ * A store writes the entry, then its index keys, then deletes the entries
+ * of its shorter prefixes (kvtc:e:{h_j}, j < n-1), which it makes redundant:
+ * an index key names an entry holding its block, and every block of those is
+ * this entry's, whose index keys now name it.
+ *
  * Budget. Every key is written with a TTL (--redis-ttl, default a day) so
  * that abandoned conversations leave by themselves; the memory bound is
  * Redis's own: run the nodes with maxmemory and maxmemory-policy allkeys-lru
@@ -426,6 +431,16 @@ static kvtc_status redis_put(prompt_tier *t, const prompt_hash *hashes, size_t n
     if (ok) {
         r->st.stores++;
         r->st.bytes += header_len + stream_len; /* written by this server */
+    }
+    /* entries of this one's shorter prefixes (a conversation's earlier turns)
+     * are redundant: every index key naming them names this one now */
+    for (size_t i = 0; ok && i + 1 < n_blocks; i++) {
+        key_of(key, 'e', &hashes[i]);
+        const char *argv[] = {"DEL", key};
+        size_t lens[] = {3, KEY_LEN};
+        redisReply *reply = cluster_command(r, 2, argv, lens);
+        if (reply)
+            freeReplyObject(reply);
     }
     pthread_mutex_unlock(&r->lock);
     kvtc_free(value);

@@ -59,6 +59,8 @@ done
 [ -n "$seeds" ] || fail "no Redis Cluster: $(cat "$tmp/redis-start.err")"
 say "Redis Cluster on $seeds"
 rcli() { redis-cli -p "$1" "${@:2}"; }
+IFS=, read -ra nodes <<<"$seeds"
+masters() { for n in "${nodes[@]}"; do rcli "${n##*:}" role 2>/dev/null | head -1 | grep -q master && echo "${n##*:}"; done; }
 
 "$KVTC" calibrate --corpus --model "$model" --chunks 4 --chunk-tokens 512 --rank 256 \
   -o "$tmp/cal.kvtcal" >/dev/null 2>&1 || fail "calibrate"
@@ -139,7 +141,7 @@ start a --disk-dir "$tmp/disk-a" --redis "$seeds"
 start b --disk-dir "$tmp/disk-b" --redis "$seeds"
 
 # ---- (a) begun on A, resumed on B through Redis
-conversation story 40 24 "$story" "What colour came from the hill?"
+conversation story 40 64 "$story" "What colour came from the hill?"
 ask a "$tmp/story-1.json"
 turn2 story "$reply"
 wait_metric a 'kvtc_cache_stores_total{tier="redis"}' 1
@@ -153,6 +155,10 @@ b_reply=$reply; b_cached=$cached
 for s in a b; do # our CRC16 key slots agree with the cluster's: no redirection in steady state
   [ "$(metric $s 'kvtc_redis_moved_total{tier="redis"}')" = 0 ] || fail "(a): $s was redirected (MOVED)"
 done
+idle b # B stored the longer conversation: A's turn-1 entry, its prefix, was deleted
+[ "$(metric b 'kvtc_cache_stores_total{tier="redis"}')" = 1 ] || fail "(a): B stored no longer conversation"
+n_entries=0; for p in $(masters); do n_entries=$((n_entries + $(rcli "$p" --scan --pattern 'kvtc:e:*' | wc -l))); done
+[ "$n_entries" = 1 ] || fail "(a): $n_entries entries in Redis, expected 1 (a prefix entry is redundant)"
 ask c "$tmp/story-2.json"; story_cold=$reply
 python3 -c "import os,sys; a,b=sys.argv[1:]; n=len(os.path.commonprefix([a,b])); print(f'test_serve_tiers: (a) resumed on B and recomputed replies agree on {n} of {max(len(a),len(b))} characters (lossy part: shown, not asserted)')" "$b_reply" "$story_cold"
 
@@ -213,8 +219,6 @@ ask c "$tmp/short-1.json"; turn2 short "$reply"
 ask c "$tmp/short-2.json"; short_cold=$reply
 [ "$(python3 -c "import json; print(json.load(open('$tmp/out'))['usage']['total_tokens'])")" -le 132 ] ||
   fail "(d): the short conversation outgrew the raw sinks + window"
-IFS=, read -ra nodes <<<"$seeds"
-masters() { for n in "${nodes[@]}"; do rcli "${n##*:}" role 2>/dev/null | head -1 | grep -q master && echo "${n##*:}"; done; }
 idle b
 for p in $(masters); do rcli "$p" flushall >/dev/null; done # only this conversation's keys from here on
 stores=$(metric b 'kvtc_cache_stores_total{tier="redis"}')
