@@ -3,7 +3,8 @@
 # everything is already there. Run as root (or with sudo available).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libdeflate-dev libopenblas-dev liblapacke-dev
-      nettle-dev libzstd-dev zstd libmicrohttpd-dev curl libcurl4-openssl-dev clang libclang-rt-14-dev python3 python3-pip python3-venv
+      nettle-dev libzstd-dev zstd libmicrohttpd-dev libhiredis-dev redis-server redis-tools curl
+      libcurl4-openssl-dev clang libclang-rt-14-dev python3 python3-pip python3-venv
       unzip ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do

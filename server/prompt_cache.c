@@ -1,4 +1,5 @@
-/* Chained block hashes and the RAM tier of the prompt cache. */
+/* Chained block hashes, the index and entry format the tiers share, and the
+ * RAM tier of the prompt cache. */
 #include "prompt_cache.h"
 #include "kvtc_internal.h"
 
@@ -24,26 +25,10 @@ void prompt_block_hashes(const prompt_hash *fingerprint, const int32_t *tokens, 
     }
 }
 
-/* ---- the RAM tier ----------------------------------------------------------- */
+/* ---- the index -------------------------------------------------------------- */
 
-typedef struct ram_entry {
-    prompt_hash *hashes;
-    size_t n_blocks;
-    void *stream;
-    size_t stream_len;
-    uint64_t last_used; /* tick of the last find or put */
-} ram_entry;
-
-typedef struct ram_tier {
-    prompt_tier base;
-    pthread_mutex_t lock;
-    ram_entry *entries;
-    size_t n, cap;
-    uint64_t tick;
-    prompt_tier_stats st;
-} ram_tier;
-
-static size_t shared_blocks(const ram_entry *e, const prompt_hash *hashes, size_t n_blocks)
+size_t prompt_index_shared(const prompt_index_entry *e, const prompt_hash *hashes,
+                           size_t n_blocks)
 {
     size_t k = 0;
     size_t max = e->n_blocks < n_blocks ? e->n_blocks : n_blocks;
@@ -52,29 +37,209 @@ static size_t shared_blocks(const ram_entry *e, const prompt_hash *hashes, size_
     return k;
 }
 
-static size_t ram_find(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks,
-                       void **stream, size_t *stream_len)
+size_t prompt_index_best(const prompt_index *x, const prompt_hash *hashes, size_t n_blocks,
+                         size_t *at)
 {
-    ram_tier *r = (ram_tier *)t;
-    pthread_mutex_lock(&r->lock);
-    r->st.lookups++;
     size_t best = 0, best_i = 0;
-    for (size_t i = 0; i < r->n; i++) {
-        size_t k = shared_blocks(&r->entries[i], hashes, n_blocks);
-        /* among equals the shortest stream: less to decode */
-        if (k > best || (k == best && k > 0 &&
-                         r->entries[i].stream_len < r->entries[best_i].stream_len)) {
+    for (size_t i = 0; i < x->n; i++) {
+        size_t k = prompt_index_shared(&x->e[i], hashes, n_blocks);
+        if (k > best || (k == best && k > 0 && x->e[i].bytes < x->e[best_i].bytes)) {
             best = k;
             best_i = i;
         }
     }
+    *at = best_i;
+    return best;
+}
+
+size_t prompt_index_covered(const prompt_index *x, const prompt_hash *hashes, size_t n_blocks)
+{
+    for (size_t i = 0; i < x->n; i++)
+        if (x->e[i].n_blocks <= n_blocks &&
+            prompt_index_shared(&x->e[i], hashes, n_blocks) == x->e[i].n_blocks)
+            return i;
+    return x->n;
+}
+
+size_t prompt_index_lru(const prompt_index *x)
+{
+    size_t lru = 0;
+    for (size_t i = 1; i < x->n; i++)
+        if (x->e[i].last_used < x->e[lru].last_used)
+            lru = i;
+    return lru;
+}
+
+kvtc_status prompt_index_add(prompt_index *x, const prompt_index_entry *e, kvtc_error *err)
+{
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? 2 * x->cap : 16;
+        prompt_index_entry *grown = realloc(x->e, cap * sizeof *grown);
+        if (!grown)
+            return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+        x->e = grown;
+        x->cap = cap;
+    }
+    x->e[x->n++] = *e;
+    x->bytes += e->bytes;
+    return KVTC_OK;
+}
+
+void prompt_index_remove(prompt_index *x, size_t i)
+{
+    x->bytes -= x->e[i].bytes;
+    kvtc_free(x->e[i].hashes);
+    x->e[i] = x->e[--x->n];
+}
+
+/* ---- the prompt entry ------------------------------------------------------ */
+
+static const char entry_magic[8] = {'K', 'V', 'T', 'C', 'P', 'C', 'E', '1'};
+
+kvtc_status prompt_entry_header(const prompt_hash *fingerprint, const prompt_hash *hashes,
+                                size_t n_blocks, const void *stream, size_t stream_len,
+                                uint8_t **out, kvtc_error *err)
+{
+    uint8_t sum[32];
+    kvtc_sha256(stream, stream_len, sum);
+    kvtc_writer w;
+    kvtc_writer_init(&w);
+    kvtc_put_bytes(&w, entry_magic, 8);
+    kvtc_put_u32(&w, (uint32_t)n_blocks);
+    kvtc_put_u32(&w, 0);
+    kvtc_put_u64(&w, stream_len);
+    kvtc_put_bytes(&w, fingerprint->b, 32);
+    kvtc_put_bytes(&w, sum, 32);
+    kvtc_put_bytes(&w, hashes, 32 * n_blocks);
+    if (!w.failed) {
+        kvtc_sha256(w.buf, w.len, sum);
+        kvtc_put_bytes(&w, sum, 32);
+    }
+    if (w.failed) {
+        kvtc_writer_free(&w);
+        return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
+    }
+    *out = w.buf; /* the writer's buffer is kvtc_malloc'd */
+    return KVTC_OK;
+}
+
+/* At most 2^20 blocks (64 Mi tokens): a bound that keeps header sizes sane. */
+#define ENTRY_MAX_BLOCKS (1u << 20)
+
+bool prompt_entry_fixed(const uint8_t *data, const prompt_hash *fingerprint, size_t *header_len,
+                        uint64_t *stream_len)
+{
+    kvtc_reader r;
+    kvtc_reader_init(&r, data, PROMPT_ENTRY_FIXED);
+    const void *magic = kvtc_get_bytes(&r, 8);
+    uint32_t n = kvtc_get_u32(&r);
+    uint32_t reserved = kvtc_get_u32(&r);
+    *stream_len = kvtc_get_u64(&r);
+    const void *fp = kvtc_get_bytes(&r, 32);
+    if (r.overrun || memcmp(magic, entry_magic, 8) != 0 || n == 0 || n > ENTRY_MAX_BLOCKS ||
+        reserved != 0 || memcmp(fp, fingerprint->b, 32) != 0)
+        return false;
+    *header_len = PROMPT_ENTRY_HEADER(n);
+    return true;
+}
+
+bool prompt_entry_foreign(const uint8_t *data, const prompt_hash *fingerprint)
+{
+    return memcmp(data, entry_magic, 8) == 0 && memcmp(data + 24, fingerprint->b, 32) != 0;
+}
+
+bool prompt_entry_hashes(const uint8_t *data, size_t header_len, prompt_hash **hashes,
+                         size_t *n_blocks)
+{
+    uint8_t sum[32];
+    kvtc_sha256(data, header_len - 32, sum);
+    if (memcmp(sum, data + header_len - 32, 32) != 0)
+        return false;
+    size_t n = (header_len - 32 - PROMPT_ENTRY_FIXED) / 32;
+    *hashes = kvtc_malloc_array(n, sizeof **hashes);
+    if (!*hashes)
+        return false;
+    memcpy(*hashes, data + PROMPT_ENTRY_FIXED, n * sizeof **hashes);
+    *n_blocks = n;
+    return true;
+}
+
+bool prompt_entry_verify(const uint8_t *data, size_t len, const prompt_hash *fingerprint,
+                         const prompt_hash *want, size_t want_blocks, const uint8_t **stream,
+                         size_t *stream_len)
+{
+    size_t header_len;
+    uint64_t slen;
+    if (len < PROMPT_ENTRY_FIXED || !prompt_entry_fixed(data, fingerprint, &header_len, &slen) ||
+        len < header_len || len - header_len != slen)
+        return false;
+    size_t n = (header_len - 32 - PROMPT_ENTRY_FIXED) / 32;
+    uint8_t sum[32];
+    kvtc_sha256(data, header_len - 32, sum);
+    if (memcmp(sum, data + header_len - 32, 32) != 0 || want_blocks > n ||
+        memcmp(data + PROMPT_ENTRY_FIXED, want, 32 * want_blocks) != 0)
+        return false;
+    kvtc_sha256(data + header_len, (size_t)slen, sum);
+    if (memcmp(sum, data + 56, 32) != 0)
+        return false;
+    /* the kvtc stream's own header CRC, and that it holds the blocks */
+    kvtc_stream_info info = {.struct_size = sizeof info};
+    if (kvtc_stream_info_get(data + header_len, (size_t)slen, &info, NULL) != KVTC_OK ||
+        info.pos0 != 0 || info.n_tokens < (uint64_t)n * PROMPT_BLOCK)
+        return false;
+    *stream = data + header_len;
+    *stream_len = (size_t)slen;
+    return true;
+}
+
+prompt_accept prompt_entry_accept(const uint8_t *data, size_t len, const prompt_hash *fingerprint,
+                                  const prompt_hash *want, size_t blocks, prompt_tier_stats *st,
+                                  void **stream, size_t *stream_len)
+{
+    const uint8_t *s;
+    size_t slen;
+    if (!prompt_entry_verify(data, len, fingerprint, want, blocks, &s, &slen)) {
+        st->verify_failures++;
+        return PROMPT_REJECTED;
+    }
+    void *copy = kvtc_malloc(slen);
+    if (!copy)
+        return PROMPT_NO_MEMORY;
+    memcpy(copy, s, slen);
+    *stream = copy;
+    *stream_len = slen;
+    st->hits++;
+    st->hit_tokens += (uint64_t)blocks * PROMPT_BLOCK;
+    return PROMPT_ACCEPTED;
+}
+
+/* ---- the RAM tier ----------------------------------------------------------- */
+
+typedef struct ram_tier {
+    prompt_tier base;
+    pthread_mutex_t lock;
+    prompt_index x; /* data: the stream, bytes: its length */
+    uint64_t tick;
+    prompt_tier_stats st;
+} ram_tier;
+
+static size_t ram_find(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks,
+                       size_t shorter, void **stream, size_t *stream_len)
+{
+    ram_tier *r = (ram_tier *)t;
+    pthread_mutex_lock(&r->lock);
+    r->st.lookups++;
+    size_t at;
+    size_t best = prompt_index_best(&r->x, hashes, n_blocks, &at);
+    if (best <= shorter)
+        best = 0;
     if (best > 0) {
-        ram_entry *e = &r->entries[best_i];
-        void *copy = kvtc_malloc(e->stream_len);
+        prompt_index_entry *e = &r->x.e[at];
+        void *copy = kvtc_malloc(e->bytes);
         if (copy) {
-            memcpy(copy, e->stream, e->stream_len);
+            memcpy(copy, e->data, e->bytes);
             *stream = copy;
-            *stream_len = e->stream_len;
+            *stream_len = e->bytes;
             e->last_used = ++r->tick;
             r->st.hits++;
             r->st.hit_tokens += (uint64_t)best * PROMPT_BLOCK;
@@ -88,10 +253,8 @@ static size_t ram_find(prompt_tier *t, const prompt_hash *hashes, size_t n_block
 
 static void ram_drop(ram_tier *r, size_t i)
 {
-    r->st.bytes -= r->entries[i].stream_len;
-    kvtc_free(r->entries[i].hashes);
-    kvtc_free(r->entries[i].stream);
-    r->entries[i] = r->entries[--r->n];
+    kvtc_free(r->x.e[i].data);
+    prompt_index_remove(&r->x, i);
 }
 
 static kvtc_status ram_put(prompt_tier *t, const prompt_hash *hashes, size_t n_blocks,
@@ -100,54 +263,32 @@ static kvtc_status ram_put(prompt_tier *t, const prompt_hash *hashes, size_t n_b
     ram_tier *r = (ram_tier *)t;
     if (n_blocks == 0 || stream_len > r->st.budget_bytes)
         return KVTC_OK; /* nothing to keep, or more than the whole budget */
-    ram_entry e = {.n_blocks = n_blocks, .stream_len = stream_len};
+    prompt_index_entry e = {.n_blocks = n_blocks, .bytes = stream_len};
     e.hashes = kvtc_malloc(n_blocks * sizeof *hashes);
-    e.stream = kvtc_malloc(stream_len);
-    if (!e.hashes || !e.stream) {
+    e.data = kvtc_malloc(stream_len);
+    if (!e.hashes || !e.data) {
         kvtc_free(e.hashes);
-        kvtc_free(e.stream);
+        kvtc_free(e.data);
         return kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     }
     memcpy(e.hashes, hashes, n_blocks * sizeof *hashes);
-    memcpy(e.stream, stream, stream_len);
+    memcpy(e.data, stream, stream_len);
     pthread_mutex_lock(&r->lock);
     /* an entry this one extends (or equals) is redundant: drop it */
-    for (size_t i = 0; i < r->n;) {
-        if (r->entries[i].n_blocks <= n_blocks &&
-            shared_blocks(&r->entries[i], hashes, n_blocks) == r->entries[i].n_blocks)
-            ram_drop(r, i);
-        else
-            i++;
-    }
-    while (r->n > 0 && r->st.bytes + stream_len > r->st.budget_bytes) {
-        size_t lru = 0;
-        for (size_t i = 1; i < r->n; i++)
-            if (r->entries[i].last_used < r->entries[lru].last_used)
-                lru = i;
-        ram_drop(r, lru);
+    for (size_t i; (i = prompt_index_covered(&r->x, hashes, n_blocks)) < r->x.n;)
+        ram_drop(r, i);
+    while (r->x.n > 0 && r->x.bytes + stream_len > r->st.budget_bytes) {
+        ram_drop(r, prompt_index_lru(&r->x));
         r->st.evictions++;
     }
-    kvtc_status st = KVTC_OK;
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? 2 * r->cap : 16;
-        ram_entry *grown = realloc(r->entries, cap * sizeof *grown);
-        if (grown) {
-            r->entries = grown;
-            r->cap = cap;
-        } else {
-            st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
-        }
-    }
-    if (st == KVTC_OK) {
-        e.last_used = ++r->tick;
-        r->entries[r->n++] = e;
-        r->st.bytes += stream_len;
+    e.last_used = ++r->tick;
+    kvtc_status st = prompt_index_add(&r->x, &e, err);
+    if (st == KVTC_OK)
         r->st.stores++;
-    }
     pthread_mutex_unlock(&r->lock);
     if (st != KVTC_OK) {
         kvtc_free(e.hashes);
-        kvtc_free(e.stream);
+        kvtc_free(e.data);
     }
     return st;
 }
@@ -157,7 +298,8 @@ static void ram_stats(prompt_tier *t, prompt_tier_stats *out)
     ram_tier *r = (ram_tier *)t;
     pthread_mutex_lock(&r->lock);
     *out = r->st;
-    out->entries = r->n;
+    out->entries = r->x.n;
+    out->bytes = r->x.bytes;
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -166,9 +308,9 @@ static void ram_destroy(prompt_tier *t)
     ram_tier *r = (ram_tier *)t;
     if (!r)
         return;
-    while (r->n > 0)
-        ram_drop(r, r->n - 1);
-    free(r->entries);
+    while (r->x.n > 0)
+        ram_drop(r, r->x.n - 1);
+    free(r->x.e);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }

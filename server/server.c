@@ -9,6 +9,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,12 +155,11 @@ static enum MHD_Result send_metrics(server *sv, struct MHD_Connection *c)
     serve_metrics mx = sv->mx;
     uint32_t queued = sv->queued;
     bool busy = sv->busy;
+    uint64_t store_queued = sv->store_queued_bytes;
     pthread_mutex_unlock(&sv->lock);
-    prompt_tier_stats ram = {0};
-    if (sv->ram)
-        sv->ram->stats(sv->ram, &ram);
-    else
-        ram.budget_bytes = 0;
+    prompt_tier_stats ts[3] = {{0}};
+    for (size_t t = 0; t < sv->n_tiers; t++)
+        sv->tiers[t]->stats(sv->tiers[t], &ts[t]);
     static const char *const codes[] = {"200", "400", "404", "413", "429", "5xx"};
     kvtc_writer w;
     kvtc_writer_init(&w);
@@ -202,24 +202,57 @@ static enum MHD_Result send_metrics(server *sv, struct MHD_Connection *c)
     put_metric(&w, "kvtc_compress_failures_total", "counter",
                "conversations that could not be stored");
     put_text(&w, "kvtc_compress_failures_total %llu\n", (unsigned long long)mx.compress_failures);
-    struct {
+    put_metric(&w, "kvtc_store_drops_total", "counter",
+               "streams not stored below RAM: the tier writer's queue was full");
+    put_text(&w, "kvtc_store_drops_total %llu\n", (unsigned long long)mx.store_drops);
+    put_metric(&w, "kvtc_store_queue_bytes", "gauge",
+               "streams waiting for (or being written by) the tier writer");
+    put_text(&w, "kvtc_store_queue_bytes %llu\n", (unsigned long long)store_queued);
+    /* per tier; a server without the RAM tier still shows it, empty */
+    static const struct {
         const char *name, *type, *help;
-        uint64_t v;
+        size_t off;
+        bool redis_only;
     } tier[] = {
-        {"kvtc_cache_lookups_total", "counter", "prompt-cache lookups", ram.lookups},
-        {"kvtc_cache_hits_total", "counter", "lookups that found a cached prefix", ram.hits},
+#define TIER_FIELD(f) offsetof(prompt_tier_stats, f)
+        {"kvtc_cache_lookups_total", "counter", "prompt-cache lookups", TIER_FIELD(lookups), false},
+        {"kvtc_cache_hits_total", "counter", "lookups that found a cached prefix", TIER_FIELD(hits),
+         false},
         {"kvtc_cache_hit_tokens_total", "counter", "prompt tokens restored instead of run",
-         ram.hit_tokens},
-        {"kvtc_cache_stores_total", "counter", "compressed prefixes stored", ram.stores},
+         TIER_FIELD(hit_tokens), false},
+        {"kvtc_cache_stores_total", "counter", "compressed prefixes stored", TIER_FIELD(stores),
+         false},
         {"kvtc_cache_evictions_total", "counter", "entries evicted for the budget",
-         ram.evictions},
-        {"kvtc_cache_entries", "gauge", "entries held", ram.entries},
-        {"kvtc_cache_bytes", "gauge", "compressed bytes held", ram.bytes},
-        {"kvtc_cache_budget_bytes", "gauge", "byte budget", ram.budget_bytes},
+         TIER_FIELD(evictions), false},
+        {"kvtc_cache_entries", "gauge", "entries held", TIER_FIELD(entries), false},
+        {"kvtc_cache_bytes", "gauge", "compressed bytes held (redis: written by this server)",
+         TIER_FIELD(bytes), false},
+        {"kvtc_cache_budget_bytes", "gauge", "byte budget (redis: the nodes' maxmemory)",
+         TIER_FIELD(budget_bytes), false},
+        {"kvtc_cache_verify_failures_total", "counter",
+         "entries that failed verification: dropped, recomputed, never served",
+         TIER_FIELD(verify_failures), false},
+        {"kvtc_cache_errors_total", "counter", "failed reads or writes of the store",
+         TIER_FIELD(errors), false},
+        {"kvtc_redis_moved_total", "counter", "MOVED redirections followed", TIER_FIELD(moved),
+         true},
+        {"kvtc_redis_ask_total", "counter", "ASK redirections followed", TIER_FIELD(ask), true},
+        {"kvtc_redis_slot_refreshes_total", "counter", "cluster slot maps loaded",
+         TIER_FIELD(slot_refreshes), true},
+#undef TIER_FIELD
     };
     for (size_t i = 0; i < sizeof tier / sizeof tier[0]; i++) {
         put_metric(&w, tier[i].name, tier[i].type, tier[i].help);
-        put_text(&w, "%s{tier=\"ram\"} %llu\n", tier[i].name, (unsigned long long)tier[i].v);
+        if (!sv->ram && !tier[i].redis_only)
+            put_text(&w, "%s{tier=\"ram\"} 0\n", tier[i].name);
+        for (size_t t = 0; t < sv->n_tiers; t++) {
+            if (tier[i].redis_only && strcmp(sv->tiers[t]->name, "redis") != 0)
+                continue;
+            uint64_t v;
+            memcpy(&v, (const char *)&ts[t] + tier[i].off, sizeof v);
+            put_text(&w, "%s{tier=\"%s\"} %llu\n", tier[i].name, sv->tiers[t]->name,
+                     (unsigned long long)v);
+        }
     }
     enum MHD_Result ret;
     if (w.failed)
@@ -751,11 +784,22 @@ kvtc_status serve_run(const serve_options *opt, kvtc_error *err)
     }
     kvtc_sha256(fp.buf, fp.len, sv.fingerprint.b);
     kvtc_writer_free(&fp);
-    if (opt->ram_budget > 0) {
-        kvtc_status st = prompt_tier_ram_create(opt->ram_budget, &sv.ram, err);
-        if (st != KVTC_OK)
-            return st;
-    }
+    kvtc_status st = KVTC_OK;
+    if (opt->ram_budget > 0 && (st = prompt_tier_ram_create(opt->ram_budget, &sv.ram, err)) ==
+                                   KVTC_OK)
+        sv.tiers[sv.n_tiers++] = sv.ram;
+    sv.first_lower = sv.n_tiers;
+    if (st == KVTC_OK && opt->disk_dir &&
+        (st = prompt_tier_disk_create(opt->disk_dir, opt->disk_budget, &sv.fingerprint,
+                                      &sv.tiers[sv.n_tiers], err)) == KVTC_OK)
+        sv.n_tiers++;
+    if (st == KVTC_OK && opt->redis &&
+        (st = prompt_tier_redis_create(opt->redis, opt->redis_ttl_s, &sv.fingerprint,
+                                       &sv.tiers[sv.n_tiers], err)) == KVTC_OK)
+        sv.n_tiers++;
+    if (st != KVTC_OK)
+        return st;
+    pthread_cond_init(&sv.store_cond, NULL);
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
@@ -767,6 +811,12 @@ kvtc_status serve_run(const serve_options *opt, kvtc_error *err)
     if (pthread_create(&worker, NULL, worker_main, &sv) != 0)
         return kvtc_fail(err, KVTC_E_IO, "cannot start the engine worker");
     pthread_detach(worker);
+    if (sv.first_lower < sv.n_tiers) {
+        pthread_t writer;
+        if (pthread_create(&writer, NULL, tier_writer_main, &sv) != 0)
+            return kvtc_fail(err, KVTC_E_IO, "cannot start the tier writer");
+        pthread_detach(writer);
+    }
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
         opt->port, NULL, NULL, on_request, &sv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
@@ -777,13 +827,15 @@ kvtc_status serve_run(const serve_options *opt, kvtc_error *err)
         return kvtc_fail(err, KVTC_E_IO, "cannot listen on %s:%u", opt->host, opt->port);
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     unsigned port = info ? info->port : opt->port;
-    fprintf(stderr, "kvtc serve: %s on http://%s:%u (queue %u, RAM cache %llu bytes)\n",
+    fprintf(stderr, "kvtc serve: %s on http://%s:%u (queue %u, RAM cache %llu bytes%s%s%s%s)\n",
             opt->model_id, opt->host, port, opt->max_queue,
-            (unsigned long long)opt->ram_budget);
+            (unsigned long long)opt->ram_budget, opt->disk_dir ? ", disk " : "",
+            opt->disk_dir ? opt->disk_dir : "", opt->redis ? ", Redis Cluster " : "",
+            opt->redis ? opt->redis : "");
     if (opt->port_file) {
         char text[16];
         int n = snprintf(text, sizeof text, "%u\n", port);
-        kvtc_status st = kvtc_write_file_atomic(opt->port_file, text, (size_t)n, err);
+        st = kvtc_write_file_atomic(opt->port_file, text, (size_t)n, err);
         if (st != KVTC_OK) {
             MHD_stop_daemon(d);
             return st;

@@ -4,7 +4,8 @@
  * Requests are parsed on libmicrohttpd's connection threads, queued (at most
  * max_queue waiting, else 429) and run one at a time by the engine worker;
  * after a reply is complete the worker compresses the conversation's cache
- * into the prompt cache, then takes the next request. */
+ * into the prompt cache's RAM tier, then takes the next request, while a tier
+ * writer thread copies the stream to the disk and Redis tiers. */
 #ifndef KVTC_SERVER_SERVER_H
 #define KVTC_SERVER_SERVER_H
 
@@ -26,7 +27,11 @@ typedef struct serve_options {
     uint16_t port;           /* 0: any free port */
     uint32_t max_queue;      /* requests waiting for the worker, beyond the running one */
     uint64_t max_body;       /* request body limit in bytes (413 above it) */
-    uint64_t ram_budget;     /* bytes of compressed caches in RAM; 0 disables the cache */
+    uint64_t ram_budget;     /* bytes of compressed caches in RAM; 0: no RAM tier */
+    const char *disk_dir;    /* the disk tier's folder; NULL: no disk tier */
+    uint64_t disk_budget;    /* bytes of entry files there */
+    const char *redis;       /* Redis Cluster seeds HOST:PORT[,...]; NULL: no Redis tier */
+    uint32_t redis_ttl_s;    /* lifetime of the keys written there; 0: none */
     uint32_t max_tokens;     /* default and upper limit of max_tokens */
     uint32_t timeout_s;      /* idle connection timeout */
     uint32_t threads;        /* engine threads */

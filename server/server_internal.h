@@ -41,12 +41,28 @@ typedef struct serve_metrics {
     double ttft_sum, prefill_sum, restore_sum, compress_sum, queue_wait_sum;
     uint64_t ttft_n, prefill_n, restore_n, compress_n;
     uint64_t restore_failures, compress_failures;
+    uint64_t store_drops; /* stores to the lower tiers dropped: the writer's queue was full */
 } serve_metrics;
+
+/* A stream waiting for the tier writer to store it in the tiers below RAM. */
+typedef struct store_item {
+    struct store_item *next;
+    prompt_hash *hashes;
+    size_t n_blocks;
+    void *stream;
+    size_t stream_len;
+} store_item;
 
 typedef struct server {
     const serve_options *opt;
     prompt_hash fingerprint; /* of the model and the calibration */
-    prompt_tier *ram;        /* NULL when the cache is disabled */
+    prompt_tier *ram;        /* NULL when --ram-budget is 0 */
+    prompt_tier *tiers[3];   /* looked up in order: RAM, disk, Redis (those there are) */
+    size_t n_tiers, first_lower; /* tiers[first_lower, n_tiers) are below RAM */
+    /* the tier writer's queue (under lock) */
+    pthread_cond_t store_cond;
+    store_item *store_head, *store_tail;
+    uint64_t store_queued_bytes;
     pthread_mutex_t lock;    /* the queue and the metrics */
     pthread_cond_t queue_cond;
     job *head, *tail;
@@ -61,5 +77,7 @@ void job_release(job *j);
 bool server_enqueue(server *s, job *j);
 /* The engine worker's thread body (arg: the server). */
 void *worker_main(void *arg);
+/* The tier writer's thread body: stores queued streams in the lower tiers. */
+void *tier_writer_main(void *arg);
 
 #endif /* KVTC_SERVER_INTERNAL_H */

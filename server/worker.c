@@ -88,7 +88,11 @@ static kvtc_status restore_prefix(const server *sv, session *s, const void *stre
         if (!p.k || !p.v)
             st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     }
+    /* streams come from disk and a shared store too: none restores more than
+     * the model's context (requests never exceed it, so neither do entries) */
     kvtc_decompress_options dopt = {.struct_size = sizeof dopt, .n_threads = sv->opt->threads};
+    dopt.max_output_bytes = (uint64_t)m->cfg.context_length * m->cfg.n_layer * 2 *
+                            m->cfg.n_kv_head * m->cfg.head_dim * sizeof(float);
     if (st == KVTC_OK)
         st = session_begin_import(s, info.dtype, n_tokens, 0, err);
     if (st == KVTC_OK)
@@ -102,8 +106,94 @@ static kvtc_status restore_prefix(const server *sv, session *s, const void *stre
 
 /* ---- storing a conversation -------------------------------------------------- */
 
-/* Compresses the session's whole blocks and puts them into the RAM tier. When
- * the session began from a cached stream of exactly `from_blocks` blocks, only
+/* The writer's queue holds at most this many bytes of streams; beyond it a
+ * store is dropped (counted): the lower tiers are a copy, and a slow disk or
+ * Redis must not grow the server's memory without bound. */
+#define STORE_QUEUE_BYTES (256u << 20)
+
+/* Hands a stream to the tier writer (which frees hashes and stream). */
+static void queue_store(server *sv, prompt_hash *hashes, size_t n_blocks, void *stream,
+                        size_t stream_len)
+{
+    store_item *it = malloc(sizeof *it);
+    pthread_mutex_lock(&sv->lock);
+    bool ok = it && sv->store_queued_bytes + stream_len <= STORE_QUEUE_BYTES;
+    if (ok) {
+        *it = (store_item){NULL, hashes, n_blocks, stream, stream_len};
+        if (sv->store_tail)
+            sv->store_tail->next = it;
+        else
+            sv->store_head = it;
+        sv->store_tail = it;
+        sv->store_queued_bytes += stream_len;
+        pthread_cond_signal(&sv->store_cond);
+    } else {
+        sv->mx.store_drops++;
+    }
+    pthread_mutex_unlock(&sv->lock);
+    if (!ok) {
+        free(it);
+        kvtc_free(hashes);
+        kvtc_buffer_free(stream);
+    }
+}
+
+void *tier_writer_main(void *arg)
+{
+    server *sv = arg;
+    for (;;) {
+        pthread_mutex_lock(&sv->lock);
+        while (!sv->store_head)
+            pthread_cond_wait(&sv->store_cond, &sv->lock);
+        store_item *it = sv->store_head;
+        sv->store_head = it->next;
+        if (!sv->store_head)
+            sv->store_tail = NULL;
+        pthread_mutex_unlock(&sv->lock);
+        for (size_t t = sv->first_lower; t < sv->n_tiers; t++) {
+            kvtc_error err;
+            sv->tiers[t]->put(sv->tiers[t], it->hashes, it->n_blocks, it->stream,
+                              it->stream_len, &err); /* a failure is counted by the tier */
+        }
+        pthread_mutex_lock(&sv->lock);
+        sv->store_queued_bytes -= it->stream_len;
+        pthread_mutex_unlock(&sv->lock);
+        kvtc_free(it->hashes);
+        kvtc_buffer_free(it->stream);
+        free(it);
+    }
+    return NULL;
+}
+
+/* The longest cached prefix of blocks [0, n_blocks) over the tiers, looked up
+ * in order (RAM, disk, Redis); a lower tier is asked only while the prefix
+ * found is shorter than the whole. A hit below RAM is promoted to RAM. */
+static size_t lookup_prefix(server *sv, const prompt_hash *h, size_t n_blocks, void **stream,
+                            size_t *stream_len)
+{
+    size_t best = 0, from = 0;
+    for (size_t t = 0; t < sv->n_tiers && best < n_blocks; t++) {
+        /* a lower tier reads only an entry longer than the one found above */
+        void *s = NULL;
+        size_t len = 0;
+        size_t k = sv->tiers[t]->find(sv->tiers[t], h, n_blocks, best, &s, &len);
+        if (k > best) {
+            kvtc_buffer_free(*stream);
+            *stream = s;
+            *stream_len = len;
+            best = k;
+            from = t;
+        }
+    }
+    if (best > 0 && sv->ram && sv->tiers[from] != sv->ram) {
+        kvtc_error err;
+        sv->ram->put(sv->ram, h, best, *stream, *stream_len, &err);
+    }
+    return best;
+}
+
+/* Compresses the session's whole blocks and puts them into the RAM tier, and
+ * queues them for the lower tiers. When the session began from a cached stream of exactly `from_blocks` blocks, only
  * the new blocks are compressed and appended to it, so restored tokens are not
  * compressed a second time. */
 static kvtc_status store_conversation(server *sv, session *s, const int32_t *tokens,
@@ -135,9 +225,14 @@ static kvtc_status store_conversation(server *sv, session *s, const int32_t *tok
         else
             st = kvtc_compress(sv->opt->cal, part, &sv->opt->copt, &out, &out_len, err);
     }
-    if (st == KVTC_OK)
+    if (st == KVTC_OK && sv->ram)
         st = sv->ram->put(sv->ram, hashes, n_blocks, out, out_len, err);
     *stored = st == KVTC_OK;
+    if (st == KVTC_OK && sv->first_lower < sv->n_tiers) {
+        queue_store(sv, hashes, n_blocks, out, out_len); /* takes hashes and out */
+        hashes = NULL;
+        out = NULL;
+    }
     kvtc_buffer_free(out);
     kvtc_cache_free(part);
     kvtc_cache_free(all);
@@ -175,11 +270,11 @@ static void run_job(server *sv, job *j)
     double t0 = cli_now();
     /* the longest cached prefix, leaving at least one prompt token to run */
     size_t lookup_blocks = (j->n_prompt - 1) / PROMPT_BLOCK;
-    if (st == KVTC_OK && sv->ram && lookup_blocks > 0) {
+    if (st == KVTC_OK && sv->n_tiers > 0 && lookup_blocks > 0) {
         prompt_hash *h = kvtc_malloc_array(lookup_blocks, sizeof *h);
         if (h) {
             prompt_block_hashes(&sv->fingerprint, tokens, lookup_blocks * PROMPT_BLOCK, h);
-            cached_blocks = sv->ram->find(sv->ram, h, lookup_blocks, &cached, &cached_len);
+            cached_blocks = lookup_prefix(sv, h, lookup_blocks, &cached, &cached_len);
             kvtc_free(h);
         }
     }
@@ -262,7 +357,7 @@ static void run_job(server *sv, job *j)
     pthread_mutex_unlock(&sv->lock);
 
     /* the reply is out: now the cache, off the request's path */
-    if (st == KVTC_OK && sv->ram) {
+    if (st == KVTC_OK && sv->n_tiers > 0) {
         double tc = cli_now();
         kvtc_error cerr;
         bool stored;

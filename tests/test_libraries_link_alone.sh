@@ -26,7 +26,7 @@ declare -A below=(
   [kvtc_server]="kvtc_app kvtc_engine kvtc"
 )
 declare -A extra_libs=([kvtc_eval]="$(pkg-config --libs libzstd)" [kvtc_bench]="$(pkg-config --libs libzstd)"
-                      [kvtc_server]="$(pkg-config --libs libmicrohttpd)")
+                      [kvtc_server]="$(pkg-config --libs libmicrohttpd hiredis)")
 failed=0 checked=0
 for lib in kvtc kvtc_engine kvtc_app kvtc_eval kvtc_bench kvtc_server; do
   archive="$build/lib$lib.a"

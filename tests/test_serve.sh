@@ -194,14 +194,10 @@ grep -q "cannot listen on 127.0.0.1:$port" "$tmp/busy.out" || fail "port in use:
 kill -0 "$server_pid" || fail "server b died"
 
 # ---- the openai package as the client, when it can be installed
-venv="${KVTC_BUILD_DIR:-.}/serve-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
-  python3 -m venv "$venv" >/dev/null 2>&1 &&
-    "$venv/bin/pip" install -q -r "${KVTC_SOURCE_DIR:-..}/tests/serve-requirements.txt" >/dev/null 2>&1 ||
-    echo "test_serve: the openai client part skipped: cannot install tests/serve-requirements.txt (offline?)"
-fi
-if "$venv/bin/python" -c "import openai" 2>/dev/null; then
-  "$venv/bin/python" - "$port" "$plain" <<'PY' || fail "openai client"
+source "${KVTC_SOURCE_DIR:-..}/tests/support/openai_venv.sh"
+openai_venv test_serve
+if [ -n "$openai_python" ]; then
+  "$openai_python" - "$port" "$plain" <<'PY' || fail "openai client"
 import sys, openai
 c = openai.OpenAI(base_url=f"http://127.0.0.1:{sys.argv[1]}/v1", api_key="none", max_retries=0)
 assert [m.id for m in c.models.list()] == ["SmolLM2-135M-Instruct.Q4_1"]

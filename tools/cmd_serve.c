@@ -31,7 +31,14 @@ static const char usage[] =
     "      --max-body SIZE     request body limit, e.g. 1M (default 1M; 413 above)\n"
     "      --max-tokens N      default and upper limit of max_tokens (default 256)\n"
     "      --ram-budget SIZE   compressed caches kept in RAM, e.g. 512M (default\n"
-    "                          1G; 0 disables the prompt cache)\n"
+    "                          1G; 0: none in RAM)\n"
+    "      --disk-dir DIR      also keep them in DIR (survives restarts)\n"
+    "      --disk-budget SIZE  bytes of entries in --disk-dir (default 10G)\n"
+    "      --redis HOST:PORT[,HOST:PORT...]\n"
+    "                          also keep them in this Redis Cluster, shared by\n"
+    "                          every server using it\n"
+    "      --redis-ttl S       lifetime of the keys written there (default 86400;\n"
+    "                          0: none, the nodes' maxmemory policy evicts)\n"
     "      --timeout S         idle connection timeout in seconds (default 60)\n"
     "  -r, --ratio R           target compression ratio of cached caches (default "
     CLI_STR(KVTC_DEFAULT_RATIO) ")\n"
@@ -39,22 +46,23 @@ static const char usage[] =
     "  -h, --help              this help\n";
 
 enum { OPT_HOST = 1300, OPT_PORT_FILE, OPT_MAX_QUEUE, OPT_MAX_BODY, OPT_MAX_TOKENS,
-       OPT_RAM_BUDGET, OPT_TIMEOUT, OPT_THREADS };
+       OPT_RAM_BUDGET, OPT_TIMEOUT, OPT_THREADS, OPT_DISK_DIR, OPT_DISK_BUDGET, OPT_REDIS,
+       OPT_REDIS_TTL };
 
 typedef struct serve_args {
-    const char *model, *calibration, *port_file, *host;
-    uint32_t port, max_queue, max_tokens, timeout, threads;
-    uint64_t max_body, ram_budget;
+    const char *model, *calibration, *port_file, *host, *disk_dir, *redis;
+    uint32_t port, max_queue, max_tokens, timeout, threads, redis_ttl;
+    uint64_t max_body, ram_budget, disk_budget;
     double ratio;
 } serve_args;
 
-static bool parse_budget(const char *text, uint64_t *out)
+static bool parse_budget(const char *what, const char *text, uint64_t *out)
 {
     if (strcmp(text, "0") == 0) {
         *out = 0;
         return true;
     }
-    return cli_parse_size("--ram-budget", text, out);
+    return cli_parse_size(what, text, out);
 }
 
 static int handle_option(void *user, int opt, const char *arg)
@@ -71,7 +79,11 @@ static int handle_option(void *user, int opt, const char *arg)
     case OPT_MAX_QUEUE: ok = cli_parse_u32("--max-queue", arg, 0, 1u << 20, &a->max_queue); break;
     case OPT_MAX_BODY: ok = cli_parse_size("--max-body", arg, &a->max_body); break;
     case OPT_MAX_TOKENS: ok = cli_parse_u32("--max-tokens", arg, 1, 1u << 20, &a->max_tokens); break;
-    case OPT_RAM_BUDGET: ok = parse_budget(arg, &a->ram_budget); break;
+    case OPT_RAM_BUDGET: ok = parse_budget("--ram-budget", arg, &a->ram_budget); break;
+    case OPT_DISK_DIR: a->disk_dir = arg; break;
+    case OPT_DISK_BUDGET: ok = parse_budget("--disk-budget", arg, &a->disk_budget); break;
+    case OPT_REDIS: a->redis = arg; break;
+    case OPT_REDIS_TTL: ok = cli_parse_u32("--redis-ttl", arg, 0, 1u << 30, &a->redis_ttl); break;
     case OPT_TIMEOUT: ok = cli_parse_u32("--timeout", arg, 1, 86400, &a->timeout); break;
     case OPT_THREADS: ok = cli_parse_threads(arg, &a->threads); break;
     default: return CLI_USAGE;
@@ -109,11 +121,16 @@ int cmd_serve(int argc, char **argv)
         {"ram-budget", required_argument, NULL, OPT_RAM_BUDGET},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"disk-dir", required_argument, NULL, OPT_DISK_DIR},
+        {"disk-budget", required_argument, NULL, OPT_DISK_BUDGET},
+        {"redis", required_argument, NULL, OPT_REDIS},
+        {"redis-ttl", required_argument, NULL, OPT_REDIS_TTL},
         {0},
     };
     serve_args a = {.host = "127.0.0.1", .port = 8080, .max_queue = 16, .max_tokens = 256,
                     .timeout = 60, .threads = cli_default_threads(), .max_body = 1u << 20,
-                    .ram_budget = 1ull << 30, .ratio = KVTC_DEFAULT_RATIO};
+                    .ram_budget = 1ull << 30, .disk_budget = 10ull << 30,
+                    .redis_ttl = 86400, .ratio = KVTC_DEFAULT_RATIO};
     int first;
     int rc = cli_parse_options(argc, argv, "m:c:p:r:", longs, usage, handle_option, &a, &first);
     if (rc != CLI_OK)
@@ -160,6 +177,8 @@ int cmd_serve(int argc, char **argv)
                         .calib_id = cal_base ? cal_base + 1 : calib_path, .host = a.host,
                         .port = (uint16_t)a.port, .max_queue = a.max_queue,
                         .max_body = a.max_body, .ram_budget = a.ram_budget,
+                        .disk_dir = a.disk_dir, .disk_budget = a.disk_budget,
+                        .redis = a.redis, .redis_ttl_s = a.redis_ttl,
                         .max_tokens = a.max_tokens, .timeout_s = a.timeout,
                         .threads = a.threads, .port_file = a.port_file};
     kvtc_compress_options_default(&so.copt);
