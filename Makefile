@@ -48,7 +48,6 @@ bench: build model
 
 eval: build model
 	bash eval/run.sh
-	bash eval/eviction.sh
 
 # Longer fuzzing than the test suite's (FUZZ_SECONDS per target).
 fuzz: deps

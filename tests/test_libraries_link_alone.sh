@@ -25,7 +25,7 @@ declare -A below=(
   [kvtc_bench]="kvtc_eval kvtc_app kvtc_engine kvtc"
   [kvtc_server]="kvtc_app kvtc_engine kvtc"
 )
-declare -A extra_libs=([kvtc_eval]="$(pkg-config --libs libzstd)" [kvtc_bench]="$(pkg-config --libs libzstd)"
+declare -A extra_libs=([kvtc_eval]="$(pkg-config --libs libzstd)" [kvtc_bench]="$(pkg-config --libs libzstd libcurl)"
                       [kvtc_server]="$(pkg-config --libs libmicrohttpd hiredis)")
 failed=0 checked=0
 for lib in kvtc kvtc_engine kvtc_app kvtc_eval kvtc_bench kvtc_server; do
