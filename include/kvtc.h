@@ -362,11 +362,17 @@ typedef enum kvtc_qtype {
     KVTC_Q_INT2 = 1,
     KVTC_Q_INT4 = 2,
     KVTC_Q_FP8 = 3,  /* e4m3 */
-    KVTC_Q_INT8 = 4
+    KVTC_Q_INT8 = 4,
+    /* Lloyd-Max levels of a unit Gaussian times a per-token fp16 scale (no
+     * shift), 1, 2 and 3 bits per code; groups of 16 or more only. */
+    KVTC_Q_LM1 = 5,
+    KVTC_Q_LM2 = 6,
+    KVTC_Q_LM3 = 7
 } kvtc_qtype;
-#define KVTC_QTYPE_COUNT 5
-KVTC_API const char *kvtc_qtype_name(kvtc_qtype t); /* "none","int2","int4","fp8","int8" */
-KVTC_API uint32_t kvtc_qtype_bits(kvtc_qtype t);    /* 0, 2, 4, 8, 8 */
+#define KVTC_QTYPE_COUNT 8
+/* "none","int2","int4","fp8","int8","lm1","lm2","lm3" */
+KVTC_API const char *kvtc_qtype_name(kvtc_qtype t);
+KVTC_API uint32_t kvtc_qtype_bits(kvtc_qtype t); /* 0, 2, 4, 8, 8, 1, 2, 3 */
 
 /* A group of basis coordinates [start, start + size) quantized with `type`.
  * Sizes are 1, 16, 64, 256 or 1024 and start is a multiple of size. */
@@ -377,7 +383,8 @@ typedef struct kvtc_group {
 } kvtc_group;
 
 /* The plan of one kind: groups covering [0, n_coords) in order, trailing
- * dropped groups removed. Bits per token: sum(size*bits + 32) over non-empty groups. */
+ * dropped groups removed. Bits per token: sum(size*bits + overhead) over non-empty
+ * groups, overhead 32 (fp16 shift and scale) or 16 for the lm types (fp16 scale). */
 typedef struct kvtc_plan kvtc_plan;
 
 /* The DP-optimal plan for target ratio `ratio` (> 1): budget floor(16*p/ratio)

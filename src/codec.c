@@ -233,15 +233,18 @@ static void quantize_group(const kvtc_group *g, const float *coef, uint32_t nc, 
                            uint8_t *out, uint8_t *codes)
 {
     uint32_t bits = kvtc_qtype_bits(g->type);
+    bool lm = kvtc_qtype_is_lm(g->type); /* scales only, no shifts */
+    uint8_t *scales = lm ? out : out + 2 * (size_t)n;
     for (uint32_t t = 0; t < n && bits; t++) {
         uint16_t shift, scale;
         kvtc_quant_group(g->type, coef + (size_t)t * nc + g->start, g->size, &shift, &scale,
                          codes + (size_t)t * g->size);
-        put_le16(out + 2 * (size_t)t, shift);
-        put_le16(out + 2 * ((size_t)n + t), scale);
+        if (!lm)
+            put_le16(out + 2 * (size_t)t, shift);
+        put_le16(scales + 2 * (size_t)t, scale);
     }
     if (bits)
-        kvtc_pack_bits(codes, (size_t)n * g->size, bits, out + 4 * (size_t)n);
+        kvtc_pack_bits(codes, (size_t)n * g->size, bits, scales + 2 * (size_t)n);
 }
 
 static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvtc_kind kind,
@@ -581,17 +584,28 @@ typedef struct decoder {
 } decoder;
 
 /* The inverse of quantize_group: group g's coefficients of n tokens (rows of
- * nc) from its bytes of a coded chunk; zeros for a group of KVTC_Q_NONE. */
-static void dequantize_group(const kvtc_group *g, const uint8_t *in, uint32_t n, float *coef,
-                             uint32_t nc, uint8_t *codes)
+ * nc) from its bytes of a coded chunk; zeros for a group of KVTC_Q_NONE. An
+ * lm scale that is not a finite non-negative fp16 (never written) is FORMAT. */
+static kvtc_status dequantize_group(const kvtc_group *g, uint32_t index, const uint8_t *in,
+                                    uint32_t n, float *coef, uint32_t nc, uint8_t *codes,
+                                    kvtc_error *err)
 {
     uint32_t bits = kvtc_qtype_bits(g->type);
+    bool lm = kvtc_qtype_is_lm(g->type);
+    const uint8_t *scales = lm ? in : in + 2 * (size_t)n;
     if (bits)
-        kvtc_unpack_bits(in + 4 * (size_t)n, (size_t)n * g->size, bits, codes);
-    for (uint32_t t = 0; t < n; t++)
-        kvtc_dequant_group(g->type, bits ? get_le16(in + 2 * (size_t)t) : 0,
-                           bits ? get_le16(in + 2 * ((size_t)n + t)) : 0,
+        kvtc_unpack_bits(scales + 2 * (size_t)n, (size_t)n * g->size, bits, codes);
+    for (uint32_t t = 0; t < n; t++) {
+        uint16_t scale = bits ? get_le16(scales + 2 * (size_t)t) : 0;
+        if (lm && !kvtc_lm_scale_valid(scale))
+            return kvtc_fail(err, KVTC_E_FORMAT,
+                             "group %u (%s) token %u has scale 0x%04x, not a finite "
+                             "non-negative fp16",
+                             index, kvtc_qtype_name(g->type), t, scale);
+        kvtc_dequant_group(g->type, bits && !lm ? get_le16(in + 2 * (size_t)t) : 0, scale,
                            codes + (size_t)t * g->size, g->size, coef + (size_t)t * nc + g->start);
+    }
+    return KVTC_OK;
 }
 
 /* The escaped tokens of one coded chunk, as read from it. */
@@ -660,12 +674,16 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
     } else {
         float *coef = d->coef[kind] + (size_t)(b->first - d->coded_first) * plan->n_coords;
         const uint8_t *group_bytes = raw;
-        for (uint32_t i = 0; i < plan->n_groups; i++) {
-            dequantize_group(&plan->groups[i], group_bytes, b->n_tokens, coef, plan->n_coords,
-                             codes);
+        for (uint32_t i = 0; i < plan->n_groups && st == KVTC_OK; i++) {
+            st = dequantize_group(&plan->groups[i], i, group_bytes, b->n_tokens, coef,
+                                  plan->n_coords, codes, err);
             group_bytes += kvtc_group_chunk_bytes(&plan->groups[i], b->n_tokens);
         }
-        if (d->tiles)
+        if (st != KVTC_OK) {
+            char where[48];
+            snprintf(where, sizeof where, "block %u %s", index, kvtc_kind_name(kind));
+            kvtc_fail_prefix(err, where);
+        } else if (d->tiles)
             kvtc_transform_tile_coefficients(
                 coef, plan->n_coords, b->n_tokens, plan->n_coords, d->tile_terms[kind],
                 d->coef_tiles[kind] + (size_t)(b->first - d->coded_first) *
