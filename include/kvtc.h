@@ -402,6 +402,18 @@ KVTC_API double kvtc_plan_predicted_error(const kvtc_plan *plan);
 /* ------------------------------------------------------------------------ */
 /* Compression (.kvtc streams, docs/FORMAT.md)                               */
 
+/* What a compression target means.
+ * KVTC_RATIO_STORED (the default): the ratio realized in stored bytes, fp16
+ *   bytes of the coded tokens over the bytes their blocks take (after DEFLATE,
+ *   with their metadata; kvtc_stream_info's compressed_bytes), for keys and
+ *   values together at 2 / (1/k_ratio + 1/v_ratio). kvtc_compress meets it
+ *   within about 1% by encoding with a few bit budgets and keeping the closest
+ *   (2-4 encodes instead of one).
+ * KVTC_RATIO_BUDGET: the ratio sets only the bit budget before DEFLATE,
+ *   floor(16 p / ratio) bits per token and kind: a hard cap on the quantized
+ *   bits (DEFLATE then makes the stream 5-20% smaller still), one encode. */
+typedef enum kvtc_ratio_mode { KVTC_RATIO_STORED = 0, KVTC_RATIO_BUDGET = 1 } kvtc_ratio_mode;
+
 typedef struct kvtc_compress_options {
     size_t struct_size;      /* sizeof(kvtc_compress_options), set by the _default function */
     double k_ratio;          /* target ratio for keys (> 1); see KVTC_DEFAULT_RATIO */
@@ -411,6 +423,12 @@ typedef struct kvtc_compress_options {
     int deflate_level;       /* 1..12 */
     kvtc_progress_fn progress;
     void *progress_user;
+    /* added after the first release (a caller's struct_size without them: the
+     * pre-DEFLATE budget, as before) */
+    kvtc_ratio_mode ratio_mode; /* what k_ratio and v_ratio mean; see kvtc_ratio_mode */
+    double bytes_per_token;     /* > 0: the stored bytes per coded token (keys and values
+                                   together) to meet instead of the ratios' level, with their
+                                   key/value split kept; KVTC_RATIO_STORED only */
 } kvtc_compress_options;
 
 /* Fills every field with its default, struct_size included. */

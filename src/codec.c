@@ -420,6 +420,16 @@ static kvtc_status compress_begin(const kvtc_calibration *cal, const kvtc_cache 
                          : KVTC_OK;
     if (st != KVTC_OK)
         return st;
+    if (opt && opt->struct_size < offsetof(kvtc_compress_options, ratio_mode) + sizeof o->ratio_mode)
+        o->ratio_mode = KVTC_RATIO_BUDGET; /* a caller from before the stored-bytes target */
+    if (o->ratio_mode != KVTC_RATIO_STORED && o->ratio_mode != KVTC_RATIO_BUDGET)
+        return kvtc_fail(err, KVTC_E_INVALID, "unknown ratio_mode %d", (int)o->ratio_mode);
+    if (!(o->bytes_per_token >= 0) || !isfinite(o->bytes_per_token) ||
+        (o->bytes_per_token > 0 && o->ratio_mode != KVTC_RATIO_STORED))
+        return kvtc_fail(err, KVTC_E_INVALID,
+                         "bytes_per_token %g must be finite, >= 0, and used with "
+                         "KVTC_RATIO_STORED",
+                         o->bytes_per_token);
     if (o->block_tokens < 1 || o->block_tokens > KVTC_MAX_BLOCK_TOKENS)
         return kvtc_fail(err, KVTC_E_INVALID, "block_tokens %u out of range 1..%u",
                          o->block_tokens, KVTC_MAX_BLOCK_TOKENS);
@@ -437,6 +447,155 @@ static kvtc_status check_cache(const kvtc_calibration *cal, const kvtc_cache *ca
                          "cache shape %ux%ux%u differs from the calibration's %ux%ux%u",
                          cache->shape.n_layer, cache->shape.n_kv_head, cache->shape.head_dim,
                          cal->shape.n_layer, cal->shape.n_kv_head, cal->shape.head_dim);
+    return KVTC_OK;
+}
+
+/* Plans for budget ratios scale * (k_ratio, v_ratio) into s. *empty: a kind
+ * got no coordinate (no error then; the caller decides). */
+static kvtc_status make_plans(const kvtc_calibration *cal, kvtc_stream *s,
+                              const kvtc_compress_options *opt, double scale, int *empty,
+                              kvtc_error *err)
+{
+    double ratio[2] = {opt->k_ratio * scale, opt->v_ratio * scale};
+    *empty = -1;
+    for (int k = 0; k < 2; k++) {
+        kvtc_plan_free(s->plan[k]);
+        s->plan[k] = NULL;
+        kvtc_status st = kvtc_plan_create(cal, (kvtc_kind)k, ratio[k], &s->plan[k], err);
+        if (st != KVTC_OK)
+            return st;
+        if (s->plan[k]->n_coords == 0 && *empty < 0)
+            *empty = k;
+    }
+    return KVTC_OK;
+}
+
+static kvtc_status no_coordinate(const kvtc_stream *s, int kind, kvtc_error *err)
+{
+    return kvtc_fail(err, KVTC_E_INVALID,
+                     "ratio %g leaves the %s no coordinate (budget %u bits per token)",
+                     s->plan[kind]->ratio, kvtc_kind_name((kvtc_kind)kind),
+                     s->plan[kind]->budget_bits);
+}
+
+/* KVTC_RATIO_BUDGET: the ratios set the plans' bit budgets; one encode. */
+static kvtc_status encode_at_budget(const kvtc_calibration *cal, kvtc_stream *s,
+                                    const kvtc_cache *cache, const kvtc_compress_options *opt,
+                                    void **out, size_t *out_len, kvtc_error *err)
+{
+    int empty;
+    kvtc_status st = make_plans(cal, s, opt, 1.0, &empty, err);
+    if (st == KVTC_OK && empty >= 0)
+        st = no_coordinate(s, empty, err);
+    if (st == KVTC_OK)
+        st = encode_stream(cal, s, NULL, 0, 0, cache, opt, out, out_len, err);
+    return st;
+}
+
+#define STORED_TOLERANCE 0.005 /* stop searching within 0.5% of the target */
+#define STORED_MAX_ENCODES 5
+
+/* Progress of the search's encodes as one monotonic count. */
+typedef struct search_progress {
+    kvtc_progress_fn fn;
+    void *user;
+    uint32_t pass;
+    uint64_t total; /* of one encode, as last reported */
+} search_progress;
+
+static void report_search(void *user, const char *stage, uint64_t done, uint64_t total)
+{
+    search_progress *sp = user;
+    sp->total = total;
+    sp->fn(sp->user, stage, sp->pass * total + done, STORED_MAX_ENCODES * total);
+}
+
+/* KVTC_RATIO_STORED: DEFLATE's gain depends on the plan and the cache, so the
+ * budget is searched. The stored size falls with the budget ratios' scale, in
+ * steps (plans change by whole groups), close to proportionally: each encode
+ * measures the stored bytes per coded token, narrows the bracket [lo, hi] of
+ * scales known to store too much / too little, and tries the proportional
+ * guess inside it (else the bracket's middle). The closest encode is kept. */
+static kvtc_status encode_at_stored_size(const kvtc_calibration *cal, kvtc_stream *s,
+                                         const kvtc_cache *cache,
+                                         const kvtc_compress_options *opt, void **out,
+                                         size_t *out_len, kvtc_error *err)
+{
+    for (int k = 0; k < 2; k++) {
+        double r = k ? opt->v_ratio : opt->k_ratio;
+        if (!(r > 1.0) || !isfinite(r))
+            return kvtc_fail(err, KVTC_E_INVALID, "compression ratio %g must be a number > 1",
+                             r);
+    }
+    double fp16_bytes = 4.0 * kvtc_shape_features(&cal->shape); /* keys + values */
+    double want = opt->bytes_per_token > 0
+                      ? opt->bytes_per_token
+                      : fp16_bytes / (2.0 / (1.0 / opt->k_ratio + 1.0 / opt->v_ratio));
+    /* a budget ratio must stay > 1 for both kinds */
+    double lo = 1.0000001 / fmin(opt->k_ratio, opt->v_ratio), hi = INFINITY;
+    double scale = fmax(1.0, lo), best_miss = INFINITY;
+    uint32_t coded = s->n_tokens > cal->sinks + cal->window ? s->n_tokens - cal->sinks - cal->window : 0;
+    search_progress sp = {opt->progress, opt->progress_user, 0, 0};
+    kvtc_compress_options o = *opt;
+    if (opt->progress) {
+        o.progress = report_search;
+        o.progress_user = &sp;
+    }
+    void *best = NULL;
+    size_t best_len = 0;
+    kvtc_status st = KVTC_OK;
+    int empty = -1;
+    for (uint32_t i = 0; i < STORED_MAX_ENCODES; i++) {
+        sp.pass = i;
+        double got = 0;
+        if ((st = make_plans(cal, s, opt, scale, &empty, err)) != KVTC_OK)
+            break;
+        if (empty < 0) {
+            void *data = NULL;
+            size_t len = 0;
+            if ((st = encode_stream(cal, s, NULL, 0, 0, cache, &o, &data, &len, err)) != KVTC_OK)
+                break;
+            uint64_t stored, raw;
+            kvtc_stream_bytes(s, &stored, &raw);
+            got = coded ? (double)stored / coded : 0;
+            double miss = coded ? fabs(got / want - 1.0) : 0.0;
+            if (miss < best_miss) {
+                kvtc_buffer_free(best);
+                best = data;
+                best_len = len;
+                best_miss = miss;
+            } else {
+                kvtc_buffer_free(data);
+            }
+            kvtc_free(s->blocks);
+            s->blocks = NULL;
+            if (miss <= STORED_TOLERANCE || !coded)
+                break;
+        }
+        if (empty < 0 && got > want)
+            lo = scale; /* stores too much: a higher ratio */
+        else
+            hi = scale; /* too little, or no coordinate left: a lower one */
+        if (empty < 0 && got < want && scale <= lo)
+            break; /* even the least ratio stores fewer bytes than asked */
+        double guess = empty < 0 ? scale * got / want : 0;
+        if (!(guess > lo && guess < hi))
+            guess = isinf(hi) ? 2 * scale : sqrt(lo * hi);
+        if (hi / lo < 1.004)
+            break; /* a step of the plans lies in between: nothing closer */
+        scale = guess;
+    }
+    if (st == KVTC_OK && !best)
+        st = no_coordinate(s, empty, err);
+    if (st != KVTC_OK) {
+        kvtc_buffer_free(best);
+        return st;
+    }
+    if (opt->progress && sp.total)
+        opt->progress(opt->progress_user, "compress", STORED_MAX_ENCODES * sp.total,
+                      STORED_MAX_ENCODES * sp.total);
+    *out = best;
+    *out_len = best_len;
     return KVTC_OK;
 }
 
@@ -468,16 +627,10 @@ kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
         else
             memcpy(s.token_ids, cache->token_ids, (size_t)cache->n_tokens * sizeof(int32_t));
     }
-    double ratio[2] = {opt->k_ratio, opt->v_ratio};
-    for (int k = 0; k < 2 && st == KVTC_OK; k++) {
-        st = kvtc_plan_create(cal, (kvtc_kind)k, ratio[k], &s.plan[k], err);
-        if (st == KVTC_OK && s.plan[k]->n_coords == 0)
-            st = kvtc_fail(err, KVTC_E_INVALID,
-                           "ratio %g leaves the %s no coordinate (budget %u bits per token)",
-                           ratio[k], kvtc_kind_name((kvtc_kind)k), s.plan[k]->budget_bits);
-    }
     if (st == KVTC_OK)
-        st = encode_stream(cal, &s, NULL, 0, 0, cache, opt, out, out_len, err);
+        st = opt->ratio_mode == KVTC_RATIO_BUDGET
+                 ? encode_at_budget(cal, &s, cache, opt, out, out_len, err)
+                 : encode_at_stored_size(cal, &s, cache, opt, out, out_len, err);
     kvtc_stream_release(&s);
     return st;
 }

@@ -47,6 +47,26 @@ uint64_t kvtc_plan_record_bytes(const kvtc_plan *plan)
     return PLAN_FIXED_BYTES + (uint64_t)GROUP_BYTES * plan->n_groups;
 }
 
+void kvtc_stream_bytes(const kvtc_stream *s, uint64_t *compressed, uint64_t *raw)
+{
+    /* Compressed tokens pay for the plans and their table entries as well as
+     * their chunks; what is left over is the fixed header. */
+    bool any_coded = false;
+    *compressed = *raw = 0;
+    for (uint32_t i = 0; i < s->n_blocks; i++) {
+        const kvtc_block *b = &s->blocks[i];
+        uint64_t bytes = KVTC_BLOCK_ENTRY_BYTES + b->length[0] + b->length[1];
+        if (b->encoding == KVTC_BLOCK_CODED) {
+            *compressed += bytes;
+            any_coded = true;
+        } else {
+            *raw += bytes;
+        }
+    }
+    if (any_coded)
+        *compressed += kvtc_plan_record_bytes(s->plan[0]) + kvtc_plan_record_bytes(s->plan[1]);
+}
+
 void kvtc_stream_release(kvtc_stream *s)
 {
     if (!s)
@@ -458,22 +478,7 @@ kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_stream_info 
     info->v_bits_per_token = s.plan[KVTC_VALUE]->bits_per_token;
     info->k_ratio = s.plan[KVTC_KEY]->ratio;
     info->v_ratio = s.plan[KVTC_VALUE]->ratio;
-    /* Compressed tokens pay for the plans and their table entries as well as
-     * their chunks; what is left over is the fixed header. */
-    bool any_coded = false;
-    for (uint32_t i = 0; i < s.n_blocks; i++) {
-        const kvtc_block *b = &s.blocks[i];
-        uint64_t bytes = KVTC_BLOCK_ENTRY_BYTES + b->length[0] + b->length[1];
-        if (b->encoding == KVTC_BLOCK_CODED) {
-            info->compressed_bytes += bytes;
-            any_coded = true;
-        } else {
-            info->raw_bytes += bytes;
-        }
-    }
-    if (any_coded)
-        info->compressed_bytes +=
-            kvtc_plan_record_bytes(s.plan[0]) + kvtc_plan_record_bytes(s.plan[1]);
+    kvtc_stream_bytes(&s, &info->compressed_bytes, &info->raw_bytes);
     info->total_bytes = s.total_bytes;
     uint64_t fp16_token = 2 * 2 * kvtc_shape_features(&s.shape);
     info->fp16_bytes = fp16_token * s.n_tokens;

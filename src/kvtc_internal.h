@@ -250,7 +250,7 @@ size_t kvtc_utf8_encode(uint32_t cp, char *out);
 /* The smallest struct_size each growing struct had in a release: the size of
  * its first version. Raise none of these; a new field goes at the end. */
 #define KVTC_CALIB_OPTIONS_V1_SIZE sizeof(kvtc_calib_options)
-#define KVTC_COMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_compress_options)
+#define KVTC_COMPRESS_OPTIONS_V1_SIZE offsetof(kvtc_compress_options, ratio_mode)
 #define KVTC_DECOMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_decompress_options)
 #define KVTC_STREAM_INFO_V1_SIZE offsetof(kvtc_stream_info, has_token_ids)
 

@@ -21,6 +21,7 @@ static kvtc_compress_options small_blocks(void)
     kvtc_compress_options opt;
     kvtc_compress_options_default(&opt);
     opt.k_ratio = opt.v_ratio = 5;
+    opt.ratio_mode = KVTC_RATIO_BUDGET; /* plans fixed by the ratio (with lm groups) */
     opt.block_tokens = 8;
     return opt;
 }

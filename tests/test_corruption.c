@@ -100,6 +100,7 @@ static void corrupt_stream(const kvtc_calibration *cal, bool escaped, const char
     kvtc_compress_options_default(&copt);
     copt.k_ratio = 4.0;
     copt.v_ratio = 3.0;
+    copt.ratio_mode = KVTC_RATIO_BUDGET; /* plans fixed by the ratios (with lm groups) */
     copt.block_tokens = 8;
     kvtc_error err;
     void *stream = NULL;
