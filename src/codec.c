@@ -744,20 +744,28 @@ static kvtc_status dequantize_group(const kvtc_group *g, uint32_t index, const u
                                     kvtc_error *err)
 {
     uint32_t bits = kvtc_qtype_bits(g->type);
-    bool lm = kvtc_qtype_is_lm(g->type);
-    const uint8_t *scales = lm ? in : in + 2 * (size_t)n;
-    if (bits)
-        kvtc_unpack_bits(scales + 2 * (size_t)n, (size_t)n * g->size, bits, codes);
-    for (uint32_t t = 0; t < n; t++) {
-        uint16_t scale = bits ? get_le16(scales + 2 * (size_t)t) : 0;
-        if (lm && !kvtc_lm_scale_valid(scale))
-            return kvtc_fail(err, KVTC_E_FORMAT,
-                             "group %u (%s) token %u has scale 0x%04x, not a finite "
-                             "non-negative fp16",
-                             index, kvtc_qtype_name(g->type), t, scale);
-        kvtc_dequant_group(g->type, bits && !lm ? get_le16(in + 2 * (size_t)t) : 0, scale,
-                           codes + (size_t)t * g->size, g->size, coef + (size_t)t * nc + g->start);
+    if (kvtc_qtype_is_lm(g->type)) {
+        /* n scales, then each token's codes from a byte boundary (size >= 16) */
+        const uint8_t *packed = in + 2 * (size_t)n;
+        size_t token_bytes = (size_t)g->size * bits / 8;
+        for (uint32_t t = 0; t < n; t++) {
+            uint16_t scale = get_le16(in + 2 * (size_t)t);
+            if (!kvtc_lm_scale_valid(scale))
+                return kvtc_fail(err, KVTC_E_FORMAT,
+                                 "group %u (%s) token %u has scale 0x%04x, not a finite "
+                                 "non-negative fp16",
+                                 index, kvtc_qtype_name(g->type), t, scale);
+            kvtc_lm_dequant_packed(g->type, scale, packed + t * token_bytes, g->size,
+                                   coef + (size_t)t * nc + g->start);
+        }
+        return KVTC_OK;
     }
+    if (bits)
+        kvtc_unpack_bits(in + 4 * (size_t)n, (size_t)n * g->size, bits, codes);
+    for (uint32_t t = 0; t < n; t++)
+        kvtc_dequant_group(g->type, bits ? get_le16(in + 2 * (size_t)t) : 0,
+                           bits ? get_le16(in + 2 * ((size_t)n + t)) : 0,
+                           codes + (size_t)t * g->size, g->size, coef + (size_t)t * nc + g->start);
     return KVTC_OK;
 }
 

@@ -155,6 +155,10 @@ void kvtc_quant_group(kvtc_qtype type, const float *x, uint32_t n, uint16_t *shi
 /* Reconstructs n values from shift, scale and codes (KVTC_Q_NONE gives zeros). */
 void kvtc_dequant_group(kvtc_qtype type, uint16_t shift, uint16_t scale, const uint8_t *codes,
                         uint32_t n, float *out);
+/* kvtc_dequant_group of an lm type straight from its packed codes (the
+ * decoder's path: no unpacked copy); packed starts at a byte boundary. */
+void kvtc_lm_dequant_packed(kvtc_qtype type, uint16_t scale, const uint8_t *packed, uint32_t n,
+                            float *out);
 /* Squared error of quantizing then dequantizing x exactly as the codec does. */
 double kvtc_quant_group_error(kvtc_qtype type, const float *x, uint32_t n);
 bool kvtc_qtype_valid(uint32_t type);

@@ -73,6 +73,12 @@ void kvtc_unpack_bits(const uint8_t *in, size_t n, uint32_t bits, uint8_t *codes
             codes[i] = v & 15u;
             codes[i + 1] = v >> 4;
         }
+    else if (bits == 1)
+        for (; i + 8 <= n; i += 8) {
+            uint8_t v = in[i / 8];
+            for (int j = 0; j < 8; j++)
+                codes[i + j] = (v >> j) & 1u;
+        }
     else if (bits == 2)
         for (; i + 4 <= n; i += 4) {
             uint8_t v = in[i / 4];

@@ -186,6 +186,34 @@ void kvtc_dequant_group(kvtc_qtype type, uint16_t shift, uint16_t scale, const u
         out[i] = s + sc * (float)codes[i];
 }
 
+void kvtc_lm_dequant_packed(kvtc_qtype type, uint16_t scale, const uint8_t *packed, uint32_t n,
+                            float *out)
+{
+    const float *lv = kvtc_lm_levels(type);
+    float sc = kvtc_f16_to_f32(scale), t[8];
+    uint32_t bits = kvtc_qtype_bits(type), mask = (1u << bits) - 1, i = 0;
+    for (uint32_t c = 0; c <= mask; c++)
+        t[c] = sc * lv[c];
+    const uint8_t *p = packed;
+    if (bits == 3) /* 8 codes in each 3 bytes */
+        for (; i + 8 <= n; i += 8, p += 3) {
+            uint32_t v = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+            for (int j = 0; j < 8; j++)
+                out[i + j] = t[(v >> (3 * j)) & 7u];
+        }
+    else /* 1 or 2 bits: 8 / bits whole codes in each byte */
+        for (uint32_t per = 8 / bits; i + per <= n; i += per, p++)
+            for (uint32_t j = 0; j < per; j++)
+                out[i + j] = t[(*p >> (bits * j)) & mask];
+    for (; i < n; i++) { /* the rest (groups are multiples of 16: never) */
+        size_t at = (size_t)i * bits;
+        uint32_t v = packed[at / 8];
+        if (at % 8 + bits > 8)
+            v |= (uint32_t)packed[at / 8 + 1] << 8;
+        out[i] = t[(v >> (at % 8)) & mask];
+    }
+}
+
 double kvtc_quant_group_error(kvtc_qtype type, const float *x, uint32_t n)
 {
     uint8_t codes[1024];
