@@ -493,6 +493,7 @@ static kvtc_status encode_at_budget(const kvtc_calibration *cal, kvtc_stream *s,
 }
 
 #define STORED_TOLERANCE 0.005 /* stop searching within 0.5% of the target */
+#define STORED_ACCEPT 0.03     /* an encode this close storing no more is preferred */
 #define STORED_MAX_ENCODES 5
 
 /* Progress of the search's encodes as one monotonic count. */
@@ -515,7 +516,9 @@ static void report_search(void *user, const char *stage, uint64_t done, uint64_t
  * steps (plans change by whole groups), close to proportionally: each encode
  * measures the stored bytes per coded token, narrows the bracket [lo, hi] of
  * scales known to store too much / too little, and tries the proportional
- * guess inside it (else the bracket's middle). The closest encode is kept. */
+ * guess inside it (else the bracket's middle). Kept: the closest encode that
+ * stores no more than asked if one is within STORED_ACCEPT (so a ratio asked
+ * is a ratio reached), else the closest. */
 static kvtc_status encode_at_stored_size(const kvtc_calibration *cal, kvtc_stream *s,
                                          const kvtc_cache *cache,
                                          const kvtc_compress_options *opt, void **out,
@@ -533,7 +536,7 @@ static kvtc_status encode_at_stored_size(const kvtc_calibration *cal, kvtc_strea
                       : fp16_bytes / (2.0 / (1.0 / opt->k_ratio + 1.0 / opt->v_ratio));
     /* a budget ratio must stay > 1 for both kinds */
     double lo = 1.0000001 / fmin(opt->k_ratio, opt->v_ratio), hi = INFINITY;
-    double scale = fmax(1.0, lo), best_miss = INFINITY;
+    double scale = fmax(1.0, lo);
     uint32_t coded = s->n_tokens > cal->sinks + cal->window ? s->n_tokens - cal->sinks - cal->window : 0;
     search_progress sp = {opt->progress, opt->progress_user, 0, 0};
     kvtc_compress_options o = *opt;
@@ -541,8 +544,12 @@ static kvtc_status encode_at_stored_size(const kvtc_calibration *cal, kvtc_strea
         o.progress = report_search;
         o.progress_user = &sp;
     }
-    void *best = NULL;
-    size_t best_len = 0;
+    struct {
+        void *data;
+        size_t len;
+        double got;
+    } tried[STORED_MAX_ENCODES];
+    uint32_t n_tried = 0;
     kvtc_status st = KVTC_OK;
     int empty = -1;
     for (uint32_t i = 0; i < STORED_MAX_ENCODES; i++) {
@@ -557,19 +564,13 @@ static kvtc_status encode_at_stored_size(const kvtc_calibration *cal, kvtc_strea
                 break;
             uint64_t stored, raw;
             kvtc_stream_bytes(s, &stored, &raw);
-            got = coded ? (double)stored / coded : 0;
-            double miss = coded ? fabs(got / want - 1.0) : 0.0;
-            if (miss < best_miss) {
-                kvtc_buffer_free(best);
-                best = data;
-                best_len = len;
-                best_miss = miss;
-            } else {
-                kvtc_buffer_free(data);
-            }
             kvtc_free(s->blocks);
             s->blocks = NULL;
-            if (miss <= STORED_TOLERANCE || !coded)
+            got = coded ? (double)stored / coded : want;
+            tried[n_tried].data = data;
+            tried[n_tried].len = len;
+            tried[n_tried++].got = got;
+            if (got <= want && got >= want * (1 - STORED_TOLERANCE))
                 break;
         }
         if (empty < 0 && got > want)
@@ -585,17 +586,31 @@ static kvtc_status encode_at_stored_size(const kvtc_calibration *cal, kvtc_strea
             break; /* a step of the plans lies in between: nothing closer */
         scale = guess;
     }
-    if (st == KVTC_OK && !best)
-        st = no_coordinate(s, empty, err);
-    if (st != KVTC_OK) {
-        kvtc_buffer_free(best);
-        return st;
+    /* the closest that stores no more than asked, if within STORED_ACCEPT (a
+     * ratio asked is a ratio reached); else the closest */
+    int pick = -1, under = -1;
+    for (uint32_t i = 0; i < n_tried; i++) {
+        double miss = fabs(tried[i].got / want - 1);
+        if (pick < 0 || miss < fabs(tried[pick].got / want - 1))
+            pick = (int)i;
+        if (tried[i].got <= want && miss <= STORED_ACCEPT &&
+            (under < 0 || tried[i].got > tried[under].got))
+            under = (int)i;
     }
+    if (under >= 0)
+        pick = under;
+    if (st == KVTC_OK && pick < 0)
+        st = no_coordinate(s, empty, err);
+    for (uint32_t i = 0; i < n_tried; i++)
+        if (st != KVTC_OK || (int)i != pick)
+            kvtc_buffer_free(tried[i].data);
+    if (st != KVTC_OK)
+        return st;
     if (opt->progress && sp.total)
         opt->progress(opt->progress_user, "compress", STORED_MAX_ENCODES * sp.total,
                       STORED_MAX_ENCODES * sp.total);
-    *out = best;
-    *out_len = best_len;
+    *out = tried[pick].data;
+    *out_len = tried[pick].len;
     return KVTC_OK;
 }
 
