@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Issue #2 acceptance on real KV caches: calibrate on 4 sequences of 512 tokens
-# sampled from stories260K, then compress a fifth sequence at 8x and 16x and check
-# the realized ratio and the relative errors against the issue's bounds.
+# sampled from stories260K, then compress a fifth sequence at 8x, 16x and 32x and
+# check the realized ratio (within 3% of the target: issue #12's stored-bytes
+# target) and the relative errors against bounds tightened to the lm quantizers
+# (issue #12; measured 0.049/0.057, 0.137/0.158, 0.297/0.324 at 8/16/32x, where
+# the int/fp8 types alone gave 0.071/0.079 at 9.7x and 0.192/0.221 at 16.1x).
 set -euo pipefail
 model="${KVTC_SHARED_DIR:-../shared}/models/stories260K.bin"
 if [ ! -f "$model" ]; then
@@ -25,10 +28,11 @@ r = json.load(open(sys.argv[1]))
 target, kmax, vmax = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 print(f"ratio {target:g}: realized {r['ratio']:.2f}x (file {r['file_ratio']:.2f}x), "
       f"K rel err {r['k_rel_error']:.4f} (<= {kmax}), V rel err {r['v_rel_error']:.4f} (<= {vmax})")
-ok = r["ratio"] >= target and r["k_rel_error"] <= kmax and r["v_rel_error"] <= vmax
+ok = abs(r["ratio"] / target - 1) <= 0.03 and r["k_rel_error"] <= kmax and r["v_rel_error"] <= vmax
 ok = ok and r["tokens"] == 512 and r["compressed_tokens"] == 512 - 4 - 128
 sys.exit(0 if ok else 1)
 PY
 }
-check 8 0.09 0.10
-check 16 0.25 0.28
+check 8 0.06 0.07
+check 16 0.17 0.19
+check 32 0.36 0.39
