@@ -80,16 +80,19 @@ static uint16_t scale_up_f16(float want)
     return h;
 }
 
-/* Nearest level of x / sc, by the midpoints between levels. */
+/* Nearest level of x / sc: the count of midpoints between levels below it
+ * (branch-free, so the compiler can vectorize it). */
 static void lm_assign(const float *lv, uint32_t n_levels, const float *x, uint32_t n, float sc,
                       uint8_t *codes)
 {
-    float inv = sc > 0.0f ? 1.0f / sc : 0.0f;
+    float mid[7] = {0};
+    for (uint32_t c = 0; c + 1 < n_levels; c++)
+        mid[c] = 0.5f * (lv[c] + lv[c + 1]) * (sc > 0.0f ? sc : 0.0f);
+    uint32_t m = n_levels - 1;
     for (uint32_t i = 0; i < n; i++) {
-        float v = x[i] * inv;
         uint32_t c = 0;
-        while (c + 1 < n_levels && v > 0.5f * (lv[c] + lv[c + 1]))
-            c++;
+        for (uint32_t j = 0; j < m; j++)
+            c += x[i] > mid[j];
         codes[i] = (uint8_t)c;
     }
 }
