@@ -407,8 +407,9 @@ KVTC_API double kvtc_plan_predicted_error(const kvtc_plan *plan);
  *   bytes of the coded tokens over the bytes their blocks take (after DEFLATE,
  *   with their metadata; kvtc_stream_info's compressed_bytes), for keys and
  *   values together at 2 / (1/k_ratio + 1/v_ratio). kvtc_compress meets it
- *   within about 1% by encoding with a few bit budgets and keeping the closest
- *   (2-4 encodes instead of one).
+ *   within about 1% on large models by encoding with up to 5 bit budgets and
+ *   keeping the closest one that stores no more than asked (if within 3%),
+ *   else the closest; small models' plans can be too coarse for 3%.
  * KVTC_RATIO_BUDGET: the ratio sets only the bit budget before DEFLATE,
  *   floor(16 p / ratio) bits per token and kind: a hard cap on the quantized
  *   bits (DEFLATE then makes the stream 5-20% smaller still), one encode. */
