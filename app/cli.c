@@ -198,7 +198,7 @@ bool cli_parse_threads(const char *text, uint32_t *out)
 
 void cli_compress_args_init(cli_compress_args *a)
 {
-    a->ratio = a->k_ratio = a->v_ratio = 0;
+    a->ratio = a->k_ratio = a->v_ratio = a->budget_ratio = a->bytes_per_token = 0;
     kvtc_compress_options_default(&a->opt);
     a->opt.n_threads = cli_default_threads();
 }
@@ -211,6 +211,18 @@ int cli_compress_option(cli_compress_args *a, int opt, const char *arg)
     case 'r': ok = cli_parse_ratio("--ratio", arg, &a->ratio); break;
     case CLI_OPT_K_RATIO: ok = cli_parse_ratio("--k-ratio", arg, &a->k_ratio); break;
     case CLI_OPT_V_RATIO: ok = cli_parse_ratio("--v-ratio", arg, &a->v_ratio); break;
+    case CLI_OPT_BUDGET_RATIO:
+        ok = cli_parse_ratio("--budget-ratio", arg, &a->budget_ratio);
+        break;
+    case CLI_OPT_BYTES_PER_TOKEN: {
+        double v;
+        ok = kvtc_parse_double(arg, strlen(arg), &v) && v > 0 && v < 1e12;
+        if (ok)
+            a->bytes_per_token = v;
+        else
+            cli_usage_error("--bytes-per-token: '%s' is not a positive number of bytes", arg);
+        break;
+    }
     case CLI_OPT_BLOCK_TOKENS:
         ok = cli_parse_u32("--block-tokens", arg, 1, 65536, &a->opt.block_tokens);
         break;
@@ -221,6 +233,11 @@ int cli_compress_option(cli_compress_args *a, int opt, const char *arg)
     case CLI_OPT_THREADS: ok = cli_parse_threads(arg, &a->opt.n_threads); break;
     default: return -1;
     }
+    if (ok && a->budget_ratio > 0 && (a->ratio > 0 || a->bytes_per_token > 0)) {
+        cli_usage_error("--budget-ratio is a target of its own: not with --ratio or "
+                        "--bytes-per-token");
+        ok = false;
+    }
     return ok ? CLI_OK : CLI_USAGE;
 }
 
@@ -229,6 +246,11 @@ kvtc_compress_options cli_compress_options(const cli_compress_args *a)
     kvtc_compress_options opt = a->opt;
     if (a->ratio > 0)
         opt.k_ratio = opt.v_ratio = a->ratio;
+    if (a->budget_ratio > 0) {
+        opt.k_ratio = opt.v_ratio = a->budget_ratio;
+        opt.ratio_mode = KVTC_RATIO_BUDGET;
+    }
+    opt.bytes_per_token = a->bytes_per_token;
     if (a->k_ratio > 0)
         opt.k_ratio = a->k_ratio;
     if (a->v_ratio > 0)

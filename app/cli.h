@@ -62,19 +62,35 @@ uint32_t cli_default_threads(void);
 /* Options every command that compresses takes, parsed in one place. Add
  * CLI_COMPRESS_LONG_OPTIONS to the getopt_long table, "r:" to the short
  * options and CLI_COMPRESS_HELP to the usage text (needs <getopt.h>). */
-enum { CLI_OPT_K_RATIO = 1000, CLI_OPT_V_RATIO, CLI_OPT_BLOCK_TOKENS, CLI_OPT_LEVEL, CLI_OPT_THREADS };
+enum {
+    CLI_OPT_K_RATIO = 1000,
+    CLI_OPT_V_RATIO,
+    CLI_OPT_BLOCK_TOKENS,
+    CLI_OPT_LEVEL,
+    CLI_OPT_THREADS,
+    CLI_OPT_BUDGET_RATIO,
+    CLI_OPT_BYTES_PER_TOKEN
+};
 #define CLI_COMPRESS_LONG_OPTIONS                                     \
     {"ratio", required_argument, NULL, 'r'},                          \
     {"k-ratio", required_argument, NULL, CLI_OPT_K_RATIO},            \
     {"v-ratio", required_argument, NULL, CLI_OPT_V_RATIO},            \
+    {"budget-ratio", required_argument, NULL, CLI_OPT_BUDGET_RATIO},  \
+    {"bytes-per-token", required_argument, NULL, CLI_OPT_BYTES_PER_TOKEN}, \
     {"block-tokens", required_argument, NULL, CLI_OPT_BLOCK_TOKENS},  \
     {"level", required_argument, NULL, CLI_OPT_LEVEL},                \
     {"threads", required_argument, NULL, CLI_OPT_THREADS}
 #define CLI_COMPRESS_HELP                                                              \
-    "  -r, --ratio R           target ratio vs fp16 for keys and values (default "       \
+    "  -r, --ratio R           ratio vs fp16 of the stored bytes of the compressed\n"     \
+    "                          tokens, met within ~1% (default "                         \
     CLI_STR(KVTC_DEFAULT_RATIO) ")\n"                                                 \
-    "      --k-ratio R         target ratio for keys only\n"                            \
-    "      --v-ratio R         target ratio for values only\n"                          \
+    "      --k-ratio R         the same for keys only (keys and values together meet\n" \
+    "      --v-ratio R         2/(1/K + 1/V); these set the split)\n"                   \
+    "      --bytes-per-token B stored bytes per compressed token (keys and values)\n"   \
+    "                          instead of a ratio\n"                                     \
+    "      --budget-ratio R    a hard cap instead: R sets the bits before DEFLATE\n"      \
+    "                          (16 p / R per token and kind), one pass; the stored\n"    \
+    "                          ratio comes out 5-20% higher\n"                           \
     "      --block-tokens N    tokens per independently decodable block (default "    \
     CLI_STR(KVTC_DEFAULT_BLOCK_TOKENS) ")\n"                                          \
     "      --level L           DEFLATE level 1..12 (default "                         \
@@ -83,6 +99,7 @@ enum { CLI_OPT_K_RATIO = 1000, CLI_OPT_V_RATIO, CLI_OPT_BLOCK_TOKENS, CLI_OPT_LE
 
 typedef struct cli_compress_args {
     double ratio, k_ratio, v_ratio; /* as given; 0 = not given */
+    double budget_ratio, bytes_per_token; /* as given; 0 = not given */
     kvtc_compress_options opt;      /* library defaults, all CPUs */
 } cli_compress_args;
 

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 /* Part of the cache key: bump when the corpus lists or the build change. */
-#define RECIPE_VERSION "corpus-2"
+#define RECIPE_VERSION "corpus-3" /* 3: error tables with the lm types (.kvtcal v2) */
 #define IDENTITY_SPAN ((size_t)4 << 20)
 
 void calib_recipe_default(calib_recipe *r)

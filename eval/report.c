@@ -469,8 +469,8 @@ static const char *method_color(eval_method_id id)
 
 static const char *qtype_color(kvtc_qtype t)
 {
-    static const char *const colors[KVTC_QTYPE_COUNT] = {"#f0f0f0", "#fdd49e", "#fc8d59",
-                                                         "#d7301f", "#7f0000"};
+    static const char *const colors[KVTC_QTYPE_COUNT] = {
+        "#f0f0f0", "#fdd49e", "#fc8d59", "#d7301f", "#7f0000", "#c6dbef", "#6baed6", "#2171b5"};
     return (unsigned)t < KVTC_QTYPE_COUNT ? colors[t] : "#777";
 }
 
@@ -559,11 +559,11 @@ static kvtc_status allocation_panel(svg_doc *d, const svg_axes *a, const eval_se
     svg_text(d, a->x + a->w / 2, a->y + a->h + 32, 12, "middle", "#333",
              "principal coordinate index (log scale)");
     for (int t = 0; t < KVTC_QTYPE_COUNT; t++) {
-        double x = a->x + 10 + 70 * t, y = a->y + a->h + 44;
+        double x = a->x + 10 + 52 * t, y = a->y + a->h + 44;
         svg_rect(d, x, y, 12, 12, qtype_color((kvtc_qtype)t), "#999");
         svg_text(d, x + 16, y + 10, 11, "start", "#333", kvtc_qtype_name((kvtc_qtype)t));
     }
-    svg_text(d, a->x + 10 + 70 * KVTC_QTYPE_COUNT, a->y + a->h + 54, 10, "start", "#666",
+    svg_text(d, a->x + 10 + 52 * KVTC_QTYPE_COUNT, a->y + a->h + 54, 10, "start", "#666",
              "(a group of 1 is exact to fp16)");
     return KVTC_OK;
 }

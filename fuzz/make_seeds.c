@@ -94,7 +94,22 @@ typedef struct stream_seed {
     uint32_t block_tokens;
     uint32_t append_tokens; /* > 0: compress, then append this many more */
     float outlier; /* non-zero (F32 only): the middle token's first key feature, escaped (v2) */
+    bool lm;       /* its plans must use an lm group (v2) */
 } stream_seed;
+
+static bool uses_lm(const void *data, size_t len)
+{
+    bool lm = false;
+    for (int k = 0; k < 2; k++) {
+        kvtc_plan *plan = NULL;
+        if (kvtc_stream_plan(data, len, (kvtc_kind)k, &plan, NULL) != KVTC_OK)
+            continue;
+        for (uint32_t i = 0; i < kvtc_plan_group_count(plan); i++)
+            lm |= kvtc_plan_groups(plan)[i].type >= KVTC_Q_LM1;
+        kvtc_plan_free(plan);
+    }
+    return lm;
+}
 
 /* Writes a seed only once it decodes and passes the fuzz checks. */
 static void stream_seed_check(const kvtc_calibration *cal, const char *name, const void *data,
@@ -140,6 +155,8 @@ static void kvtc_seed(const kvtc_calibration *cal, const stream_seed *s, uint64_
     else if (s->outlier != 0 && (kvtc_stream_info_get(out, out_len, &info, &err) != KVTC_OK ||
                                  info.format_version != 2))
         fail(s->name, NULL); /* the outlier must have been escaped */
+    else if (s->lm && !uses_lm(out, out_len))
+        fail(s->name, NULL); /* the seed is there for its lm groups */
     else
         stream_seed_check(cal, s->name, joined ? joined : out, joined ? joined_len : out_len);
     kvtc_buffer_free(out);
@@ -378,6 +395,7 @@ int main(int argc, char **argv)
         {"seed-f32-pos0", KVTC_F32, 12, 100, 5.0, 5.0, 4, 0, 0},
         {"seed-f16-appended", KVTC_F16, 20, 0, 4.0, 6.0, 8, 10, 0},
         {"seed-f32-escaped-v2", KVTC_F32, 32, 0, 4.0, 4.0, 8, 0, 1e30f},
+        {"seed-f16-lm-v2", KVTC_F16, 40, 0, 8.0, 8.0, 8, 0, 0, true},
     };
     for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++)
         kvtc_seed(cal, &streams[i], 100 + i);

@@ -362,11 +362,17 @@ typedef enum kvtc_qtype {
     KVTC_Q_INT2 = 1,
     KVTC_Q_INT4 = 2,
     KVTC_Q_FP8 = 3,  /* e4m3 */
-    KVTC_Q_INT8 = 4
+    KVTC_Q_INT8 = 4,
+    /* Lloyd-Max levels of a unit Gaussian times a per-token fp16 scale (no
+     * shift), 1, 2 and 3 bits per code; groups of 16 or more only. */
+    KVTC_Q_LM1 = 5,
+    KVTC_Q_LM2 = 6,
+    KVTC_Q_LM3 = 7
 } kvtc_qtype;
-#define KVTC_QTYPE_COUNT 5
-KVTC_API const char *kvtc_qtype_name(kvtc_qtype t); /* "none","int2","int4","fp8","int8" */
-KVTC_API uint32_t kvtc_qtype_bits(kvtc_qtype t);    /* 0, 2, 4, 8, 8 */
+#define KVTC_QTYPE_COUNT 8
+/* "none","int2","int4","fp8","int8","lm1","lm2","lm3" */
+KVTC_API const char *kvtc_qtype_name(kvtc_qtype t);
+KVTC_API uint32_t kvtc_qtype_bits(kvtc_qtype t); /* 0, 2, 4, 8, 8, 1, 2, 3 */
 
 /* A group of basis coordinates [start, start + size) quantized with `type`.
  * Sizes are 1, 16, 64, 256 or 1024 and start is a multiple of size. */
@@ -377,7 +383,8 @@ typedef struct kvtc_group {
 } kvtc_group;
 
 /* The plan of one kind: groups covering [0, n_coords) in order, trailing
- * dropped groups removed. Bits per token: sum(size*bits + 32) over non-empty groups. */
+ * dropped groups removed. Bits per token: sum(size*bits + overhead) over non-empty
+ * groups, overhead 32 (fp16 shift and scale) or 16 for the lm types (fp16 scale). */
 typedef struct kvtc_plan kvtc_plan;
 
 /* The DP-optimal plan for target ratio `ratio` (> 1): budget floor(16*p/ratio)
@@ -395,6 +402,19 @@ KVTC_API double kvtc_plan_predicted_error(const kvtc_plan *plan);
 /* ------------------------------------------------------------------------ */
 /* Compression (.kvtc streams, docs/FORMAT.md)                               */
 
+/* What a compression target means.
+ * KVTC_RATIO_STORED (the default): the ratio realized in stored bytes, fp16
+ *   bytes of the coded tokens over the bytes their blocks take (after DEFLATE,
+ *   with their metadata; kvtc_stream_info's compressed_bytes), for keys and
+ *   values together at 2 / (1/k_ratio + 1/v_ratio). kvtc_compress meets it
+ *   within about 1% on large models by encoding with up to 5 bit budgets and
+ *   keeping the closest one that stores no more than asked (if within 3%),
+ *   else the closest; small models' plans can be too coarse for 3%.
+ * KVTC_RATIO_BUDGET: the ratio sets only the bit budget before DEFLATE,
+ *   floor(16 p / ratio) bits per token and kind: a hard cap on the quantized
+ *   bits (DEFLATE then makes the stream 5-20% smaller still), one encode. */
+typedef enum kvtc_ratio_mode { KVTC_RATIO_STORED = 0, KVTC_RATIO_BUDGET = 1 } kvtc_ratio_mode;
+
 typedef struct kvtc_compress_options {
     size_t struct_size;      /* sizeof(kvtc_compress_options), set by the _default function */
     double k_ratio;          /* target ratio for keys (> 1); see KVTC_DEFAULT_RATIO */
@@ -404,6 +424,12 @@ typedef struct kvtc_compress_options {
     int deflate_level;       /* 1..12 */
     kvtc_progress_fn progress;
     void *progress_user;
+    /* added after the first release (a caller's struct_size without them: the
+     * pre-DEFLATE budget, as before) */
+    kvtc_ratio_mode ratio_mode; /* what k_ratio and v_ratio mean; see kvtc_ratio_mode */
+    double bytes_per_token;     /* > 0: the stored bytes per coded token (keys and values
+                                   together) to meet instead of the ratios' level, with their
+                                   key/value split kept; KVTC_RATIO_STORED only */
 } kvtc_compress_options;
 
 /* Fills every field with its default, struct_size included. */

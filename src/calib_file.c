@@ -9,16 +9,26 @@
 #include <string.h>
 
 static const unsigned char MAGIC[8] = {0x89, 'K', 'V', 'T', 'C', 'A', 'L', '\n'};
-#define FORMAT_VERSION 1u
 #define HEADER_BYTES 72u        /* magic .. header CRC */
 #define SECTION_FIXED_BYTES 36u /* kind .. heldout_energy */
 #define FINGERPRINT_BYTES 32u
 #define N_KINDS 2u
 
-static uint64_t section_bytes(uint32_t p, uint32_t rank)
+/* Error table entries per (size, start) in a file of this version. */
+static uint32_t file_qtypes(uint32_t version)
+{
+    return version == 1 ? KVTC_CALIB_V1_QTYPES : KVTC_QTYPE_COUNT;
+}
+
+static uint32_t file_version(const kvtc_calibration *cal)
+{
+    return cal->file_version ? cal->file_version : KVTC_CALIB_VERSION;
+}
+
+static uint64_t section_bytes(uint32_t p, uint32_t rank, uint32_t version)
 {
     return SECTION_FIXED_BYTES + 4ull * p + 4ull * rank + 4ull * p * rank +
-           8ull * kvtc_err_table_len(rank) + 4u;
+           8ull * kvtc_err_table_len(rank) / KVTC_QTYPE_COUNT * file_qtypes(version) + 4u;
 }
 
 void kvtc_calib_kind_release(struct kvtc_calib_kind *k)
@@ -58,12 +68,13 @@ static kvtc_status serialize_body(const kvtc_calibration *cal, kvtc_writer *w, k
 {
     const kvtc_model_shape *s = &cal->shape;
     uint32_t p = (uint32_t)kvtc_shape_features(s);
+    uint32_t version = file_version(cal), n_types = file_qtypes(version);
     uint64_t file_size = HEADER_BYTES + FINGERPRINT_BYTES;
     for (int k = 0; k < 2; k++)
-        file_size += section_bytes(p, cal->kind[k].rank);
+        file_size += section_bytes(p, cal->kind[k].rank, version);
     kvtc_writer_init(w);
     kvtc_put_bytes(w, MAGIC, sizeof MAGIC);
-    kvtc_put_u32(w, FORMAT_VERSION);
+    kvtc_put_u32(w, version);
     kvtc_put_u64(w, file_size);
     kvtc_put_u32(w, s->n_layer);
     kvtc_put_u32(w, s->n_kv_head);
@@ -90,7 +101,8 @@ static kvtc_status serialize_body(const kvtc_calibration *cal, kvtc_writer *w, k
         put_f32s(w, c->basis, (size_t)p * c->rank);
         size_t n_err = kvtc_err_table_len(c->rank);
         for (size_t i = 0; i < n_err; i++)
-            kvtc_put_f64(w, c->err_table[i]);
+            if (i % KVTC_QTYPE_COUNT < n_types)
+                kvtc_put_f64(w, c->err_table[i]);
         put_crc_since(w, start);
     }
     if (w->failed) {
@@ -177,8 +189,8 @@ static bool finite_nonneg(double v) { return isfinite(v) && v >= 0; }
 
 /* One kind's section at r's position; the fingerprint already matched, so a
  * bad field here means a malformed (not a corrupted) file. */
-static kvtc_status load_section(loader *l, uint32_t kind, uint32_t p, size_t body_end,
-                                struct kvtc_calib_kind *c, kvtc_error *err)
+static kvtc_status load_section(loader *l, uint32_t kind, uint32_t p, uint32_t version,
+                                size_t body_end, struct kvtc_calib_kind *c, kvtc_error *err)
 {
     kvtc_reader *r = &l->r;
     const char *name = kind == KVTC_KEY ? "key" : "value";
@@ -193,7 +205,7 @@ static kvtc_status load_section(loader *l, uint32_t kind, uint32_t p, size_t bod
         return kvtc_fail(err, KVTC_E_FORMAT, "section %u is tagged as kind %u", kind, tag);
     if (rank < 1 || rank > p)
         return kvtc_fail(err, KVTC_E_FORMAT, "%s rank %u out of range 1..%u", name, rank, p);
-    uint64_t size = section_bytes(p, rank);
+    uint64_t size = section_bytes(p, rank, version);
     if (size > body_end - start)
         return kvtc_fail(err, KVTC_E_FORMAT,
                          "%s section of %llu bytes runs past the end of the file", name,
@@ -236,10 +248,17 @@ static kvtc_status load_section(loader *l, uint32_t kind, uint32_t p, size_t bod
                              name);
     if (!get_f32s(l, c->basis, (size_t)p * rank, false))
         return kvtc_fail(err, KVTC_E_FORMAT, "%s basis has a non-finite value", name);
-    for (size_t i = 0; i < n_err; i++)
+    uint32_t n_types = file_qtypes(version);
+    for (size_t i = 0, in_file = 0; i < n_err; i++) {
+        if (i % KVTC_QTYPE_COUNT >= n_types) {
+            c->err_table[i] = INFINITY; /* a type the file predates: never chosen */
+            continue;
+        }
         if (!finite_nonneg(c->err_table[i] = kvtc_get_f64(r)))
-            return kvtc_fail(err, KVTC_E_FORMAT, "%s error table entry %zu is %g", name, i,
-                             c->err_table[i]);
+            return kvtc_fail(err, KVTC_E_FORMAT, "%s error table entry %zu is %g", name,
+                             in_file, c->err_table[i]);
+        in_file++;
+    }
     kvtc_get_u32(r); /* the CRC, checked above */
     return KVTC_OK;
 }
@@ -257,14 +276,15 @@ static kvtc_status load_header(loader *l, kvtc_calibration *cal, uint64_t *file_
                          len);
     kvtc_get_bytes(r, sizeof MAGIC);
     uint32_t version = kvtc_get_u32(r);
-    if (version > FORMAT_VERSION)
+    if (version > KVTC_CALIB_VERSION)
         return kvtc_fail(err, KVTC_E_VERSION,
                          "calibration format version %u is newer than this library's %u",
-                         version, FORMAT_VERSION);
+                         version, KVTC_CALIB_VERSION);
     if (version == 0)
         return kvtc_fail(err, KVTC_E_FORMAT, "calibration format version 0 is invalid");
     if (len < HEADER_BYTES)
         return kvtc_fail(err, KVTC_E_TRUNCATED, "calibration header truncated (%zu bytes)", len);
+    cal->file_version = version;
     *file_size = kvtc_get_u64(r);
     kvtc_model_shape s;
     s.n_layer = kvtc_get_u32(r);
@@ -328,7 +348,7 @@ static kvtc_status load(const void *data, size_t len, kvtc_consumed_fn consumed,
     uint32_t p = (uint32_t)kvtc_shape_features(&cal->shape);
     size_t body_end = (size_t)file_size - FINGERPRINT_BYTES;
     for (uint32_t k = 0; k < N_KINDS && st == KVTC_OK; k++)
-        st = load_section(&l, k, p, body_end, &cal->kind[k], err);
+        st = load_section(&l, k, p, cal->file_version, body_end, &cal->kind[k], err);
     if (st == KVTC_OK && l.r.pos != body_end)
         st = kvtc_fail(err, KVTC_E_FORMAT, "calibration has %zu unexplained bytes",
                        body_end - l.r.pos);

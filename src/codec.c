@@ -233,15 +233,18 @@ static void quantize_group(const kvtc_group *g, const float *coef, uint32_t nc, 
                            uint8_t *out, uint8_t *codes)
 {
     uint32_t bits = kvtc_qtype_bits(g->type);
+    bool lm = kvtc_qtype_is_lm(g->type); /* scales only, no shifts */
+    uint8_t *scales = lm ? out : out + 2 * (size_t)n;
     for (uint32_t t = 0; t < n && bits; t++) {
         uint16_t shift, scale;
         kvtc_quant_group(g->type, coef + (size_t)t * nc + g->start, g->size, &shift, &scale,
                          codes + (size_t)t * g->size);
-        put_le16(out + 2 * (size_t)t, shift);
-        put_le16(out + 2 * ((size_t)n + t), scale);
+        if (!lm)
+            put_le16(out + 2 * (size_t)t, shift);
+        put_le16(scales + 2 * (size_t)t, scale);
     }
     if (bits)
-        kvtc_pack_bits(codes, (size_t)n * g->size, bits, out + 4 * (size_t)n);
+        kvtc_pack_bits(codes, (size_t)n * g->size, bits, scales + 2 * (size_t)n);
 }
 
 static kvtc_status encode_coded_chunk(const encoder *e, const kvtc_block *b, kvtc_kind kind,
@@ -417,6 +420,16 @@ static kvtc_status compress_begin(const kvtc_calibration *cal, const kvtc_cache 
                          : KVTC_OK;
     if (st != KVTC_OK)
         return st;
+    if (opt && opt->struct_size < offsetof(kvtc_compress_options, ratio_mode) + sizeof o->ratio_mode)
+        o->ratio_mode = KVTC_RATIO_BUDGET; /* a caller from before the stored-bytes target */
+    if (o->ratio_mode != KVTC_RATIO_STORED && o->ratio_mode != KVTC_RATIO_BUDGET)
+        return kvtc_fail(err, KVTC_E_INVALID, "unknown ratio_mode %d", (int)o->ratio_mode);
+    if (!(o->bytes_per_token >= 0) || !isfinite(o->bytes_per_token) ||
+        (o->bytes_per_token > 0 && o->ratio_mode != KVTC_RATIO_STORED))
+        return kvtc_fail(err, KVTC_E_INVALID,
+                         "bytes_per_token %g must be finite, >= 0, and used with "
+                         "KVTC_RATIO_STORED",
+                         o->bytes_per_token);
     if (o->block_tokens < 1 || o->block_tokens > KVTC_MAX_BLOCK_TOKENS)
         return kvtc_fail(err, KVTC_E_INVALID, "block_tokens %u out of range 1..%u",
                          o->block_tokens, KVTC_MAX_BLOCK_TOKENS);
@@ -434,6 +447,170 @@ static kvtc_status check_cache(const kvtc_calibration *cal, const kvtc_cache *ca
                          "cache shape %ux%ux%u differs from the calibration's %ux%ux%u",
                          cache->shape.n_layer, cache->shape.n_kv_head, cache->shape.head_dim,
                          cal->shape.n_layer, cal->shape.n_kv_head, cal->shape.head_dim);
+    return KVTC_OK;
+}
+
+/* Plans for budget ratios scale * (k_ratio, v_ratio) into s. *empty: a kind
+ * got no coordinate (no error then; the caller decides). */
+static kvtc_status make_plans(const kvtc_calibration *cal, kvtc_stream *s,
+                              const kvtc_compress_options *opt, double scale, int *empty,
+                              kvtc_error *err)
+{
+    double ratio[2] = {opt->k_ratio * scale, opt->v_ratio * scale};
+    *empty = -1;
+    for (int k = 0; k < 2; k++) {
+        kvtc_plan_free(s->plan[k]);
+        s->plan[k] = NULL;
+        kvtc_status st = kvtc_plan_create(cal, (kvtc_kind)k, ratio[k], &s->plan[k], err);
+        if (st != KVTC_OK)
+            return st;
+        if (s->plan[k]->n_coords == 0 && *empty < 0)
+            *empty = k;
+    }
+    return KVTC_OK;
+}
+
+static kvtc_status no_coordinate(const kvtc_stream *s, int kind, kvtc_error *err)
+{
+    return kvtc_fail(err, KVTC_E_INVALID,
+                     "ratio %g leaves the %s no coordinate (budget %u bits per token)",
+                     s->plan[kind]->ratio, kvtc_kind_name((kvtc_kind)kind),
+                     s->plan[kind]->budget_bits);
+}
+
+/* KVTC_RATIO_BUDGET: the ratios set the plans' bit budgets; one encode. */
+static kvtc_status encode_at_budget(const kvtc_calibration *cal, kvtc_stream *s,
+                                    const kvtc_cache *cache, const kvtc_compress_options *opt,
+                                    void **out, size_t *out_len, kvtc_error *err)
+{
+    int empty;
+    kvtc_status st = make_plans(cal, s, opt, 1.0, &empty, err);
+    if (st == KVTC_OK && empty >= 0)
+        st = no_coordinate(s, empty, err);
+    if (st == KVTC_OK)
+        st = encode_stream(cal, s, NULL, 0, 0, cache, opt, out, out_len, err);
+    return st;
+}
+
+#define STORED_TOLERANCE 0.005 /* stop searching within 0.5% of the target */
+#define STORED_ACCEPT 0.03     /* an encode this close storing no more is preferred */
+#define STORED_MAX_ENCODES 5
+
+/* Progress of the search's encodes as one monotonic count. */
+typedef struct search_progress {
+    kvtc_progress_fn fn;
+    void *user;
+    uint32_t pass;
+    uint64_t total; /* of one encode, as last reported */
+} search_progress;
+
+static void report_search(void *user, const char *stage, uint64_t done, uint64_t total)
+{
+    search_progress *sp = user;
+    sp->total = total;
+    sp->fn(sp->user, stage, sp->pass * total + done, STORED_MAX_ENCODES * total);
+}
+
+/* KVTC_RATIO_STORED: DEFLATE's gain depends on the plan and the cache, so the
+ * budget is searched. The stored size falls with the budget ratios' scale, in
+ * steps (plans change by whole groups), close to proportionally: each encode
+ * measures the stored bytes per coded token, narrows the bracket [lo, hi] of
+ * scales known to store too much / too little, and tries the proportional
+ * guess inside it (else the bracket's middle). Kept: the closest encode that
+ * stores no more than asked if one is within STORED_ACCEPT (so a ratio asked
+ * is a ratio reached), else the closest. */
+static kvtc_status encode_at_stored_size(const kvtc_calibration *cal, kvtc_stream *s,
+                                         const kvtc_cache *cache,
+                                         const kvtc_compress_options *opt, void **out,
+                                         size_t *out_len, kvtc_error *err)
+{
+    for (int k = 0; k < 2; k++) {
+        double r = k ? opt->v_ratio : opt->k_ratio;
+        if (!(r > 1.0) || !isfinite(r))
+            return kvtc_fail(err, KVTC_E_INVALID, "compression ratio %g must be a number > 1",
+                             r);
+    }
+    double fp16_bytes = 4.0 * kvtc_shape_features(&cal->shape); /* keys + values */
+    double want = opt->bytes_per_token > 0
+                      ? opt->bytes_per_token
+                      : fp16_bytes / (2.0 / (1.0 / opt->k_ratio + 1.0 / opt->v_ratio));
+    /* a budget ratio must stay > 1 for both kinds */
+    double lo = 1.0000001 / fmin(opt->k_ratio, opt->v_ratio), hi = INFINITY;
+    double scale = fmax(1.0, lo);
+    uint32_t coded = s->n_tokens > cal->sinks + cal->window ? s->n_tokens - cal->sinks - cal->window : 0;
+    search_progress sp = {opt->progress, opt->progress_user, 0, 0};
+    kvtc_compress_options o = *opt;
+    if (opt->progress) {
+        o.progress = report_search;
+        o.progress_user = &sp;
+    }
+    struct {
+        void *data;
+        size_t len;
+        double got;
+    } tried[STORED_MAX_ENCODES];
+    uint32_t n_tried = 0;
+    kvtc_status st = KVTC_OK;
+    int empty = -1;
+    for (uint32_t i = 0; i < STORED_MAX_ENCODES; i++) {
+        sp.pass = i;
+        double got = 0;
+        if ((st = make_plans(cal, s, opt, scale, &empty, err)) != KVTC_OK)
+            break;
+        if (empty < 0) {
+            void *data = NULL;
+            size_t len = 0;
+            if ((st = encode_stream(cal, s, NULL, 0, 0, cache, &o, &data, &len, err)) != KVTC_OK)
+                break;
+            uint64_t stored, raw;
+            kvtc_stream_bytes(s, &stored, &raw);
+            kvtc_free(s->blocks);
+            s->blocks = NULL;
+            got = coded ? (double)stored / coded : want;
+            tried[n_tried].data = data;
+            tried[n_tried].len = len;
+            tried[n_tried++].got = got;
+            if (got <= want && got >= want * (1 - STORED_TOLERANCE))
+                break;
+        }
+        if (empty < 0 && got > want)
+            lo = scale; /* stores too much: a higher ratio */
+        else
+            hi = scale; /* too little, or no coordinate left: a lower one */
+        if (empty < 0 && got < want && scale <= lo)
+            break; /* even the least ratio stores fewer bytes than asked */
+        double guess = empty < 0 ? scale * got / want : 0;
+        if (!(guess > lo && guess < hi))
+            guess = isinf(hi) ? 2 * scale : sqrt(lo * hi);
+        if (hi / lo < 1.004)
+            break; /* a step of the plans lies in between: nothing closer */
+        scale = guess;
+    }
+    /* the closest that stores no more than asked, if within STORED_ACCEPT (a
+     * ratio asked is a ratio reached); else the closest */
+    int pick = -1, under = -1;
+    for (uint32_t i = 0; i < n_tried; i++) {
+        double miss = fabs(tried[i].got / want - 1);
+        if (pick < 0 || miss < fabs(tried[pick].got / want - 1))
+            pick = (int)i;
+        if (tried[i].got <= want && miss <= STORED_ACCEPT &&
+            (under < 0 || tried[i].got > tried[under].got))
+            under = (int)i;
+    }
+    if (under >= 0)
+        pick = under;
+    if (st == KVTC_OK && pick < 0)
+        st = no_coordinate(s, empty, err);
+    for (uint32_t i = 0; i < n_tried; i++)
+        if (st != KVTC_OK || (int)i != pick)
+            kvtc_buffer_free(tried[i].data);
+    if (st != KVTC_OK)
+        return st;
+    if (opt->progress && sp.total)
+        opt->progress(opt->progress_user, "compress", STORED_MAX_ENCODES * sp.total,
+                      STORED_MAX_ENCODES * sp.total);
+    *out = tried[pick].data;
+    *out_len = tried[pick].len;
     return KVTC_OK;
 }
 
@@ -465,16 +642,10 @@ kvtc_status kvtc_compress(const kvtc_calibration *cal, const kvtc_cache *cache,
         else
             memcpy(s.token_ids, cache->token_ids, (size_t)cache->n_tokens * sizeof(int32_t));
     }
-    double ratio[2] = {opt->k_ratio, opt->v_ratio};
-    for (int k = 0; k < 2 && st == KVTC_OK; k++) {
-        st = kvtc_plan_create(cal, (kvtc_kind)k, ratio[k], &s.plan[k], err);
-        if (st == KVTC_OK && s.plan[k]->n_coords == 0)
-            st = kvtc_fail(err, KVTC_E_INVALID,
-                           "ratio %g leaves the %s no coordinate (budget %u bits per token)",
-                           ratio[k], kvtc_kind_name((kvtc_kind)k), s.plan[k]->budget_bits);
-    }
     if (st == KVTC_OK)
-        st = encode_stream(cal, &s, NULL, 0, 0, cache, opt, out, out_len, err);
+        st = opt->ratio_mode == KVTC_RATIO_BUDGET
+                 ? encode_at_budget(cal, &s, cache, opt, out, out_len, err)
+                 : encode_at_stored_size(cal, &s, cache, opt, out, out_len, err);
     kvtc_stream_release(&s);
     return st;
 }
@@ -581,17 +752,36 @@ typedef struct decoder {
 } decoder;
 
 /* The inverse of quantize_group: group g's coefficients of n tokens (rows of
- * nc) from its bytes of a coded chunk; zeros for a group of KVTC_Q_NONE. */
-static void dequantize_group(const kvtc_group *g, const uint8_t *in, uint32_t n, float *coef,
-                             uint32_t nc, uint8_t *codes)
+ * nc) from its bytes of a coded chunk; zeros for a group of KVTC_Q_NONE. An
+ * lm scale that is not a finite non-negative fp16 (never written) is FORMAT. */
+static kvtc_status dequantize_group(const kvtc_group *g, uint32_t index, const uint8_t *in,
+                                    uint32_t n, float *coef, uint32_t nc, uint8_t *codes,
+                                    kvtc_error *err)
 {
     uint32_t bits = kvtc_qtype_bits(g->type);
+    if (kvtc_qtype_is_lm(g->type)) {
+        /* n scales, then each token's codes from a byte boundary (size >= 16) */
+        const uint8_t *packed = in + 2 * (size_t)n;
+        size_t token_bytes = (size_t)g->size * bits / 8;
+        for (uint32_t t = 0; t < n; t++) {
+            uint16_t scale = get_le16(in + 2 * (size_t)t);
+            if (!kvtc_lm_scale_valid(scale))
+                return kvtc_fail(err, KVTC_E_FORMAT,
+                                 "group %u (%s) token %u has scale 0x%04x, not a finite "
+                                 "non-negative fp16",
+                                 index, kvtc_qtype_name(g->type), t, scale);
+            kvtc_lm_dequant_packed(g->type, scale, packed + t * token_bytes, g->size,
+                                   coef + (size_t)t * nc + g->start);
+        }
+        return KVTC_OK;
+    }
     if (bits)
         kvtc_unpack_bits(in + 4 * (size_t)n, (size_t)n * g->size, bits, codes);
     for (uint32_t t = 0; t < n; t++)
         kvtc_dequant_group(g->type, bits ? get_le16(in + 2 * (size_t)t) : 0,
                            bits ? get_le16(in + 2 * ((size_t)n + t)) : 0,
                            codes + (size_t)t * g->size, g->size, coef + (size_t)t * nc + g->start);
+    return KVTC_OK;
 }
 
 /* The escaped tokens of one coded chunk, as read from it. */
@@ -660,12 +850,16 @@ static kvtc_status decode_item(void *user, uint32_t item, kvtc_error *err)
     } else {
         float *coef = d->coef[kind] + (size_t)(b->first - d->coded_first) * plan->n_coords;
         const uint8_t *group_bytes = raw;
-        for (uint32_t i = 0; i < plan->n_groups; i++) {
-            dequantize_group(&plan->groups[i], group_bytes, b->n_tokens, coef, plan->n_coords,
-                             codes);
+        for (uint32_t i = 0; i < plan->n_groups && st == KVTC_OK; i++) {
+            st = dequantize_group(&plan->groups[i], i, group_bytes, b->n_tokens, coef,
+                                  plan->n_coords, codes, err);
             group_bytes += kvtc_group_chunk_bytes(&plan->groups[i], b->n_tokens);
         }
-        if (d->tiles)
+        if (st != KVTC_OK) {
+            char where[48];
+            snprintf(where, sizeof where, "block %u %s", index, kvtc_kind_name(kind));
+            kvtc_fail_prefix(err, where);
+        } else if (d->tiles)
             kvtc_transform_tile_coefficients(
                 coef, plan->n_coords, b->n_tokens, plan->n_coords, d->tile_terms[kind],
                 d->coef_tiles[kind] + (size_t)(b->first - d->coded_first) *

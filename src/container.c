@@ -29,7 +29,9 @@ uint64_t kvtc_raw_chunk_bytes(const kvtc_model_shape *shape, kvtc_dtype dtype, u
 uint64_t kvtc_group_chunk_bytes(const kvtc_group *g, uint32_t n)
 {
     uint32_t bits = kvtc_qtype_bits(g->type);
-    return bits ? 4ull * n + ((uint64_t)n * g->size * bits + 7) / 8 : 0;
+    return bits ? kvtc_qtype_overhead_bits(g->type) / 8ull * n +
+                      ((uint64_t)n * g->size * bits + 7) / 8
+                : 0;
 }
 
 uint64_t kvtc_coded_chunk_bytes(const kvtc_plan *plan, uint32_t n)
@@ -43,6 +45,26 @@ uint64_t kvtc_coded_chunk_bytes(const kvtc_plan *plan, uint32_t n)
 uint64_t kvtc_plan_record_bytes(const kvtc_plan *plan)
 {
     return PLAN_FIXED_BYTES + (uint64_t)GROUP_BYTES * plan->n_groups;
+}
+
+void kvtc_stream_bytes(const kvtc_stream *s, uint64_t *compressed, uint64_t *raw)
+{
+    /* Compressed tokens pay for the plans and their table entries as well as
+     * their chunks; what is left over is the fixed header. */
+    bool any_coded = false;
+    *compressed = *raw = 0;
+    for (uint32_t i = 0; i < s->n_blocks; i++) {
+        const kvtc_block *b = &s->blocks[i];
+        uint64_t bytes = KVTC_BLOCK_ENTRY_BYTES + b->length[0] + b->length[1];
+        if (b->encoding == KVTC_BLOCK_CODED) {
+            *compressed += bytes;
+            any_coded = true;
+        } else {
+            *raw += bytes;
+        }
+    }
+    if (any_coded)
+        *compressed += kvtc_plan_record_bytes(s->plan[0]) + kvtc_plan_record_bytes(s->plan[1]);
 }
 
 void kvtc_stream_release(kvtc_stream *s)
@@ -68,8 +90,17 @@ static kvtc_status as_format_error(kvtc_error *err, kvtc_status st, const char *
     return st;
 }
 
-static kvtc_status parse_plan(kvtc_reader *r, kvtc_kind kind, uint32_t p, kvtc_plan **out,
-                              kvtc_error *err)
+/* Whether a plan uses a type of version 2 (the lm types). */
+static bool plan_needs_v2(const kvtc_plan *plan)
+{
+    for (uint32_t i = 0; i < plan->n_groups; i++)
+        if (kvtc_qtype_is_lm(plan->groups[i].type))
+            return true;
+    return false;
+}
+
+static kvtc_status parse_plan(kvtc_reader *r, kvtc_kind kind, uint32_t p, uint32_t version,
+                              kvtc_plan **out, kvtc_error *err)
 {
     const char *name = kind == KVTC_KEY ? "key plan" : "value plan";
     double ratio = kvtc_get_f64(r);
@@ -93,6 +124,12 @@ static kvtc_status parse_plan(kvtc_reader *r, kvtc_kind kind, uint32_t p, kvtc_p
     kvtc_free(groups);
     if (st != KVTC_OK)
         return as_format_error(err, st, name);
+    if (version < 2 && plan_needs_v2(*out)) {
+        kvtc_plan_free(*out);
+        *out = NULL;
+        return kvtc_fail(err, KVTC_E_FORMAT, "%s uses an lm type in a version %u stream", name,
+                         version);
+    }
     if ((*out)->n_groups != n_groups) { /* written plans never end with dropped groups */
         kvtc_plan_free(*out);
         *out = NULL;
@@ -206,7 +243,7 @@ static kvtc_status parse_fields(kvtc_reader *r, kvtc_stream *s, size_t len, kvtc
 
     uint32_t p = (uint32_t)kvtc_shape_features(&s->shape);
     for (int k = 0; k < 2; k++)
-        if ((st = parse_plan(r, (kvtc_kind)k, p, &s->plan[k], err)) != KVTC_OK)
+        if ((st = parse_plan(r, (kvtc_kind)k, p, s->version, &s->plan[k], err)) != KVTC_OK)
             return st;
 
     uint32_t n_blocks = kvtc_get_u32(r);
@@ -339,6 +376,9 @@ kvtc_status kvtc_stream_serialize(kvtc_stream *s, void **out, size_t *out_len, k
     for (uint32_t i = 0; i < s->n_blocks; i++)
         if (s->blocks[i].escapes)
             s->version = 2;
+    for (int k = 0; k < 2; k++)
+        if (s->plan[k] && plan_needs_v2(s->plan[k]))
+            s->version = 2;
     kvtc_put_u32(&w, s->version);
     kvtc_put_u32(&w, flags);
     kvtc_put_u64(&w, 0); /* header_bytes, patched below */
@@ -438,22 +478,7 @@ kvtc_status kvtc_stream_info_get(const void *data, size_t len, kvtc_stream_info 
     info->v_bits_per_token = s.plan[KVTC_VALUE]->bits_per_token;
     info->k_ratio = s.plan[KVTC_KEY]->ratio;
     info->v_ratio = s.plan[KVTC_VALUE]->ratio;
-    /* Compressed tokens pay for the plans and their table entries as well as
-     * their chunks; what is left over is the fixed header. */
-    bool any_coded = false;
-    for (uint32_t i = 0; i < s.n_blocks; i++) {
-        const kvtc_block *b = &s.blocks[i];
-        uint64_t bytes = KVTC_BLOCK_ENTRY_BYTES + b->length[0] + b->length[1];
-        if (b->encoding == KVTC_BLOCK_CODED) {
-            info->compressed_bytes += bytes;
-            any_coded = true;
-        } else {
-            info->raw_bytes += bytes;
-        }
-    }
-    if (any_coded)
-        info->compressed_bytes +=
-            kvtc_plan_record_bytes(s.plan[0]) + kvtc_plan_record_bytes(s.plan[1]);
+    kvtc_stream_bytes(&s, &info->compressed_bytes, &info->raw_bytes);
     info->total_bytes = s.total_bytes;
     uint64_t fp16_token = 2 * 2 * kvtc_shape_features(&s.shape);
     info->fp16_bytes = fp16_token * s.n_tokens;

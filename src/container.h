@@ -77,5 +77,9 @@ uint64_t kvtc_group_chunk_bytes(const kvtc_group *g, uint32_t n);
 uint64_t kvtc_coded_chunk_bytes(const kvtc_plan *plan, uint32_t n);
 /* Bytes the header spends on plan records and on one block's table entry. */
 uint64_t kvtc_plan_record_bytes(const kvtc_plan *plan);
+/* Bytes of a laid-out stream (its chunk lengths set) that its coded tokens
+ * pay for (chunks, table entries, the plans) and that its raw blocks take
+ * (chunks, table entries): kvtc_stream_info's compressed_bytes and raw_bytes. */
+void kvtc_stream_bytes(const kvtc_stream *s, uint64_t *compressed, uint64_t *raw);
 
 #endif /* KVTC_CONTAINER_H */

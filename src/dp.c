@@ -27,10 +27,11 @@ size_t kvtc_err_table_index(uint32_t rank, int size_index, uint32_t start, kvtc_
     return (before + start / kvtc_group_sizes[size_index]) * KVTC_QTYPE_COUNT + (size_t)type;
 }
 
-/* Costs are even, so the DP counts in units of 2 bits. */
+/* Costs are even (the odd-bit lm types need groups of 16+), so the DP counts
+ * in units of 2 bits. */
 static uint32_t group_cost_units(uint32_t size, kvtc_qtype type)
 {
-    return type == KVTC_Q_NONE ? 0 : (size * kvtc_qtype_bits(type) + KVTC_GROUP_OVERHEAD_BITS) / 2;
+    return kvtc_group_bits(size, type) / 2;
 }
 
 /* dp[i][b]: least table error covering coordinates [0, i) with at most b
@@ -80,6 +81,8 @@ static void dp_run(dp_tables *d, const double *table)
                 continue;
             const double *prev = dp_row(d, i - g);
             for (int t = 0; t < KVTC_QTYPE_COUNT; t++) {
+                if (!kvtc_qtype_size_ok((kvtc_qtype)t, g))
+                    continue;
                 uint32_t c = group_cost_units(g, (kvtc_qtype)t);
                 double e = table[kvtc_err_table_index(d->rank, si, i - g, (kvtc_qtype)t)];
                 uint8_t tag = (uint8_t)(si * KVTC_QTYPE_COUNT + t);
@@ -134,7 +137,7 @@ kvtc_status kvtc_plan_create(const kvtc_calibration *cal, kvtc_kind kind, double
     const struct kvtc_calib_kind *k = &cal->kind[kind];
     uint32_t p = (uint32_t)kvtc_shape_features(&cal->shape);
     uint32_t budget = (uint32_t)floor(16.0 * p / ratio);
-    uint64_t most = (uint64_t)k->rank * (8 + KVTC_GROUP_OVERHEAD_BITS) / 2;
+    uint64_t most = (uint64_t)k->rank * (8 + 32) / 2; /* all int8 in groups of 1 */
     dp_tables d = {.rank = k->rank, .units = budget / 2 < most ? budget / 2 : (uint32_t)most};
     uint64_t bytes = dp_bytes(d.rank, d.units);
     if (bytes > MAX_DP_BYTES)

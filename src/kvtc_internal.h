@@ -134,15 +134,31 @@ void kvtc_rope_rotate(const kvtc_model_shape *shape, float *head, int64_t pos, b
 
 #define KVTC_GROUP_SIZE_COUNT 5
 extern const uint32_t kvtc_group_sizes[KVTC_GROUP_SIZE_COUNT]; /* 1, 16, 64, 256, 1024 */
-#define KVTC_GROUP_OVERHEAD_BITS 32 /* fp16 shift + fp16 scale per token per group */
+/* Metadata bits per token of a non-dropped group: fp16 shift + fp16 scale (32),
+ * or the lm types' fp16 scale alone (16); 0 for KVTC_Q_NONE. */
+uint32_t kvtc_qtype_overhead_bits(kvtc_qtype t);
+bool kvtc_qtype_is_lm(kvtc_qtype t);
+/* Bits per token of a group: size * bits + overhead (0 for KVTC_Q_NONE). */
+uint32_t kvtc_group_bits(uint32_t size, kvtc_qtype t);
+/* Whether a group of `size` may use type t (the lm types need 16 or more). */
+bool kvtc_qtype_size_ok(kvtc_qtype t, uint32_t size);
+/* The 2^bits ascending levels of an lm type (NULL for any other type). */
+const float *kvtc_lm_levels(kvtc_qtype t);
+/* An lm scale a decoder accepts: finite and non-negative (what encoders write). */
+bool kvtc_lm_scale_valid(uint16_t scale);
 
 /* Quantizes one token's group of n values: fp16 shift and scale, one code per
- * value (codes[i] < 2^bits). For KVTC_Q_NONE nothing is written. */
+ * value (codes[i] < 2^bits); the lm types set shift to 0 and do not store it.
+ * For KVTC_Q_NONE nothing is written. */
 void kvtc_quant_group(kvtc_qtype type, const float *x, uint32_t n, uint16_t *shift,
                       uint16_t *scale, uint8_t *codes);
 /* Reconstructs n values from shift, scale and codes (KVTC_Q_NONE gives zeros). */
 void kvtc_dequant_group(kvtc_qtype type, uint16_t shift, uint16_t scale, const uint8_t *codes,
                         uint32_t n, float *out);
+/* kvtc_dequant_group of an lm type straight from its packed codes (the
+ * decoder's path: no unpacked copy); packed starts at a byte boundary. */
+void kvtc_lm_dequant_packed(kvtc_qtype type, uint16_t scale, const uint8_t *packed, uint32_t n,
+                            float *out);
 /* Squared error of quantizing then dequantizing x exactly as the codec does. */
 double kvtc_quant_group_error(kvtc_qtype type, const float *x, uint32_t n);
 bool kvtc_qtype_valid(uint32_t type);
@@ -162,7 +178,14 @@ struct kvtc_calib_kind {
     double *err_table;      /* see kvtc_err_table_index; kvtc_err_table_len(rank) entries */
 };
 
+/* .kvtcal versions: 1 has the error table of types 0..4; 2 (what calibrating
+ * writes) of all KVTC_QTYPE_COUNT. In memory the table always has every type;
+ * a version 1 file's lm entries are INFINITY, so the DP never picks them. */
+#define KVTC_CALIB_VERSION 2u
+#define KVTC_CALIB_V1_QTYPES 5u
+
 struct kvtc_calibration {
+    uint32_t file_version;  /* 1 or 2: saving writes this version (0: the current one) */
     kvtc_model_shape shape; /* normalized */
     uint32_t sinks, window;
     struct kvtc_calib_kind kind[2];
@@ -231,7 +254,7 @@ size_t kvtc_utf8_encode(uint32_t cp, char *out);
 /* The smallest struct_size each growing struct had in a release: the size of
  * its first version. Raise none of these; a new field goes at the end. */
 #define KVTC_CALIB_OPTIONS_V1_SIZE sizeof(kvtc_calib_options)
-#define KVTC_COMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_compress_options)
+#define KVTC_COMPRESS_OPTIONS_V1_SIZE offsetof(kvtc_compress_options, ratio_mode)
 #define KVTC_DECOMPRESS_OPTIONS_V1_SIZE sizeof(kvtc_decompress_options)
 #define KVTC_STREAM_INFO_V1_SIZE offsetof(kvtc_stream_info, has_token_ids)
 

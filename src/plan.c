@@ -43,13 +43,16 @@ kvtc_status kvtc_plan_from_groups(kvtc_kind kind, uint32_t p, double ratio, uint
         if (!kvtc_qtype_valid((uint32_t)g->type))
             return kvtc_fail(err, KVTC_E_INVALID, "plan group %u has unknown type %d", i,
                              (int)g->type);
+        if (!kvtc_qtype_size_ok(g->type, g->size))
+            return kvtc_fail(err, KVTC_E_INVALID, "plan group %u of size %u has type %s (needs "
+                             "groups of 16 or more)", i, g->size, kvtc_qtype_name(g->type));
         if (g->size > max_coords - end)
             return kvtc_fail(err, KVTC_E_INVALID,
                              "plan group %u ends at %llu, beyond the %u coordinates available", i,
                              (unsigned long long)end + g->size, max_coords);
         end += g->size;
         if (g->type != KVTC_Q_NONE) {
-            bits += (uint64_t)g->size * kvtc_qtype_bits(g->type) + KVTC_GROUP_OVERHEAD_BITS;
+            bits += kvtc_group_bits(g->size, g->type);
             n_coords = end;
             n_kept = i + 1;
         }

@@ -35,6 +35,39 @@ static inline kvtc_calibration *codec_test_calibration(const kvtc_model_shape *s
     return make_random_calibration(shape, &opt, n_caches, tokens, CODEC_TEST_LOW_RANK, seed);
 }
 
+/* The same calibration as a version 1 .kvtcal (saved in version 1, loaded
+ * back): its error table lacks the lm types, so its plans and streams are
+ * those of a library before them. NULL on failure (printed). */
+static inline kvtc_calibration *codec_test_as_v1(const kvtc_calibration *cal)
+{
+    kvtc_calibration copy = *cal, *back = NULL;
+    copy.file_version = 1;
+    void *buf = NULL;
+    size_t len = 0;
+    kvtc_error err;
+    if (kvtc_calibration_save(&copy, &buf, &len, &err) != KVTC_OK ||
+        kvtc_calibration_load(buf, len, &back, &err) != KVTC_OK)
+        fprintf(stderr, "version 1 calibration: %s\n", err.message);
+    kvtc_buffer_free(buf);
+    return back;
+}
+
+/* Whether a stream's plans use an lm type (and so need format version 2). */
+static inline bool codec_test_uses_lm(const void *data, size_t len)
+{
+    bool lm = false;
+    for (int k = 0; k < 2; k++) {
+        kvtc_plan *plan = NULL;
+        kvtc_error err;
+        if (kvtc_stream_plan(data, len, (kvtc_kind)k, &plan, &err) != KVTC_OK)
+            continue;
+        for (uint32_t i = 0; i < kvtc_plan_group_count(plan); i++)
+            lm |= kvtc_plan_groups(plan)[i].type >= KVTC_Q_LM1;
+        kvtc_plan_free(plan);
+    }
+    return lm;
+}
+
 /* Relative squared error of tokens [t0, t0+n) of `got` (a decoded cache whose
  * token 0 is ref's token `offset`) against ref, over both kinds: sum of squared
  * differences over the energy of ref's rows around their mean. */

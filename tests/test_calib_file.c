@@ -200,7 +200,7 @@ static void test_forged(const uint8_t *file, size_t len)
         size_t n;
         kvtc_status want;
     } cases[] = {
-        {"version 2", 8, "\x02\0\0\0", 4, KVTC_E_VERSION},
+        {"version 3", 8, "\x03\0\0\0", 4, KVTC_E_VERSION},
         {"version 0", 8, "\0\0\0\0", 4, KVTC_E_FORMAT},
         {"rank > p", sec0 + 4, "\x21\0\0\0", 4, KVTC_E_FORMAT},
         {"rank 0", sec1 + 4, "\0\0\0\0", 4, KVTC_E_FORMAT},
@@ -260,6 +260,49 @@ static void test_files(const kvtc_calibration *cal, const uint8_t *file, size_t 
     CHECK(back == NULL);
 }
 
+/* A version 1 file (no lm types in its error table) still loads, saves back
+ * to the same bytes, and its plans use only the types it measured. */
+static void test_version1(const kvtc_calibration *cal, size_t v2_len)
+{
+    kvtc_calibration copy = *cal, *back = NULL;
+    copy.file_version = 1;
+    void *v1 = NULL, *again = NULL;
+    size_t len = 0, again_len = 0;
+    kvtc_error err;
+    if (!CHECK_OK(kvtc_calibration_save(&copy, &v1, &len, &err), &err))
+        return;
+    size_t per_type = kvtc_err_table_len(RANK) / KVTC_QTYPE_COUNT;
+    CHECK_EQ(len, v2_len - 2 * 8 * per_type * 3); /* two sections, 3 types fewer */
+    CHECK_EQ(((const uint8_t *)v1)[8], 1);
+    if (CHECK_OK(kvtc_calibration_load(v1, len, &back, &err), &err)) {
+        CHECK_EQ(back->file_version, 1);
+        for (int k = 0; k < 2; k++)
+            for (size_t i = 0; i < kvtc_err_table_len(RANK); i++) {
+                double want = cal->kind[k].err_table[i], got = back->kind[k].err_table[i];
+                if (i % KVTC_QTYPE_COUNT >= 5)
+                    CHECK_MSG(isinf(got), "v1 entry %zu of an lm type is %g, not infinite", i, got);
+                else
+                    CHECK_MSG(got == want, "v1 entry %zu: %g, saved %g", i, got, want);
+            }
+        if (CHECK_OK(kvtc_calibration_save(back, &again, &again_len, &err), &err))
+            CHECK(again_len == len && memcmp(again, v1, len) == 0);
+        for (double ratio = 1.5; ratio <= 64; ratio *= 2)
+            for (int k = 0; k < 2; k++) {
+                kvtc_plan *plan = NULL;
+                if (!CHECK_OK(kvtc_plan_create(back, (kvtc_kind)k, ratio, &plan, &err), &err))
+                    continue;
+                for (uint32_t i = 0; i < kvtc_plan_group_count(plan); i++)
+                    CHECK_MSG(kvtc_plan_groups(plan)[i].type < KVTC_Q_LM1,
+                              "a v1 calibration's plan at ratio %g uses %s", ratio,
+                              kvtc_qtype_name(kvtc_plan_groups(plan)[i].type));
+                kvtc_plan_free(plan);
+            }
+    }
+    kvtc_calibration_free(back);
+    kvtc_buffer_free(v1);
+    kvtc_buffer_free(again);
+}
+
 int main(void)
 {
     kvtc_calibration *cal = make_calibration();
@@ -275,6 +318,7 @@ int main(void)
         test_bit_flips(file, len);
         test_forged(file, len);
         test_files(cal, file, len);
+        test_version1(cal, len);
     }
     kvtc_buffer_free(file);
     kvtc_calibration_free(cal);

@@ -207,7 +207,7 @@ for kind in ("keys", "values"):
 assert len(d["fingerprint"]) == 64
 EOF
 
-"$KVTC" compress -c calib.kvtcal --ratio 8 --threads 2 -o test.kvtc test.safetensors \
+"$KVTC" compress -c calib.kvtcal --budget-ratio 8 --threads 2 -o test.kvtc test.safetensors \
   >compress.out 2>compress.err || fail "compress: $(cat compress.err)"
 "$KVTC" info test.kvtc >info.txt || fail "info test.kvtc"
 grep -q "plan keys" info.txt || fail "info shows no key plan"
@@ -277,6 +277,22 @@ assert b["k_bits_per_token"] <= a["k_bits_per_token"], (a, b)
 assert a["k_rel_error"] < 0.02 and a["v_rel_error"] < 0.02, a
 assert b["k_rel_error"] >= a["k_rel_error"] and b["v_rel_error"] >= a["v_rel_error"], (a, b)
 EOF
+# --budget-ratio: the pre-DEFLATE cap, floor(16 p / R) bits per token and kind,
+# stores less than --ratio R (DEFLATE gains on top); --bytes-per-token B stores
+# B bytes per compressed token (p = 64: plans are coarse, so within 10% here;
+# tests/test_codec_roundtrip.c checks 3% on 512 features).
+"$KVTC" stats --json -c calib.kvtcal --budget-ratio 8 test.safetensors >statsb.json ||
+  fail "stats --budget-ratio"
+"$KVTC" stats --json -c calib.kvtcal --bytes-per-token 40 test.safetensors >statsB.json ||
+  fail "stats --bytes-per-token"
+python3 - statsb.json statsB.json <<'EOF' || fail "stats --budget-ratio / --bytes-per-token values"
+import json, sys
+b = json.load(open(sys.argv[1]))
+B = json.load(open(sys.argv[2]))
+assert b["k_bits_per_token"] <= 16 * 64 // 8 and b["v_bits_per_token"] <= 16 * 64 // 8, b
+assert b["ratio"] >= 8, b
+assert abs(B["compressed_bytes"] / 368 / 40 - 1) <= 0.10, B
+EOF
 "$KVTC" stats -c calib.kvtcal --k-ratio 4 --v-ratio 16 test.safetensors >stats.txt ||
   fail "stats (text)"
 grep -q "relative error" stats.txt || fail "stats text lacks the error"
@@ -339,6 +355,14 @@ for bad in abc 1 0.5 -3 "" 16x inf; do
   expect_fail 2 "--ratio" out.kvtc -- \
     "$KVTC" compress -c calib.kvtcal --ratio "$bad" -o out.kvtc test.safetensors
 done
+for bad in abc 0 -3 "" inf; do
+  expect_fail 2 "--bytes-per-token" out.kvtc -- \
+    "$KVTC" compress -c calib.kvtcal --bytes-per-token "$bad" -o out.kvtc test.safetensors
+done
+expect_fail 2 "--budget-ratio" out.kvtc -- \
+  "$KVTC" compress -c calib.kvtcal --ratio 8 --budget-ratio 8 -o out.kvtc test.safetensors
+expect_fail 2 "--budget-ratio" out.kvtc -- \
+  "$KVTC" compress -c calib.kvtcal --budget-ratio 8 --bytes-per-token 30 -o out.kvtc test.safetensors
 expect_fail 2 "--threads" out.kvtc -- \
   "$KVTC" compress -c calib.kvtcal --threads 0 -o out.kvtc test.safetensors
 expect_fail 2 "--bogus" out.kvtc -- \

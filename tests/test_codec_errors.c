@@ -5,6 +5,7 @@
  * end in a clean error (never a crash, a leak or a silently different cache). */
 #include "codec_common.h"
 #include "container.h"
+#include "entropy.h"
 #include "test_alloc.h"
 
 #include <math.h>
@@ -20,6 +21,7 @@ static kvtc_compress_options small_blocks(void)
     kvtc_compress_options opt;
     kvtc_compress_options_default(&opt);
     opt.k_ratio = opt.v_ratio = 5;
+    opt.ratio_mode = KVTC_RATIO_BUDGET; /* plans fixed by the ratio (with lm groups) */
     opt.block_tokens = 8;
     return opt;
 }
@@ -154,6 +156,80 @@ static void test_chunk_crc(const uint8_t *data, size_t len)
     CHECK(strstr(err.message, "CRC") != NULL);
     CHECK(out == NULL);
     free(copy);
+}
+
+/* Re-serializes `data` with one fp16 scale of the first lm group of the first
+ * coded key chunk set to `scale` (inflated, edited, deflated again, every CRC
+ * made valid): only the decoder's check of lm scales can catch it. */
+static bool forge_lm_scale(const uint8_t *data, size_t len, uint32_t token, uint16_t scale,
+                           void **out, size_t *out_len)
+{
+    kvtc_stream s;
+    if (kvtc_stream_parse(data, len, &s, NULL) != KVTC_OK)
+        return false;
+    bool done = false;
+    const kvtc_plan *plan = s.plan[KVTC_KEY];
+    uint32_t gi = 0;
+    while (gi < plan->n_groups && !kvtc_qtype_is_lm(plan->groups[gi].type))
+        gi++;
+    for (uint32_t b = 0; b < s.n_blocks && !done && gi < plan->n_groups; b++) {
+        kvtc_block *blk = &s.blocks[b];
+        if (blk->encoding != KVTC_BLOCK_CODED || blk->escapes || token >= blk->n_tokens)
+            continue;
+        size_t raw_len = (size_t)kvtc_coded_chunk_bytes(plan, blk->n_tokens);
+        uint8_t *raw = malloc(raw_len), *z = NULL;
+        size_t z_len = 0, at = 0;
+        for (uint32_t i = 0; i < gi; i++)
+            at += (size_t)kvtc_group_chunk_bytes(&plan->groups[i], blk->n_tokens);
+        if (raw && kvtc_inflate_exact(blk->data[KVTC_KEY], (size_t)blk->length[KVTC_KEY], raw,
+                                      raw_len, NULL) == KVTC_OK) {
+            raw[at + 2 * token] = (uint8_t)scale; /* the group's scales come first */
+            raw[at + 2 * token + 1] = (uint8_t)(scale >> 8);
+            if (kvtc_deflate(6, raw, raw_len, &z, &z_len, NULL) == KVTC_OK) {
+                blk->data[KVTC_KEY] = z;
+                blk->length[KVTC_KEY] = z_len;
+                blk->crc[KVTC_KEY] = kvtc_crc32(z, z_len);
+                done = kvtc_stream_serialize(&s, out, out_len, NULL) == KVTC_OK;
+            }
+        }
+        free(raw);
+        kvtc_free(z);
+    }
+    kvtc_stream_release(&s);
+    return done;
+}
+
+/* lm scales that no encoder writes (infinite, NaN, negative) are refused as
+ * FORMAT, naming the block and group; a finite one decodes (to other values). */
+static void test_forged_lm_scales(const uint8_t *data, size_t len, const kvtc_cache *want)
+{
+    static const uint16_t bad[] = {0x7c00, 0xfc00, 0x7e00, 0x7fff, 0x8000, 0x8001, 0xbc00};
+    bool lm = codec_test_uses_lm(data, len);
+    CHECK_MSG(lm, "the test stream has no lm group to forge");
+    for (size_t i = 0; lm && i < sizeof bad / sizeof *bad; i++) {
+        void *forged = NULL;
+        size_t forged_len = 0;
+        if (!CHECK(forge_lm_scale(data, len, 1, bad[i], &forged, &forged_len)))
+            continue;
+        kvtc_error err;
+        kvtc_cache *out = NULL;
+        CHECK_STATUS(kvtc_decompress(g_cal, forged, forged_len, NULL, &out, &err), KVTC_E_FORMAT,
+                     &err);
+        CHECK_MSG(strstr(err.message, "scale") && strstr(err.message, "block"),
+                  "scale 0x%04x: '%s'", bad[i], err.message);
+        CHECK(out == NULL);
+        kvtc_buffer_free(forged);
+    }
+    void *forged = NULL;
+    size_t forged_len = 0;
+    if (lm && CHECK(forge_lm_scale(data, len, 1, 0x3c00, &forged, &forged_len))) {
+        kvtc_cache *out = NULL;
+        kvtc_error err;
+        if (CHECK_OK(kvtc_decompress(g_cal, forged, forged_len, NULL, &out, &err), &err))
+            CHECK(out->n_tokens == want->n_tokens);
+        kvtc_cache_free(out);
+    }
+    kvtc_buffer_free(forged);
 }
 
 static bool has_hex_prefix(const char *msg, const uint8_t *fingerprint)
@@ -411,6 +487,7 @@ int main(void)
         test_truncation_and_flips(data, len, want);
         test_hostile_header(data, len, want);
         test_chunk_crc(data, len);
+        test_forged_lm_scales(data, len, want);
         test_mismatches(data, len, c);
         test_bad_options(c);
         test_non_finite();

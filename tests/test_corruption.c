@@ -3,6 +3,7 @@
  * in the byte-identical decoded cache; never in different numbers. The same
  * for a small .kvtcal, where every damaged file must be refused by load. A
  * stream decoded with another calibration is refused, naming both. */
+#include "codec_common.h"
 #include "testutil.h"
 
 #include "kvtc_internal.h"
@@ -86,8 +87,9 @@ static void print_counts(const char *what, const counts *c)
 }
 
 /* escaped: an F32 cache whose token 12 holds a 1e30, stored raw in an escape
- * list (a version 2 stream); otherwise an F16 cache (version 1). */
-static void corrupt_stream(const kvtc_calibration *cal, bool escaped)
+ * list (a version 2 stream); otherwise an F16 cache (version 1 with a version
+ * 1 calibration, version 2 with lm groups otherwise). */
+static void corrupt_stream(const kvtc_calibration *cal, bool escaped, const char *label)
 {
     kvtc_cache *cache = make_random_cache(&SHAPE, escaped ? KVTC_F32 : KVTC_F16, 26, 0, 3, 77);
     if (!CHECK(cache != NULL))
@@ -98,6 +100,7 @@ static void corrupt_stream(const kvtc_calibration *cal, bool escaped)
     kvtc_compress_options_default(&copt);
     copt.k_ratio = 4.0;
     copt.v_ratio = 3.0;
+    copt.ratio_mode = KVTC_RATIO_BUDGET; /* plans fixed by the ratios (with lm groups) */
     copt.block_tokens = 8;
     kvtc_error err;
     void *stream = NULL;
@@ -112,7 +115,9 @@ static void corrupt_stream(const kvtc_calibration *cal, bool escaped)
                "window)\n",
                info.format_version, len, info.n_tokens, info.n_blocks, info.sinks, info.window);
         CHECK(info.n_blocks >= 4 && info.compressed_tokens > 0); /* raw and coded blocks */
-        CHECK_EQ(info.format_version, escaped ? 2 : 1);
+        bool lm = codec_test_uses_lm(stream, len);
+        CHECK_EQ(lm, cal->file_version != 1);
+        CHECK_EQ(info.format_version, escaped || lm ? 2 : 1);
         counts c = {0};
         uint8_t *damaged = malloc(len);
         if (CHECK(damaged != NULL)) {
@@ -127,7 +132,7 @@ static void corrupt_stream(const kvtc_calibration *cal, bool escaped)
             }
         }
         free(damaged);
-        print_counts(escaped ? "corruption (v2, escaped token)" : "corruption (v1)", &c);
+        print_counts(label, &c);
         CHECK_EQ(c.silent, 0);
         CHECK_EQ(c.cases, c.detected + c.identical);
     }
@@ -208,8 +213,12 @@ int main(void)
     if (cal && other) {
         CHECK(memcmp(kvtc_calibration_fingerprint(cal), kvtc_calibration_fingerprint(other),
                      32) != 0);
-        corrupt_stream(cal, false);
-        corrupt_stream(cal, true);
+        kvtc_calibration *v1 = codec_test_as_v1(cal);
+        if (CHECK(v1 != NULL))
+            corrupt_stream(v1, false, "corruption (v1)");
+        kvtc_calibration_free(v1);
+        corrupt_stream(cal, false, "corruption (v2, lm groups)");
+        corrupt_stream(cal, true, "corruption (v2, lm groups and an escaped token)");
         corrupt_calibration(cal);
         wrong_calibration(cal, other);
     }

@@ -32,6 +32,11 @@ static double group_bound(kvtc_qtype type, const float *x, uint32_t n)
     }
     double amax = fmax(fabs(lo), fabs(hi));
     double fp16_rel = 1.0 / 1024; /* an fp16 shift or scale is within 2^-11, doubled */
+    /* lm: the nearest level of a symmetric set is never farther than the
+     * value's magnitude or the smallest level, and the refitted scale times
+     * any level is at most the largest magnitude of the group. */
+    if (type >= KVTC_Q_LM1)
+        return amax * (1 + 2 * fp16_rel) + 1e-30;
     if (type == KVTC_Q_FP8) {
         double half_range = (hi - lo) / 2 + amax * fp16_rel;
         /* e4m3 keeps 3 mantissa bits: relative rounding 2^-4, plus its subnormal step */

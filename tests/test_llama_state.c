@@ -307,7 +307,15 @@ static void test_stream_token_ids(void)
     CHECK_OK(kvtc_stream_info_get(with, with_len, &b, &err), &err);
     CHECK_EQ(a.has_token_ids, 0);
     CHECK_EQ(b.has_token_ids, 1);
-    CHECK_EQ(test_get_le((const uint8_t *)plain + 8, 4), 1);  /* version */
+    bool lm = false; /* lm groups need version 2 too */
+    for (int k = 0; k < 2; k++) {
+        kvtc_plan *plan = NULL;
+        if (kvtc_stream_plan(plain, plain_len, (kvtc_kind)k, &plan, NULL) == KVTC_OK)
+            for (uint32_t i = 0; i < kvtc_plan_group_count(plan); i++)
+                lm |= kvtc_plan_groups(plan)[i].type >= KVTC_Q_LM1;
+        kvtc_plan_free(plan);
+    }
+    CHECK_EQ(test_get_le((const uint8_t *)plain + 8, 4), lm ? 2 : 1); /* version */
     CHECK_EQ(test_get_le((const uint8_t *)plain + 12, 4), 0); /* flags */
     CHECK_EQ(test_get_le((const uint8_t *)with + 8, 4), 2);
     CHECK_EQ(test_get_le((const uint8_t *)with + 12, 4), 1);

@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <float.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,16 +311,31 @@ static void test_pack(void)
     kvtc_unpack_bits(p4, 3, 4, back);
     CHECK(memcmp(back, c4, 3) == 0);
 
+    /* 3 bits straddle bytes: codes 5,3,7,1,0,6,2,4 at bits 0,3,6,... LSB first */
+    const uint8_t c3[8] = {5, 3, 7, 1, 0, 6, 2, 4};
+    const uint8_t p3[3] = {0xdd, 0x03, 0x8b};
+    kvtc_pack_bits(c3, 8, 3, out);
+    CHECK_MSG(memcmp(out, p3, 3) == 0, "3-bit pack: %02x %02x %02x", out[0], out[1], out[2]);
+    kvtc_unpack_bits(p3, 8, 3, back);
+    CHECK(memcmp(back, c3, 8) == 0);
+
     test_rng r;
     rng_seed(&r, 64);
-    const uint32_t widths[3] = {2, 4, 8};
-    for (int w = 0; w < 3; w++)
+    const uint32_t widths[5] = {1, 2, 3, 4, 8};
+    for (int w = 0; w < 5; w++)
         for (size_t n = 1; n <= 37; n++) {
             uint8_t codes[64], packed[64];
             for (size_t i = 0; i < n; i++)
                 codes[i] = (uint8_t)(rng_u64(&r) & ((1u << widths[w]) - 1));
             kvtc_pack_bits(codes, n, widths[w], packed);
             size_t bytes = (n * widths[w] + 7) / 8;
+            uint8_t ref[64] = {0}; /* bit k of code i is stream bit i * width + k */
+            for (size_t i = 0; i < n; i++)
+                for (uint32_t k = 0; k < widths[w]; k++)
+                    if (codes[i] >> k & 1)
+                        ref[(i * widths[w] + k) / 8] |= (uint8_t)(1u << ((i * widths[w] + k) % 8));
+            CHECK_MSG(memcmp(packed, ref, bytes) == 0, "%u-bit pack of %zu codes differs from "
+                      "the bit-by-bit reference", widths[w], n);
             size_t used_bits = n * widths[w] - (bytes - 1) * 8;
             CHECK_MSG(used_bits == 8 || (packed[bytes - 1] >> used_bits) == 0,
                       "%u-bit pack of %zu codes leaves garbage in the last byte", widths[w], n);
@@ -404,6 +420,116 @@ static void test_group_quant(void)
     CHECK_NEAR(kvtc_quant_group_error(KVTC_Q_NONE, e, 3), 14.0, 0);
 }
 
+/* ---- Lloyd-Max Gaussian levels (lm1, lm2, lm3) --------------------------------- */
+
+static double gauss_pdf(double x) { return exp(-x * x / 2) / sqrt(2 * M_PI); }
+static double gauss_cdf(double x) { return 0.5 * erfc(-x / sqrt(2)); }
+
+/* Lloyd's fixed point for N(0,1) with m levels: thresholds at midpoints, each
+ * level the conditional mean of its cell (closed form for the Gaussian). */
+static void lloyd_max_gaussian(int m, double *level, double *mse)
+{
+    for (int i = 0; i < m; i++)
+        level[i] = -2.0 + 4.0 * (i + 0.5) / m;
+    double t[9];
+    for (int it = 0; it < 5000; it++) {
+        t[0] = -INFINITY;
+        t[m] = INFINITY;
+        for (int i = 1; i < m; i++)
+            t[i] = 0.5 * (level[i - 1] + level[i]);
+        for (int i = 0; i < m; i++)
+            level[i] = (gauss_pdf(t[i]) - gauss_pdf(t[i + 1])) / (gauss_cdf(t[i + 1]) - gauss_cdf(t[i]));
+    }
+    *mse = 1.0; /* E[(x - Q(x))^2] = 1 - sum p_i l_i^2 at the fixed point */
+    for (int i = 0; i < m; i++)
+        *mse -= (gauss_cdf(t[i + 1]) - gauss_cdf(t[i])) * level[i] * level[i];
+}
+
+static void test_lm_levels(void)
+{
+    /* Max (1960), Table I, positive half: 0.7980; 0.4528, 1.510; 0.2451, 0.7560, 1.344, 2.152 */
+    static const double published[3][4] = {
+        {0.798}, {0.453, 1.510}, {0.245, 0.756, 1.344, 2.152}};
+    static const double published_mse[3] = {0.3634, 0.1175, 0.03454};
+    for (int b = 1; b <= 3; b++) {
+        kvtc_qtype t = (kvtc_qtype)(KVTC_Q_LM1 + b - 1);
+        int m = 1 << b;
+        const float *lv = kvtc_lm_levels(t);
+        double ref[8], mse;
+        lloyd_max_gaussian(m, ref, &mse);
+        CHECK_EQ(kvtc_qtype_bits(t), (uint32_t)b);
+        CHECK_NEAR(mse, published_mse[b - 1], 1e-4);
+        for (int i = 0; i < m; i++) {
+            CHECK_MSG(fabs(lv[i] - ref[i]) < 1e-6, "%s level %d: %.7f, Lloyd-Max %.7f",
+                      kvtc_qtype_name(t), i, lv[i], ref[i]);
+            if (i >= m / 2)
+                CHECK_MSG(fabs(lv[i] - published[b - 1][i - m / 2]) < 5e-4,
+                          "%s level %d: %.4f, published %.3f", kvtc_qtype_name(t), i, lv[i],
+                          published[b - 1][i - m / 2]);
+        }
+    }
+}
+
+/* On N(0, sigma^2) data in groups of 1024 the per-token scale is sigma to
+ * within ~2%, so the MSE per coefficient is the Lloyd-Max distortion times
+ * sigma^2 (per-group refitting can only lower it, by O(1/n)). Every code is
+ * the nearest level for the stored scale. */
+static void test_lm_quant(void)
+{
+    static const double theory[3] = {0.36338, 0.11748, 0.03455};
+    test_rng r;
+    rng_seed(&r, 1960);
+    enum { N = 1024, GROUPS = 64 };
+    static float x[N], y[N];
+    uint8_t codes[N];
+    for (int b = 1; b <= 3; b++) {
+        kvtc_qtype t = (kvtc_qtype)(KVTC_Q_LM1 + b - 1);
+        const float *lv = kvtc_lm_levels(t);
+        double sq = 0, sigma = 3.0;
+        for (int g = 0; g < GROUPS; g++) {
+            for (int i = 0; i < N; i++)
+                x[i] = (float)(sigma * rng_gaussian(&r));
+            uint16_t shift = 1, scale = 0;
+            kvtc_quant_group(t, x, N, &shift, &scale, codes);
+            CHECK_EQ(shift, 0);
+            CHECK(kvtc_lm_scale_valid(scale));
+            float sc = kvtc_f16_to_f32(scale);
+            CHECK_MSG(fabs(sc / sigma - 1) < 0.1, "%s scale %g for sigma %g", kvtc_qtype_name(t),
+                      sc, sigma);
+            kvtc_dequant_group(t, 0, scale, codes, N, y);
+            for (int i = 0; i < N; i++) {
+                CHECK(codes[i] < (1u << b));
+                CHECK_NEAR(y[i], sc * lv[codes[i]], 0);
+                for (int c = 0; c < (1 << b); c++)
+                    CHECK_MSG(fabsf(x[i] - sc * lv[c]) >= fabsf(x[i] - y[i]) - 1e-6f * sigma,
+                              "%s: code %u is not the nearest level", kvtc_qtype_name(t), codes[i]);
+                sq += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+            }
+            double e = kvtc_quant_group_error(t, x, N), direct = 0;
+            for (int i = 0; i < N; i++)
+                direct += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+            CHECK_NEAR(e, direct, 1e-9 * direct);
+        }
+        double mse = sq / ((double)N * GROUPS) / (sigma * sigma);
+        printf("%s on N(0,1) in groups of %d: MSE %.5f, Lloyd-Max %.5f\n", kvtc_qtype_name(t), N,
+               mse, theory[b - 1]);
+        CHECK_MSG(mse < theory[b - 1] * 1.02 && mse > theory[b - 1] * 0.95,
+                  "%s MSE %.5f far from the Gaussian's %.5f", kvtc_qtype_name(t), mse, theory[b - 1]);
+    }
+    /* a zero group: scale 0, zeros back; sizes below 16 are refused by plans */
+    float z[16] = {0}, back[16];
+    uint16_t shift, scale = 7;
+    kvtc_quant_group(KVTC_Q_LM3, z, 16, &shift, &scale, codes);
+    kvtc_dequant_group(KVTC_Q_LM3, shift, scale, codes, 16, back);
+    CHECK_EQ(scale, 0);
+    for (int i = 0; i < 16; i++)
+        CHECK_NEAR(back[i], 0, 0);
+    CHECK(!kvtc_qtype_size_ok(KVTC_Q_LM2, 1) && kvtc_qtype_size_ok(KVTC_Q_LM2, 16) &&
+          kvtc_qtype_size_ok(KVTC_Q_INT2, 1));
+    CHECK(!kvtc_lm_scale_valid(0x7c00) && !kvtc_lm_scale_valid(0x7e00) &&
+          !kvtc_lm_scale_valid(0x8001) && kvtc_lm_scale_valid(0x7bff) && kvtc_lm_scale_valid(0));
+}
+
 int main(void)
 {
     test_e4m3();
@@ -412,5 +538,7 @@ int main(void)
     test_array_conversions();
     test_pack();
     test_group_quant();
+    test_lm_levels();
+    test_lm_quant();
     return test_summary("test_quant");
 }

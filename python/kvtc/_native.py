@@ -54,7 +54,8 @@ class CompressOptions(C.Structure):
     _fields_ = [("struct_size", C.c_size_t), ("k_ratio", C.c_double), ("v_ratio", C.c_double),
                 ("block_tokens", C.c_uint32), ("n_threads", C.c_uint32),
                 ("deflate_level", C.c_int), ("progress", PROGRESS_FN),
-                ("progress_user", C.c_void_p)]
+                ("progress_user", C.c_void_p), ("ratio_mode", C.c_int),
+                ("bytes_per_token", C.c_double)]
 
 
 class DecompressOptions(C.Structure):

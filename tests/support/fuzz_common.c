@@ -473,7 +473,7 @@ static int check_plan(const kvtc_plan *plan)
             return broken("kvtc_plan_create made groups that do not tile from 0");
         next += g[i].size;
         if (g[i].type != KVTC_Q_NONE)
-            bits += g[i].size * kvtc_qtype_bits(g[i].type) + KVTC_GROUP_OVERHEAD_BITS;
+            bits += kvtc_group_bits(g[i].size, g[i].type);
     }
     if (bits != kvtc_plan_bits_per_token(plan) ||
         kvtc_plan_bits_per_token(plan) > kvtc_plan_budget_bits(plan))
