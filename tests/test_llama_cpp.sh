@@ -2,7 +2,8 @@
 # Issue 13 against the real llama.cpp (scripts/build-llama-cpp.sh builds it from
 # the llama-cpp-python sdist, cached in ~/.cache/kvtc): llama.cpp saves the
 # sequence state of a 1500-token prompt of the default model; kvtc calibrates on
-# llama.cpp states, compresses it 16x and writes a state file back; llama.cpp
+# llama.cpp states (and, interchangeably, on the engine's caches of the same
+# texts), compresses it 16x and writes a state file back; llama.cpp
 # loads that into a fresh context and continues 16 greedy tokens, compared with
 # the uninterrupted run (first differing position and NLL delta reported). A
 # state stored raw comes back bit-identical, in both V layouts and as bare
@@ -78,6 +79,41 @@ print(f"greedy 16 tokens after the round trip: {'identical' if same else f'first
       f"NLL of the reference continuation {float(ref['tokens_nll'][0]):.4f} -> "
       f"{float(got['ref_nll'][0]):.4f} (delta {d_nll:+.4f} over 16 tokens)")
 ok = info["ratio"] >= 16 and info["token_ids"] == 1 and (same or abs(d_nll) / 16 < 0.5)
+sys.exit(0 if ok else 1)
+PY
+
+# ---- interchangeable calibrations: llama.cpp's states and kvtc's engine ----
+# kvtc's engine runs the same two texts and the same prompt; a calibration made
+# from one producer's caches codes the other's cache about as well as its own
+# (a layout or RoPE convention that differed would show here as a large error).
+for i in 1 2; do
+  "$kvtc" capture --model "$model" --text "$tmp/cal$i.txt" --max-tokens 1024 \
+    -o "$tmp/eng$i.safetensors" >/dev/null
+done
+"$kvtc" calibrate -o "$tmp/eng.kvtcal" "$tmp/eng1.safetensors" "$tmp/eng2.safetensors" >/dev/null
+"$kvtc" capture --model "$model" --text "$tmp/prompt.txt" --max-tokens 1500 \
+  -o "$tmp/e.safetensors" >/dev/null
+for cal in cal eng; do
+  for cache in a.ggsq e.safetensors; do
+    "$kvtc" stats -c "$tmp/$cal.kvtcal" -r 16 --json "$tmp/$cache" >"$tmp/x-$cal-$cache.json"
+  done
+done
+python3 - "$tmp" <<'PY' || fail "calibrations of llama.cpp and of the engine are not interchangeable"
+import json, sys
+d = sys.argv[1]
+err = {(cal, cache): json.load(open(f"{d}/x-{cal}-{cache}.json"))
+       for cal in ("cal", "eng") for cache in ("a.ggsq", "e.safetensors")}
+name = {"cal": "llama.cpp-made", "eng": "engine-made", "a.ggsq": "llama.cpp state",
+        "e.safetensors": "engine cache"}
+ok = True
+for cache, own in (("a.ggsq", "cal"), ("e.safetensors", "eng")):
+    other = "eng" if own == "cal" else "cal"
+    for k in ("k_rel_error", "v_rel_error"):
+        mine, theirs = err[(own, cache)][k], err[(other, cache)][k]
+        good = theirs <= 1.25 * mine + 0.005
+        ok &= good
+        print(f"{name[cache]}, {k[0].upper()} rel err at 16x: {name[own]} calibration {mine:.4f}, "
+              f"{name[other]} {theirs:.4f} ({theirs / mine:.2f}x){'' if good else ' TOO HIGH'}")
 sys.exit(0 if ok else 1)
 PY
 
