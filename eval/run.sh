@@ -26,22 +26,29 @@ mkdir -p "$OUT"
 cpu="$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-main_run() {
-  methods=exact,kvtc:8,kvtc:16,kvtc:32,kvtc:64,fp8,int8,int4,kivi2,gear,h2o:8,h2o:16,tova:8,xkv:8,xkv:16,zstd
-  # 8 contexts (4 prose, 4 code) of 2048 tokens with 512 scored after each;
-  # 34 haystacks of 1024 prose tokens with 3 facts each: 102 retrieval cases (the
-  # exact model finds 97% of them), so that "within 2 points" is 2 cases, not 1.
+# run_eval METHODS JSON [options]: one `kvtc eval` on make eval's tasks, its
+# JSON into JSON and its report's body into $tmp.body; sets args and elapsed.
+# 8 contexts (4 prose, 4 code) of 2048 tokens with 512 scored after each;
+# 34 haystacks of 1024 prose tokens with 3 facts each: 102 retrieval cases (the
+# exact model finds 97% of them), so that "within 2 points" is 2 cases, not 1.
+run_eval() {
+  local methods=$1 json=$2
+  shift 2
   args=(--method "$methods" --contexts 8 --context-tokens 2048 --continuation-tokens 512
         --haystacks 34 --facts 3 --haystack-tokens 1024)
   # shellcheck disable=SC2206
   args+=(${EVAL_ARGS:-})
-
   tmp="$(mktemp)"
   trap 'rm -f "$tmp" "$tmp.body"' EXIT
   echo "eval: kvtc eval ${args[*]}" >&2
-  start=$SECONDS
-  "$KVTC" eval "${args[@]}" --json --report "$tmp.body" --plot "$OUT/eval.svg" > "$OUT/eval.json"
+  local start=$SECONDS
+  "$KVTC" eval "${args[@]}" --json --report "$tmp.body" "$@" > "$json"
   elapsed=$((SECONDS - start))
+}
+
+main_run() {
+  run_eval exact,kvtc:8,kvtc:16,kvtc:32,kvtc:64,fp8,int8,int4,kivi2,gear,h2o:8,h2o:16,tova:8,xkv:8,xkv:16,zstd \
+    "$OUT/eval.json" --plot "$OUT/eval.svg"
 
   {
     echo "# Accuracy: KVTC against the baselines"
@@ -96,18 +103,8 @@ main_run() {
 eviction_run() {
   # kvtc:32 against the two ways of reaching about 32x through eviction by 2
   # first; kvtc:16 against halving the tokens at about 16x.
-  methods=exact,kvtc:16,kvtc:32,h2o:2,h2o-shared:2,h2o:2+kvtc:8,h2o-shared:2+kvtc:8,h2o:2+kvtc:16,h2o-shared:2+kvtc:16
-  args=(--method "$methods" --contexts 8 --context-tokens 2048 --continuation-tokens 512
-        --haystacks 34 --facts 3 --haystack-tokens 1024)
-  # shellcheck disable=SC2206
-  args+=(${EVAL_ARGS:-})
-
-  tmp="$(mktemp)"
-  trap 'rm -f "$tmp" "$tmp.body"' EXIT
-  echo "eval: kvtc eval ${args[*]}" >&2
-  start=$SECONDS
-  "$KVTC" eval "${args[@]}" --json --report "$tmp.body" > "$OUT/eviction.json"
-  elapsed=$((SECONDS - start))
+  run_eval exact,kvtc:16,kvtc:32,h2o:2,h2o-shared:2,h2o:2+kvtc:8,h2o-shared:2+kvtc:8,h2o:2+kvtc:16,h2o-shared:2+kvtc:16 \
+    "$OUT/eviction.json"
 
   {
     echo "# KVTC on evicted caches"
