@@ -112,11 +112,18 @@ req GET /v1/nothing; expect 404 "unknown path"
 req GET /v1/chat/completions; expect 405 "GET on completions"
 kill -0 "$server_pid" || fail "the server died on bad input"
 
-# ---- a full queue: with --max-queue 1 one request runs, one waits, the rest get 429
+# ---- a full queue: with --max-queue 1 one request runs, one waits, the rest get 429.
+# The first is sent alone and the others once the engine runs it: sent together,
+# the first could still be waiting for the worker when the second came (a slow
+# machine, a sanitizer build), and the second would be refused.
 for i in 1 2 3 4 5; do
   body "$tmp/c$i.json" 48 false "[{\"role\":\"user\",\"content\":\"Count from $i to 50.\"}]"
   curl -s -o "$tmp/c$i.out" -w '%{http_code}' --data-binary "@$tmp/c$i.json" \
     "http://127.0.0.1:$port/v1/chat/completions" >"$tmp/c$i.code" &
+  if [ "$i" = 1 ]; then
+    for _ in $(seq 300); do [ "$(metric kvtc_engine_busy)" = 1 ] && break; sleep 0.1; done
+    [ "$(metric kvtc_engine_busy)" = 1 ] || fail "the engine never took the first request"
+  fi
 done
 wait_curls() { for p in $(jobs -p); do case " ${pids[*]} " in *" $p "*) ;; *) wait "$p" || true;; esac; done; }
 wait_curls
