@@ -247,6 +247,7 @@ typedef struct reply {
     double t_sent, t_first, t_done;
     uint64_t prompt_tokens, cached_tokens;
     bool streamed, bad_event;
+    int curl_code; /* CURLcode of the transfer */
 } reply;
 
 static void reply_free(reply *r)
@@ -333,6 +334,7 @@ static bool http(const char *url, const char *path, const kvtc_writer *body, boo
     }
     r->t_sent = cli_now();
     CURLcode rc = curl_easy_perform(c);
+    r->curl_code = (int)rc;
     r->t_done = cli_now();
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     curl_slist_free_all(headers);
@@ -456,8 +458,8 @@ static bool send_turn(const char *url, const char *model_id, const conversation 
         kvtc_writer_free(&body);
         if (ok && r->status == 200 && !r->bad_event && r->t_first > 0 && r->prompt_tokens > 0)
             return true;
-        snprintf(why, 256, "%s: a conversation turn failed: status %ld, %s", url, r->status,
-                 !ok            ? "transfer failed"
+        snprintf(why, 256, "a conversation turn failed: status %ld, %s", r->status,
+                 !ok            ? curl_easy_strerror((CURLcode)r->curl_code)
                  : r->bad_event ? "a malformed event"
                  : r->t_first == 0 ? "no token streamed"
                                    : "no usage");

@@ -6,6 +6,7 @@
 #include "server_internal.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -513,7 +514,17 @@ static bool next_events(stream_state *ss)
             ss->phase = 3;
             break;
         }
-        pthread_cond_wait(&j->cond, &j->lock);
+        /* While the request waits (queued, or a long prefill), an SSE comment
+         * every half idle timeout keeps the connection from counting as idle:
+         * libmicrohttpd would close it when this callback returns late. */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        uint32_t t = ss->sv->opt->timeout_s;
+        until.tv_sec += t >= 2 ? t / 2 : 1;
+        if (pthread_cond_timedwait(&j->cond, &j->lock, &until) == ETIMEDOUT) {
+            kvtc_put_bytes(&ss->out, ": waiting\n\n", 11);
+            break;
+        }
     }
     pthread_mutex_unlock(&j->lock);
     return true;
