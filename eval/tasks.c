@@ -444,11 +444,25 @@ static kvtc_status chat_frame(const tokenizer *tok, char **chat, const char **tu
     char *mark = strchr(*chat, '\x01');
     if (!mark) {
         kvtc_free(*chat);
+        *chat = NULL;
         return kvtc_fail(err, KVTC_E_FORMAT, "chat template lost the user message");
     }
     *mark = '\0';
     *turn_end = mark + 1;
     return KVTC_OK;
+}
+
+/* Starts a question context: out emptied, then the chat template's head
+ * (chat_frame's *chat, freed by the caller) as its first tokens. */
+static kvtc_status begin_context(run_state *r, haystack *out, char **chat, const char **turn_end,
+                                 kvtc_error *err)
+{
+    memset(out, 0, sizeof *out);
+    *chat = NULL;
+    kvtc_status st = chat_frame(r->tok, chat, turn_end, err);
+    if (st == KVTC_OK)
+        st = append_text(r->tok, *chat, &out->ids, &out->n, err);
+    return st;
 }
 
 /* A question's tokens: the suffix (question, end of turn, the answer's forced
@@ -474,13 +488,9 @@ static kvtc_status build_haystack(run_state *r, const int32_t *prose, uint32_t n
 {
     const eval_options *o = r->o;
     uint32_t F = o->facts_per_haystack, L = o->haystack_tokens;
-    memset(out, 0, sizeof *out);
-    char *chat = NULL;
+    char *chat;
     const char *turn_end;
-    kvtc_status st = chat_frame(r->tok, &chat, &turn_end, err);
-    if (st != KVTC_OK)
-        return st;
-    st = append_text(r->tok, chat, &out->ids, &out->n, err);
+    kvtc_status st = begin_context(r, out, &chat, &turn_end, err);
 
     /* prose start: spread over the text, then just after a line end */
     uint32_t span = n_prose > L ? n_prose - L : 0;
@@ -560,13 +570,9 @@ static kvtc_status build_kv_context(run_state *r, uint32_t k, haystack *out, kvt
 {
     const eval_options *o = r->o;
     uint32_t Q = o->kv_questions;
-    memset(out, 0, sizeof *out);
-    char *chat = NULL;
+    char *chat;
     const char *turn_end;
-    kvtc_status st = chat_frame(r->tok, &chat, &turn_end, err);
-    if (st != KVTC_OK)
-        return st;
-    st = append_text(r->tok, chat, &out->ids, &out->n, err);
+    kvtc_status st = begin_context(r, out, &chat, &turn_end, err);
     if (st == KVTC_OK)
         st = append_text(r->tok,
                          "Extract the value corresponding to the specified key in the JSON "
@@ -674,7 +680,6 @@ static bool numeric_define(const char *line, size_t len, char name[64], char val
 static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, kvtc_error *err)
 {
     const eval_options *o = r->o;
-    memset(out, 0, sizeof *out);
     corpus_doc docs[CORPUS_MAX_DOCS], code[CORPUS_MAX_DOCS];
     size_t n_docs = corpus_documents(CORPUS_EVALUATION, docs, CORPUS_MAX_DOCS), n_code = 0;
     for (size_t d = 0; d < n_docs; d++)
@@ -684,17 +689,15 @@ static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, k
         return kvtc_fail(err, KVTC_E_IO, "no evaluation C headers on this machine (%s)",
                          "/usr/include");
     const corpus_doc *doc = &code[k % n_code];
-    char *text = NULL, *chat = NULL;
-    size_t len;
+    char *text = NULL, *chat;
+    size_t len = 0;
     const char *turn_end;
-    kvtc_status st = corpus_doc_text(doc, &text, &len, err);
+    kvtc_status st = begin_context(r, out, &chat, &turn_end, err);
     if (st == KVTC_OK)
-        st = chat_frame(r->tok, &chat, &turn_end, err);
+        st = corpus_doc_text(doc, &text, &len, err);
     char intro[256];
     snprintf(intro, sizeof intro, "Here is part of the C header %s from this machine:\n\n",
              doc->name);
-    if (st == KVTC_OK)
-        st = append_text(r->tok, chat, &out->ids, &out->n, err);
     if (st == KVTC_OK)
         st = append_text(r->tok, intro, &out->ids, &out->n, err);
     /* each round starts somewhere else in the document (golden-ratio steps) */
