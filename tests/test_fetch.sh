@@ -52,6 +52,8 @@ grep -q "usage: kvtc fetch" "$work/out" || fail "fetch --help: no usage line"
 grep -q "^smollm2-135m .*$FILE" "$work/out" || fail "fetch --list: no smollm2-135m line"
 expect 2 "no model named 'nosuch'" "unknown model" -- "$KVTC" fetch nosuch
 expect 2 "at most one model" "two names" -- "$KVTC" fetch smollm2-135m smollm2-135m
+expect 2 "--list and --calibration" "--list --calibration" -- "$KVTC" fetch --list --calibration
+expect 2 "--threads" "--threads 0" -- "$KVTC" fetch --calibration --threads 0
 
 # ---- the cache folder -----------------------------------------------------------
 touch "$work/a-file"
@@ -64,6 +66,9 @@ env -u KVTC_CACHE_DIR -u HOME "$KVTC" fetch >/dev/null 2>"$work/err"
 # ---- missing and damaged copies, refused without downloading ----------------------
 export KVTC_CACHE_DIR=$work/cache
 expect 1 "$work/cache/$FILE: not found" "missing, --no-download" -- "$KVTC" fetch --no-download
+# no model, so no calibration built and nothing printed
+"$KVTC" fetch --no-download --calibration >"$work/out" 2>/dev/null
+[ $? -eq 1 ] && [ ! -s "$work/out" ] || fail "--calibration without the model: $(cat "$work/out")"
 [ ! -e "$work/cache" ] || fail "--no-download created the cache folder"
 mkdir "$work/cache"
 echo junk >"$work/cache/$FILE"

@@ -1,9 +1,11 @@
 """The examples of docs/PYTHON.md run as written, in order, in one namespace.
 The transformers example runs where its dependencies and the default model are
-(test_transformers.py needs the same), and says so where they are not."""
+(test_transformers.py needs the same), and says so where they are not; its
+`kvtc` is the CLI under test (KVTC_BIN), found first on PATH."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -12,11 +14,12 @@ from conftest import ROOT
 MODEL = Path.home() / ".cache" / "kvtc" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def test_python_md_examples(tmp_path, monkeypatch, capsys):
+def test_python_md_examples(tmp_path, monkeypatch, capsys, kvtc_bin):
     text = (ROOT / "docs" / "PYTHON.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 4
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{kvtc_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     namespace: dict = {}
     ran = 0
     for i, block in enumerate(blocks):

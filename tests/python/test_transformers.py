@@ -13,7 +13,6 @@ installed by tests/python/run.sh) and the model (make model)."""
 from __future__ import annotations
 
 import copy
-import glob
 import os
 import subprocess
 from pathlib import Path
@@ -47,17 +46,14 @@ def model_and_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def calibration(kvtc_bin, model_and_tokenizer, tmp_path_factory):
-    """The model's default calibration as `kvtc eval` and `kvtc demo` cache it
-    next to the model; made the same way with `kvtc calibrate --corpus` when
-    it has not been built on this machine yet."""
-    found = sorted(glob.glob(str(MODEL_DIR / f"{MODEL_FILE}.*.kvtcal")))
-    if found:
-        return kvtc.Calibration.read(found[-1])
-    path = tmp_path_factory.mktemp("calib") / "default.kvtcal"
-    subprocess.run([str(kvtc_bin), "calibrate", "--corpus", "-m", str(MODEL_DIR / MODEL_FILE),
-                    "-o", str(path)], check=True, capture_output=True)
-    return kvtc.Calibration.read(path)
+def calibration(kvtc_bin, model_and_tokenizer):
+    """The model's default calibration, the one `kvtc eval` and `kvtc demo` use,
+    as `kvtc fetch --calibration` finds it (or builds it, the first time on
+    this machine: minutes)."""
+    out = subprocess.run([str(kvtc_bin), "fetch", "--calibration", "--no-download"],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()
+    assert len(out) == 2 and Path(out[0]) == MODEL_DIR / MODEL_FILE, out
+    return kvtc.Calibration.read(out[1])
 
 
 def tokens_of(tok, path: str) -> torch.Tensor:
