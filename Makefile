@@ -47,7 +47,7 @@ bench: build model
 	bash bench/run.sh
 
 eval: build model
-	bash eval/run.sh
+	MODEL="$(MODEL)" bash eval/run.sh
 
 # Longer fuzzing than the test suite's (FUZZ_SECONDS per target).
 fuzz: deps

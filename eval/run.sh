@@ -11,6 +11,9 @@
 # folder (default: build); EVAL_ARGS adds or overrides options of both runs
 # (e.g. --contexts 2 for a quick look); EVAL_PARTS picks the runs (default
 # "main eviction").
+# MODEL=NAME (make eval MODEL=qwen2.5-coder-0.5b) evaluates another model
+# instead, on contexts of 4096 tokens and pass keys at 4096 and 8192 tokens:
+# see model_run below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
@@ -131,6 +134,59 @@ eviction_run() {
   rm -f "$tmp" "$tmp.body"
   echo "eval: wrote $OUT/EVICTION.md and $OUT/eviction.json in ${elapsed} s" >&2
 }
+
+# MODEL=NAME: issue #11's evaluation of another model, written to
+# docs/EVAL-NAME.md (raw: docs/eval-NAME.json and docs/eval-NAME-8k.json).
+# Two `kvtc eval` runs: every task (nll, passkey, kv, code) on contexts of
+# 4096 tokens, then the pass keys alone in haystacks of 8192 tokens; 10 cases
+# per context, 100 per retrieval task (so one case is one point). Each run's
+# results are kept in the kvtc cache folder under eval/NAME/, keyed by its
+# command and commit: after an interruption `make eval MODEL=NAME` again skips
+# the runs already done.
+model_run() {
+  local model=$1 name state
+  name="$(basename "$model" .gguf)" # a name, or a GGUF path's file name
+  state="${KVTC_CACHE_DIR:-$HOME/.cache/kvtc}/eval/$name"
+  mkdir -p "$state"
+  local methods=exact,kvtc:8,kvtc:16,kvtc:32,kvtc:64,fp8,int8,int4,kivi2,gear,h2o:8,tova:8,xkv:8
+  local -A part_args=(
+    [4k]="--tasks nll,passkey,kv,code --contexts 4 --context-tokens 4096 --continuation-tokens 512
+          --haystacks 10 --facts 10 --haystack-tokens 4096 --kv-contexts 10 --kv-tokens 4096
+          --kv-questions 10 --code-contexts 10 --code-tokens 4096 --code-questions 10"
+    [8k]="--tasks passkey --haystacks 10 --facts 10 --haystack-tokens 8192"
+  )
+  local part
+  for part in 4k 8k; do
+    # shellcheck disable=SC2206
+    local args=(--model "$model" --method "$methods" ${part_args[$part]} ${EVAL_ARGS:-})
+    local key="$commit ${args[*]}"
+    if [ -f "$state/$part.key" ] && [ "$(cat "$state/$part.key")" = "$key" ]; then
+      echo "eval: $name $part: done before ($state/$part.json), skipped" >&2
+      continue
+    fi
+    rm -f "$state/$part.key"
+    echo "eval: kvtc eval ${args[*]}" >&2
+    local start=$SECONDS
+    "$KVTC" eval "${args[@]}" --json --report "$state/$part.md" > "$state/$part.json.tmp"
+    echo $((SECONDS - start)) > "$state/$part.seconds"
+    mv "$state/$part.json.tmp" "$state/$part.json"
+    echo "$key" > "$state/$part.key"
+  done
+  cp "$state/4k.json" "$OUT/eval-$name.json"
+  cp "$state/8k.json" "$OUT/eval-$name-8k.json"
+  python3 eval/model_report.py --model "$name" --machine "$cpu, $(nproc) CPUs" \
+    --version "$("$KVTC" --version)" --commit "$commit" \
+    --run "4k:$state/4k.json:$state/4k.md:$(cat "$state/4k.seconds")" \
+    --run "8k:$state/8k.json:$state/8k.md:$(cat "$state/8k.seconds")" \
+    > "$OUT/EVAL-$name.md.tmp"
+  mv "$OUT/EVAL-$name.md.tmp" "$OUT/EVAL-$name.md"
+  echo "eval: wrote $OUT/EVAL-$name.md, $OUT/eval-$name.json and $OUT/eval-$name-8k.json" >&2
+}
+
+if [ -n "${MODEL:-}" ] && [ "$MODEL" != smollm2-135m ]; then
+  model_run "$MODEL"
+  exit 0
+fi
 
 for part in ${EVAL_PARTS:-main eviction}; do
   case "$part" in
