@@ -2,9 +2,11 @@
 # make bench: runs every benchmark of 'kvtc bench' on the default model and
 # writes docs/BENCHMARKS.md with the machine it ran on and each benchmark's
 # output exactly as printed, under the command that printed it.
-# About 50 minutes on 2 cores: bench/compare.sh builds c100641 once and runs
-# both versions' ttft benchmark side by side, and the prefill and decode speeds
-# run also on Qwen2.5-Coder-0.5B and 1.5B (plus 3-4 minutes the first time, to
+# About 60 minutes on 2 cores: bench/compare.sh builds c100641 once and runs
+# both versions' ttft benchmark side by side, the prefill and decode speeds
+# run also on Qwen2.5-Coder-0.5B and 1.5B, and the time to first token on 1.5B
+# at 4096 and 8192 tokens (about 10 minutes, one repeat: recomputing 8192
+# tokens takes 5 minutes) (plus 3-4 minutes the first time, to
 # build the default calibration, and the models' fetch). BUILD picks the build folder (default: build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,7 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "- Load average when it started (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine slows every number below)"
   echo "- Model: SmolLM2-135M-Instruct Q4_1 (the default model) with its default calibration;"
   echo "  the prefill and decode speeds also on Qwen2.5-Coder-0.5B-Instruct (AWQ, Q4_K_M)"
-  echo "  and Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)"
+  echo "  and Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), and the time to first token on the 1.5B"
   echo "  (built on first use from /usr/share/common-licenses, /usr/include and generated prose"
   echo "  with numbers: app/corpus.h);"
   echo "  contexts are text of the evaluation corpus (app/corpus.h), never calibrated on."
@@ -67,6 +69,10 @@ run() {
 run "Time to first token, 1024 tokens of context" bench ttft --context 1024 --ratio 16
 run "Time to first token, 2048 tokens of context" bench ttft --context 2048 --ratio 16
 run "Time to first token, 4096 tokens of context" bench ttft --context 4096 --ratio 16
+run "Time to first token, Qwen2.5-Coder-1.5B, 4096 tokens of context" \
+  bench ttft --model qwen2.5-coder-1.5b --context 4096 --ratio 16 --repeat 1
+run "Time to first token, Qwen2.5-Coder-1.5B, 8192 tokens of context" \
+  bench ttft --model qwen2.5-coder-1.5b --context 8192 --ratio 16 --repeat 1
 run "Codec throughput, memory per token, time against context" bench codec --context 4096
 echo "== Restore against c100641: bench/compare.sh" >&2
 start=$SECONDS
