@@ -141,8 +141,9 @@ eviction_run() {
 # 4096 tokens, then the pass keys alone in haystacks of 8192 tokens; 10 cases
 # per context, 100 per retrieval task (so one case is one point). Each run's
 # results are kept in the kvtc cache folder under eval/NAME/, keyed by its
-# command and commit: after an interruption `make eval MODEL=NAME` again skips
-# the runs already done.
+# command, with the commit it ran at: after an interruption `make eval
+# MODEL=NAME` again skips the runs already done. The report is rewritten after
+# each run, from the runs done so far.
 model_run() {
   local model=$1 name state
   name="$(basename "$model" .gguf)" # a name, or a GGUF path's file name
@@ -155,32 +156,38 @@ model_run() {
           --kv-questions 10 --code-contexts 10 --code-tokens 4096 --code-questions 10"
     [8k]="--tasks passkey --haystacks 10 --facts 10 --haystack-tokens 8192"
   )
+  local -A raw=([4k]="eval-$name.json" [8k]="eval-$name-8k.json")
   local part
   for part in 4k 8k; do
     # shellcheck disable=SC2206
     local args=(--model "$model" --method "$methods" ${part_args[$part]} ${EVAL_ARGS:-})
-    local key="$commit ${args[*]}"
-    if [ -f "$state/$part.key" ] && [ "$(cat "$state/$part.key")" = "$key" ]; then
-      echo "eval: $name $part: done before ($state/$part.json), skipped" >&2
-      continue
+    if [ -f "$state/$part.key" ] && [ "$(cat "$state/$part.key")" = "${args[*]}" ]; then
+      echo "eval: $name $part: done before, at $(cat "$state/$part.commit") ($state), skipped" >&2
+    else
+      rm -f "$state/$part.key"
+      echo "eval: kvtc eval ${args[*]}" >&2
+      local start=$SECONDS
+      "$KVTC" eval "${args[@]}" --json --report "$state/$part.md" > "$state/$part.json.tmp"
+      echo $((SECONDS - start)) > "$state/$part.seconds"
+      echo "$commit" > "$state/$part.commit"
+      mv "$state/$part.json.tmp" "$state/$part.json"
+      echo "${args[*]}" > "$state/$part.key"
     fi
-    rm -f "$state/$part.key"
-    echo "eval: kvtc eval ${args[*]}" >&2
-    local start=$SECONDS
-    "$KVTC" eval "${args[@]}" --json --report "$state/$part.md" > "$state/$part.json.tmp"
-    echo $((SECONDS - start)) > "$state/$part.seconds"
-    mv "$state/$part.json.tmp" "$state/$part.json"
-    echo "$key" > "$state/$part.key"
+    cp "$state/$part.json" "$OUT/${raw[$part]}"
+    # the report from the runs done so far; the others named as not run yet
+    local runs=() p
+    for p in 4k 8k; do
+      if [ -f "$state/$p.key" ]; then
+        runs+=(--run "$p:$state/$p.json:$state/$p.md:$(cat "$state/$p.seconds"):$(cat "$state/$p.commit")")
+      else
+        runs+=(--missing "$p")
+      fi
+    done
+    python3 eval/model_report.py --model "$name" --machine "$cpu, $(nproc) CPUs" \
+      --version "$("$KVTC" --version)" "${runs[@]}" > "$OUT/EVAL-$name.md.tmp"
+    mv "$OUT/EVAL-$name.md.tmp" "$OUT/EVAL-$name.md"
+    echo "eval: wrote $OUT/EVAL-$name.md and $OUT/${raw[$part]}" >&2
   done
-  cp "$state/4k.json" "$OUT/eval-$name.json"
-  cp "$state/8k.json" "$OUT/eval-$name-8k.json"
-  python3 eval/model_report.py --model "$name" --machine "$cpu, $(nproc) CPUs" \
-    --version "$("$KVTC" --version)" --commit "$commit" \
-    --run "4k:$state/4k.json:$state/4k.md:$(cat "$state/4k.seconds")" \
-    --run "8k:$state/8k.json:$state/8k.md:$(cat "$state/8k.seconds")" \
-    > "$OUT/EVAL-$name.md.tmp"
-  mv "$OUT/EVAL-$name.md.tmp" "$OUT/EVAL-$name.md"
-  echo "eval: wrote $OUT/EVAL-$name.md, $OUT/eval-$name.json and $OUT/eval-$name-8k.json" >&2
 }
 
 if [ -n "${MODEL:-}" ] && [ "$MODEL" != smollm2-135m ]; then
