@@ -265,27 +265,71 @@ void cli_progress_init(cli_progress_state *p)
     p->enabled = isatty(STDERR_FILENO) != 0;
     p->stage = NULL;
     p->shown_percent = -1;
+    p->shown_left = -1;
+    p->log_every = 0;
+    p->stage_start = p->last_log = 0;
+    p->stage_first = 0;
+}
+
+/* "  1h 05m left", "  12m left", or "" while no rate is known. */
+static void format_left(long minutes, char *buf, size_t cap)
+{
+    if (minutes < 0)
+        buf[0] = '\0';
+    else if (minutes >= 60)
+        snprintf(buf, cap, "  %ldh %02ldm left", minutes / 60, minutes % 60);
+    else
+        snprintf(buf, cap, "  %ldm left", minutes < 1 ? 1 : minutes);
 }
 
 void cli_progress(void *user, const char *stage, uint64_t done, uint64_t total)
 {
     cli_progress_state *p = user;
-    if (!p || !p->enabled)
+    if (!p || (!p->enabled && p->log_every <= 0))
         return;
+    double now = cli_now();
+    if (stage != p->stage) {
+        p->stage_start = p->last_log = now;
+        p->stage_first = done;
+        p->shown_left = -1;
+        p->shown_percent = -1;
+    }
     int percent = total ? (int)(done * 100 / total) : 100;
     if (percent > 100)
         percent = 100;
-    if (stage == p->stage && percent == p->shown_percent)
+    /* minutes left at the rate since the stage began here, after 5 s of it */
+    long left = -1;
+    double elapsed = now - p->stage_start;
+    if (done > p->stage_first && done < total && elapsed >= 5)
+        left = (long)(elapsed / (double)(done - p->stage_first) * (double)(total - done) / 60 +
+                      0.5);
+    char left_text[32];
+    format_left(left, left_text, sizeof left_text);
+    if (!p->enabled) {
+        /* nothing for short work: a first line after log_every, a last one
+         * when lines were printed */
+        p->stage = stage;
+        if (done < total ? now - p->last_log < p->log_every : p->shown_percent < 0)
+            return;
+        p->last_log = now;
+        p->shown_percent = percent;
+        fprintf(stderr, "%s: %llu/%llu (%d%%)%s\n", stage, (unsigned long long)done,
+                (unsigned long long)total, percent, left_text);
+        fflush(stderr);
+        return;
+    }
+    if (stage == p->stage && percent == p->shown_percent && left == p->shown_left)
         return; /* redraw only when something visible changes */
     p->stage = stage;
     p->shown_percent = percent;
+    p->shown_left = left;
     enum { WIDTH = 30 };
     char bar[WIDTH + 1];
     int filled = percent * WIDTH / 100;
     memset(bar, '#', (size_t)filled);
     memset(bar + filled, '.', (size_t)(WIDTH - filled));
     bar[WIDTH] = '\0';
-    fprintf(stderr, "\r\033[K%-12s [%s] %3d%%", stage, bar, percent);
+    fprintf(stderr, "\r\033[K%-12s [%s] %3d%%%s", stage, bar, percent, left_text);
     fflush(stderr);
     g_bar_visible = true;
 }
@@ -295,6 +339,7 @@ void cli_progress_end(cli_progress_state *p)
     clear_bar();
     p->stage = NULL;
     p->shown_percent = -1;
+    p->shown_left = -1;
 }
 
 double cli_now(void)

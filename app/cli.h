@@ -112,12 +112,20 @@ kvtc_compress_options cli_compress_options(const cli_compress_args *a);
 /* --threads N, shared with the commands that do not compress. */
 bool cli_parse_threads(const char *text, uint32_t *out);
 
-/* A progress bar on stderr, drawn only when stderr is a terminal. Pass
- * cli_progress as the kvtc_progress_fn and a cli_progress_state as its user. */
+/* A progress bar on stderr, drawn only when stderr is a terminal, with the
+ * time left once it can be estimated (from the rate since the stage's first
+ * report, so a resumed run's skipped work does not count). Pass cli_progress
+ * as the kvtc_progress_fn and a cli_progress_state as its user. Long jobs may
+ * set log_every: when stderr is not a terminal (a log file), a plain line at
+ * most every log_every seconds instead. */
 typedef struct cli_progress_state {
     bool enabled;
     const char *stage;
     int shown_percent;
+    long shown_left;        /* minutes left last drawn; -1 none */
+    double log_every;       /* seconds between log lines; 0 = no log lines */
+    double stage_start, last_log;
+    uint64_t stage_first;   /* done at the stage's first report */
 } cli_progress_state;
 
 void cli_progress_init(cli_progress_state *p);
