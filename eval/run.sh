@@ -165,11 +165,18 @@ model_run() {
       echo "eval: $name $part: done before, at $(cat "$state/$part.commit") ($state), skipped" >&2
     else
       rm -f "$state/$part.key"
+      # an interrupted run resumes from its journal (kvtc eval --journal
+      # checks that it is this run's); every commit that ran part of it is named
+      local journal="$state/$part.journal"
+      [ -f "$journal" ] || : > "$state/$part.commits"
+      grep -qx "$commit" "$state/$part.commits" || echo "$commit" >> "$state/$part.commits"
       echo "eval: kvtc eval ${args[*]}" >&2
-      local start=$SECONDS
-      "$KVTC" eval "${args[@]}" --json --report "$state/$part.md" > "$state/$part.json.tmp"
-      echo $((SECONDS - start)) > "$state/$part.seconds"
-      echo "$commit" > "$state/$part.commit"
+      "$KVTC" eval "${args[@]}" --journal "$journal" --json --report "$state/$part.md" \
+        > "$state/$part.json.tmp"
+      # the time of every run that contributed, as kvtc eval adds it up
+      python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round((r[0] if isinstance(r, list) else r)["seconds"]))' \
+        "$state/$part.json.tmp" > "$state/$part.seconds"
+      paste -sd+ "$state/$part.commits" > "$state/$part.commit"
       mv "$state/$part.json.tmp" "$state/$part.json"
       echo "${args[*]}" > "$state/$part.key"
     fi

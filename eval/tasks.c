@@ -6,6 +6,7 @@
 
 #include "attention.h"
 #include "corpus.h"
+#include "journal.h"
 #include "kvtc_internal.h"
 #include "session.h"
 #include "transform.h"
@@ -92,7 +93,31 @@ typedef struct run_state {
     float *last_attention;  /* the same layout: the last query's alone */
     float *logits;          /* [rows][vocab] */
     uint64_t done, total;   /* progress */
+    uint32_t unit, skip;    /* contexts begun so far; those the journal had finished */
+    const char *key;        /* the journal's */
+    double t0, seconds_before; /* this run's start; the time of the runs it resumes */
 } run_state;
+
+/* True when the next context was finished by an earlier run (the journal
+ * holds its results): it is skipped, its progress counted. */
+static bool already_done(run_state *r)
+{
+    if (r->unit >= r->skip)
+        return false;
+    r->unit++;
+    r->done += 1 + r->n_methods;
+    return true;
+}
+
+/* After a finished context: counted, and the journal rewritten. */
+static kvtc_status context_done(run_state *r, kvtc_error *err)
+{
+    r->unit++;
+    if (!r->o->journal)
+        return KVTC_OK;
+    r->res->seconds = r->seconds_before + now_s() - r->t0;
+    return eval_journal_save(r->o->journal, r->key, r->res, r->unit, err);
+}
 
 static void progress_step(run_state *r)
 {
@@ -270,6 +295,8 @@ static kvtc_status run_continuation(run_state *r, const corpus_chunks *chunks, k
     }
     kvtc_status st = KVTC_OK;
     for (size_t c = 0; c < chunks->n_chunks && st == KVTC_OK; c++) {
+        if (already_done(r))
+            continue;
         const int32_t *ids = chunks->chunk[c].ids;
         int genre = chunks->chunk[c].doc.genre == CORPUS_CODE ? EVAL_CODE : EVAL_PROSE;
         kvtc_cache *exact = NULL;
@@ -302,6 +329,8 @@ static kvtc_status run_continuation(run_state *r, const corpus_chunks *chunks, k
             kvtc_cache_free(treated);
         }
         kvtc_cache_free(exact);
+        if (st == KVTC_OK)
+            st = context_done(r, err);
     }
     kvtc_free(nll);
     kvtc_free(argmax);
@@ -927,6 +956,8 @@ static kvtc_status run_retrieval(run_state *r, question_task task, const int32_t
                           : task == TASK_CODE ? r->o->code_contexts
                                               : r->o->n_haystacks;
     for (uint32_t h = 0; h < n_contexts && st == KVTC_OK; h++) {
+        if (already_done(r))
+            continue;
         haystack hs;
         kvtc_cache *exact = NULL;
         st = task == TASK_KV     ? build_kv_context(r, h, &hs, err)
@@ -964,6 +995,8 @@ static kvtc_status run_retrieval(run_state *r, question_task task, const int32_t
         }
         kvtc_cache_free(exact);
         haystack_free(&hs);
+        if (st == KVTC_OK)
+            st = context_done(r, err);
     }
     return st;
 }
@@ -1002,10 +1035,24 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     out->exact_bit_identical = true;
     for (uint32_t i = 0; i < n_methods; i++)
         out->methods[i].method = methods[i];
-    double t0 = now_s();
 
     run_state r = {.m = m, .tok = tok, .cal = cal, .methods = methods, .n_methods = n_methods,
                    .o = o, .res = out};
+    char key[8192];
+    if (o->journal) {
+        eval_journal_key(o, methods, n_methods, o->journal_inputs ? o->journal_inputs : "", key,
+                         sizeof key);
+        r.key = key;
+        kvtc_status st = eval_journal_load(o->journal, key, out, &r.skip, &out->journal_other_run,
+                                           err);
+        if (st != KVTC_OK) {
+            eval_results_free(out);
+            return st;
+        }
+        out->resumed_contexts = r.skip;
+        r.seconds_before = out->seconds;
+    }
+    r.t0 = now_s();
     corpus_chunks chunks = {0};
     int32_t *prose = NULL;
     uint32_t n_prose = 0;
@@ -1053,7 +1100,7 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
         st = run_retrieval(&r, TASK_KV, NULL, 0, err);
     if (st == KVTC_OK && o->code)
         st = run_retrieval(&r, TASK_CODE, NULL, 0, err);
-    out->seconds = now_s() - t0;
+    out->seconds = r.seconds_before + now_s() - r.t0;
     kvtc_free(r.logits);
     kvtc_free(r.attention);
     kvtc_free(r.last_attention);

@@ -50,6 +50,10 @@ typedef struct eval_options {
     uint32_t n_threads;
     kvtc_progress_fn progress;     /* stage "eval": done / total work items */
     void *progress_user;
+    /* When set, a journal (journal.h) kept at this path: the run resumes
+     * after the contexts it records and rewrites it after each context.
+     * journal_inputs names the model and calibration for its key. */
+    const char *journal, *journal_inputs;
 } eval_options;
 
 /* The defaults of `kvtc eval` (a few minutes on 2 cores). */
@@ -93,7 +97,9 @@ typedef struct eval_results {
      * the numbers asked for): how well the basis and each method keep what
      * retrieval needs, against the average token. */
     double fact_energy[2], fact_outside_basis[2];
-    double seconds;
+    double seconds;              /* the runs that made these results, all together */
+    uint32_t resumed_contexts;   /* contexts taken from the journal, not run again */
+    bool journal_other_run;      /* the journal found was another run's: started over */
 } eval_results;
 
 /* Runs the enabled tasks for every method; the exact runs and prefills are

@@ -5,15 +5,19 @@
 #include "cli.h"
 #include "commands.h"
 #include "default_calib.h"
+#include "kvtc_internal.h"
 #include "methods.h"
 #include "model.h"
 #include "report.h"
 #include "tasks.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char usage[] =
     "usage: kvtc eval --method M[,M...] [options]\n"
@@ -65,18 +69,22 @@ static const char usage[] =
     "      --plot OUT.svg         chart: quality vs realized ratio, explained variance,\n"
     "                             bit allocations\n"
     "      --report OUT.md        markdown tables and verdicts\n"
+    "      --journal FILE         keep the run's progress in FILE, rewritten after each\n"
+    "                             context: run the same command again after an\n"
+    "                             interruption and it resumes where it stopped (FILE\n"
+    "                             is removed when the run completes)\n"
     "  -h, --help                 this help\n";
 
 enum {
     OPT_MODEL = 256, OPT_TASKS, OPT_CONTEXTS, OPT_CONTEXT_TOKENS, OPT_CONTINUATION, OPT_HAYSTACKS,
     OPT_FACTS, OPT_HAYSTACK_TOKENS, OPT_THREADS, OPT_JSON, OPT_PLOT, OPT_REPORT, OPT_KV_CONTEXTS,
-    OPT_KV_TOKENS, OPT_KV_QUESTIONS, OPT_CODE_CONTEXTS, OPT_CODE_TOKENS, OPT_CODE_QUESTIONS
+    OPT_KV_TOKENS, OPT_KV_QUESTIONS, OPT_CODE_CONTEXTS, OPT_CODE_TOKENS, OPT_CODE_QUESTIONS, OPT_JOURNAL
 };
 
 #define MAX_METHODS 32
 
 typedef struct eval_args {
-    const char *model, *calibration, *methods, *plot, *report;
+    const char *model, *calibration, *methods, *plot, *report, *journal;
     double ratio;
     bool json;
     eval_options opt;
@@ -149,6 +157,7 @@ static int handle_option(void *user, int opt, const char *arg)
     case OPT_JSON: a->json = true; break;
     case OPT_PLOT: a->plot = arg; break;
     case OPT_REPORT: a->report = arg; break;
+    case OPT_JOURNAL: a->journal = arg; break;
     default: return CLI_USAGE;
     }
     return ok ? CLI_OK : CLI_USAGE;
@@ -230,6 +239,19 @@ static int print_json(const eval_results *r)
     return rc;
 }
 
+/* What the journal's key says of the inputs: the model file (path, size,
+ * modification time) and the calibration's fingerprint. */
+static void journal_inputs(const char *model_path, const kvtc_calibration *cal, char *buf,
+                           size_t cap)
+{
+    struct stat sb = {0};
+    stat(model_path, &sb);
+    char fp[65];
+    kvtc_hex(kvtc_calibration_fingerprint(cal), 32, fp);
+    snprintf(buf, cap, "model %s %lld %lld|calibration %s", model_path, (long long)sb.st_size,
+             (long long)sb.st_mtime, fp);
+}
+
 /* The command line, for the report. */
 static void join_args(int argc, char **argv, char *buf, size_t cap)
 {
@@ -262,6 +284,7 @@ int cmd_eval(int argc, char **argv)
         {"json", no_argument, NULL, OPT_JSON},
         {"plot", required_argument, NULL, OPT_PLOT},
         {"report", required_argument, NULL, OPT_REPORT},
+        {"journal", required_argument, NULL, OPT_JOURNAL},
         {0},
     };
     eval_args a = {0};
@@ -314,8 +337,15 @@ int cmd_eval(int argc, char **argv)
     }
     a.opt.sinks = kvtc_calibration_sinks(cal);
     a.opt.window = kvtc_calibration_window(cal);
+    char inputs[4096 + 128];
+    if (a.journal) {
+        journal_inputs(a.model, cal, inputs, sizeof inputs);
+        a.opt.journal = a.journal;
+        a.opt.journal_inputs = inputs;
+    }
     cli_progress_state bar;
     cli_progress_init(&bar);
+    bar.log_every = 60; /* long runs go to log files */
     a.opt.progress = cli_progress;
     a.opt.progress_user = &bar;
     kvtc_status st = eval_run(m, tok, cal, methods, n_methods, &a.opt, &res, &err);
@@ -324,6 +354,11 @@ int cmd_eval(int argc, char **argv)
         cli_fail_err(NULL, &err);
         goto done;
     }
+    if (res.journal_other_run)
+        fprintf(stderr, "kvtc eval: %s was another run's journal: started over\n", a.journal);
+    if (res.resumed_contexts)
+        fprintf(stderr, "kvtc eval: resumed after %u contexts from %s\n", res.resumed_contexts,
+                a.journal);
     char command[2048];
     join_args(argc, argv, command, sizeof command);
     eval_setup setup = {a.model, a.calibration, command, &a.opt, cal};
@@ -341,6 +376,9 @@ int cmd_eval(int argc, char **argv)
         print_text(&res);
         rc = CLI_OK;
     }
+    /* complete and written: nothing left to resume */
+    if (rc == CLI_OK && a.journal && unlink(a.journal) != 0 && errno != ENOENT)
+        rc = cli_fail(a.journal, "cannot remove the finished journal: %s", strerror(errno));
 done:
     eval_results_free(&res);
     kvtc_calibration_free(cal);
