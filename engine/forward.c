@@ -74,6 +74,12 @@ void session_reset(session *s)
     s->import.active = false;
 }
 
+void session_truncate(session *s, uint32_t n)
+{
+    if (n < s->n_past)
+        s->n_past = n; /* the slots after n are overwritten by the next forward */
+}
+
 float *session_cache_layer(const session *s, kvtc_kind kind, uint32_t layer)
 {
     size_t per_layer = (size_t)kv_dim(&s->m->cfg) * s->capacity;

@@ -51,6 +51,9 @@ uint32_t session_capacity(const session *s);
 int64_t session_pos0(const session *s);
 /* Forgets every token: the next forward starts at position 0. */
 void session_reset(session *s);
+/* Keeps the first n tokens (n <= n_past) and forgets the rest: the next
+ * forward continues after token n, as if the others had never run. */
+void session_truncate(session *s, uint32_t n);
 /* Layer `layer`'s keys or values, [n_kv_head][capacity][head_dim]. */
 float *session_cache_layer(const session *s, kvtc_kind kind, uint32_t layer);
 

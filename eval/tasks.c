@@ -854,73 +854,120 @@ static bool answers(const char *text, size_t len, const char *value, bool *more)
     return outer && starts_with_value(text, len, value + 1, n - 2, more);
 }
 
-/* A text answer (a UUID, a macro's value): right when the text greedy
- * decoding writes is the value (see answers). */
-static kvtc_status text_right(run_state *r, const question *q, bool *right, kvtc_error *err)
+/* Greedy decoding after q's forced lead, at most max_steps tokens, each
+ * handed to `want`, which says whether it needs the next. The answer's own
+ * tokens are the guess: the lead's last token and the guess go through in one
+ * forward with a row of logits each, and greedy decoding reads its choices
+ * from those rows for as long as they are the guess (the same tokens in, the
+ * same choices out, up to the rounding of a batch against single tokens);
+ * from its first other choice on it decodes token by token. A right answer
+ * thus costs one forward instead of one per token. */
+typedef bool (*answer_fn)(void *user, int32_t token);
+
+static kvtc_status greedy_answer(run_state *r, const question *q, uint32_t max_steps,
+                                 answer_fn want, void *user, kvtc_error *err)
 {
     uint32_t vocab = r->m->cfg.vocab_size, lead = q->n - q->n_answer;
-    kvtc_status st = session_forward(r->s, q->ids, lead, r->logits, false, err);
-    char text[128];
-    size_t len = 0;
-    bool more = true;
-    *right = false;
-    for (uint32_t step = 0; st == KVTC_OK && more && step < q->n_answer + 4; step++) {
-        int32_t next = logits_argmax(r->logits, vocab);
-        char bytes[64];
-        size_t k = tokenizer_token_bytes(r->tok, next, bytes, sizeof bytes);
-        for (size_t i = 0; i < k && i < sizeof bytes && len + 1 < sizeof text; i++)
-            text[len++] = bytes[i];
-        *right = answers(text, len, q->value, &more);
-        if (more)
-            st = session_forward(r->s, &next, 1, r->logits, false, err);
+    uint32_t base = session_n_past(r->s); /* the context */
+    kvtc_status st = session_forward(r->s, q->ids, lead - 1, NULL, false, err);
+    if (st == KVTC_OK)
+        st = session_forward(r->s, q->ids + lead - 1, q->n_answer + 1, r->logits, true, err);
+    const float *row = r->logits; /* the choice after the lead */
+    bool on_guess = true;
+    for (uint32_t step = 0; st == KVTC_OK && step < max_steps; step++) {
+        int32_t next = logits_argmax(row, vocab);
+        if (!want(user, next) || step + 1 == max_steps)
+            break;
+        if (on_guess && step < q->n_answer && next == q->ids[lead + step]) {
+            row = r->logits + (size_t)(step + 1) * vocab; /* fed already */
+            continue;
+        }
+        if (on_guess) { /* back to the lead and the guess's tokens taken */
+            session_truncate(r->s, base + lead + step);
+            on_guess = false;
+        }
+        st = session_forward(r->s, &next, 1, r->logits, false, err);
+        row = r->logits;
     }
     return st;
 }
 
+/* A text answer (a UUID, a macro's value): right when the text greedy
+ * decoding writes is the value (see answers). */
+typedef struct text_answer {
+    run_state *r;
+    const question *q;
+    char text[128];
+    size_t len;
+    bool right;
+} text_answer;
+
+static bool text_wants(void *user, int32_t token)
+{
+    text_answer *a = user;
+    char bytes[64];
+    size_t k = tokenizer_token_bytes(a->r->tok, token, bytes, sizeof bytes);
+    for (size_t i = 0; i < k && i < sizeof bytes && a->len + 1 < sizeof a->text; i++)
+        a->text[a->len++] = bytes[i];
+    bool more;
+    a->right = answers(a->text, a->len, a->q->value, &more);
+    return more;
+}
+
+/* A number: right when the first run of digits greedy decoding writes is it. */
+typedef struct number_answer {
+    run_state *r;
+    char digits[16];
+    size_t n_digits;
+} number_answer;
+
+static bool number_wants(void *user, int32_t token)
+{
+    number_answer *a = user;
+    char bytes[64];
+    size_t k = tokenizer_token_bytes(a->r->tok, token, bytes, sizeof bytes);
+    for (size_t i = 0; i < k && i < sizeof bytes; i++) {
+        if (bytes[i] >= '0' && bytes[i] <= '9') {
+            if (a->n_digits + 1 == sizeof a->digits)
+                return false;
+            a->digits[a->n_digits++] = bytes[i];
+        } else if (a->n_digits > 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The number's or text's tokens plus a few for what the model writes around it. */
 static kvtc_status answer_right(run_state *r, const question *q, bool *right, kvtc_error *err)
 {
-    if (q->text)
-        return text_right(r, q, right, err);
-    uint32_t vocab = r->m->cfg.vocab_size;
-    uint32_t lead = q->n - q->n_answer; /* suffix tokens, forced */
-    kvtc_status st = session_forward(r->s, q->ids, lead, r->logits, false, err);
-    char digits[16];
-    size_t n_digits = 0;
-    bool done = false;
-    /* the number's tokens plus a few for what the model writes around it */
-    for (uint32_t step = 0; st == KVTC_OK && !done && step < q->n_answer + 4; step++) {
-        int32_t next = logits_argmax(r->logits, vocab);
-        char bytes[64];
-        size_t k = tokenizer_token_bytes(r->tok, next, bytes, sizeof bytes);
-        for (size_t i = 0; i < k && i < sizeof bytes && !done; i++) {
-            if (bytes[i] >= '0' && bytes[i] <= '9') {
-                if (n_digits + 1 < sizeof digits)
-                    digits[n_digits++] = bytes[i];
-                else
-                    done = true;
-            } else if (n_digits > 0) {
-                done = true;
-            }
-        }
-        if (!done && step + 1 < q->n_answer + 4)
-            st = session_forward(r->s, &next, 1, r->logits, false, err);
+    uint32_t steps = q->n_answer + 4;
+    if (q->text) {
+        text_answer a = {.r = r, .q = q};
+        kvtc_status st = greedy_answer(r, q, steps, text_wants, &a, err);
+        *right = a.right;
+        return st;
     }
-    digits[n_digits] = '\0';
-    *right = n_digits > 0 && strcmp(digits, q->value) == 0;
+    number_answer a = {.r = r};
+    kvtc_status st = greedy_answer(r, q, steps, number_wants, &a, err);
+    a.digits[a.n_digits] = '\0';
+    *right = a.n_digits > 0 && strcmp(a.digits, q->value) == 0;
     return st;
 }
 
-/* Asks every question of h on the session's cache (re-imported each time).
- * The exact run records its outcomes; a method's are paired with them. */
+/* Asks every question of h on the cache (imported once; each question is
+ * cut off again before the next). The exact run records its outcomes; a
+ * method's are paired with them. */
 static kvtc_status ask(run_state *r, haystack *h, const kvtc_cache *cache, bool exact,
                        eval_tally *t, kvtc_error *err)
 {
-    for (uint32_t i = 0; i < h->n_questions; i++) {
+    kvtc_status st = session_import_cache(r->s, cache, err);
+    uint32_t context = session_n_past(r->s);
+    for (uint32_t i = 0; i < h->n_questions && st == KVTC_OK; i++) {
         question *q = &h->q[i];
         bool right = false;
-        kvtc_status st = session_import_cache(r->s, cache, err);
-        if (st == KVTC_OK)
-            st = answer_right(r, q, &right, err);
+        session_truncate(r->s, context);
+        st = answer_right(r, q, &right, err);
         if (st != KVTC_OK)
             return st;
         t->correct += right;
@@ -930,7 +977,7 @@ static kvtc_status ask(run_state *r, haystack *h, const kvtc_cache *cache, bool 
         t->lost += q->exact_right && !right;
         t->gained += !q->exact_right && right;
     }
-    return KVTC_OK;
+    return st;
 }
 
 typedef enum question_task { TASK_PASSKEY, TASK_KV, TASK_CODE } question_task;
