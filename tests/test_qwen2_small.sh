@@ -42,7 +42,8 @@ tokens, window = int(sys.argv[5]), int(sys.argv[6])
 print(f"ratio {target:g}: realized {r['ratio']:.2f}x (file {r['file_ratio']:.2f}x), "
       f"K rel err {r['k_rel_error']:.4f} (<= {kmax}), V rel err {r['v_rel_error']:.4f} (<= {vmax}) around the mean; "
       f"over the raw energy K {r['k_rel_error_raw']:.4f}, V {r['v_rel_error_raw']:.4f}")
-ok = r["ratio"] >= target and r["k_rel_error"] <= kmax and r["v_rel_error"] <= vmax
+# the stored-bytes target is met within 3% (kvtc.h, KVTC_RATIO_STORED)
+ok = abs(r["ratio"] / target - 1) <= 0.03 and r["k_rel_error"] <= kmax and r["v_rel_error"] <= vmax
 ok = ok and r["tokens"] == tokens and r["compressed_tokens"] == tokens - 4 - window
 sys.exit(0 if ok else 1)
 PY
