@@ -156,7 +156,8 @@ kvtc_status eval_journal_load(const char *path, const char *key, eval_results *r
     if (st != KVTC_OK)
         return st;
     /* the checksum first: a damaged journal is refused before any field is trusted */
-    bool intact = len >= sizeof JOURNAL_MAGIC + 4 && !memcmp(map, JOURNAL_MAGIC, sizeof JOURNAL_MAGIC);
+    bool intact =
+        len >= sizeof JOURNAL_MAGIC + 4 && !memcmp(map, JOURNAL_MAGIC, sizeof JOURNAL_MAGIC);
     if (intact) {
         kvtc_reader tail;
         kvtc_reader_init(&tail, (const unsigned char *)map + len - 4, 4);

@@ -174,8 +174,9 @@ model_run() {
       "$KVTC" eval "${args[@]}" --journal "$journal" --json --report "$state/$part.md" \
         > "$state/$part.json.tmp"
       # the time of every run that contributed, as kvtc eval adds it up
-      python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round((r[0] if isinstance(r, list) else r)["seconds"]))' \
-        "$state/$part.json.tmp" > "$state/$part.seconds"
+      python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print(round((r[0] if isinstance(r, list) else r)["seconds"]))' "$state/$part.json.tmp" \
+        > "$state/$part.seconds"
       paste -sd+ "$state/$part.commits" > "$state/$part.commit"
       mv "$state/$part.json.tmp" "$state/$part.json"
       echo "${args[*]}" > "$state/$part.key"

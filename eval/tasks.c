@@ -861,22 +861,26 @@ static bool answers(const char *text, size_t len, const char *value, bool *more)
  * from those rows for as long as they are the guess (the same tokens in, the
  * same choices out, up to the rounding of a batch against single tokens);
  * from its first other choice on it decodes token by token. A right answer
- * thus costs one forward instead of one per token. */
-typedef bool (*answer_fn)(void *user, int32_t token);
+ * thus costs one forward instead of one per token. `want` gets each token's
+ * text. */
+typedef bool (*answer_fn)(void *user, const char *bytes, size_t n); /* a token's text */
 
 static kvtc_status greedy_answer(run_state *r, const question *q, uint32_t max_steps,
                                  answer_fn want, void *user, kvtc_error *err)
 {
     uint32_t vocab = r->m->cfg.vocab_size, lead = q->n - q->n_answer;
     uint32_t base = session_n_past(r->s); /* the context */
-    kvtc_status st = session_forward(r->s, q->ids, lead - 1, NULL, false, err);
+    kvtc_status st =
+        lead > 1 ? session_forward(r->s, q->ids, lead - 1, NULL, false, err) : KVTC_OK;
     if (st == KVTC_OK)
         st = session_forward(r->s, q->ids + lead - 1, q->n_answer + 1, r->logits, true, err);
     const float *row = r->logits; /* the choice after the lead */
     bool on_guess = true;
     for (uint32_t step = 0; st == KVTC_OK && step < max_steps; step++) {
         int32_t next = logits_argmax(row, vocab);
-        if (!want(user, next) || step + 1 == max_steps)
+        char bytes[64];
+        size_t k = tokenizer_token_bytes(r->tok, next, bytes, sizeof bytes);
+        if (!want(user, bytes, k < sizeof bytes ? k : sizeof bytes) || step + 1 == max_steps)
             break;
         if (on_guess && step < q->n_answer && next == q->ids[lead + step]) {
             row = r->logits + (size_t)(step + 1) * vocab; /* fed already */
@@ -895,19 +899,16 @@ static kvtc_status greedy_answer(run_state *r, const question *q, uint32_t max_s
 /* A text answer (a UUID, a macro's value): right when the text greedy
  * decoding writes is the value (see answers). */
 typedef struct text_answer {
-    run_state *r;
     const question *q;
     char text[128];
     size_t len;
     bool right;
 } text_answer;
 
-static bool text_wants(void *user, int32_t token)
+static bool text_wants(void *user, const char *bytes, size_t k)
 {
     text_answer *a = user;
-    char bytes[64];
-    size_t k = tokenizer_token_bytes(a->r->tok, token, bytes, sizeof bytes);
-    for (size_t i = 0; i < k && i < sizeof bytes && a->len + 1 < sizeof a->text; i++)
+    for (size_t i = 0; i < k && a->len + 1 < sizeof a->text; i++)
         a->text[a->len++] = bytes[i];
     bool more;
     a->right = answers(a->text, a->len, a->q->value, &more);
@@ -916,17 +917,14 @@ static bool text_wants(void *user, int32_t token)
 
 /* A number: right when the first run of digits greedy decoding writes is it. */
 typedef struct number_answer {
-    run_state *r;
     char digits[16];
     size_t n_digits;
 } number_answer;
 
-static bool number_wants(void *user, int32_t token)
+static bool number_wants(void *user, const char *bytes, size_t k)
 {
     number_answer *a = user;
-    char bytes[64];
-    size_t k = tokenizer_token_bytes(a->r->tok, token, bytes, sizeof bytes);
-    for (size_t i = 0; i < k && i < sizeof bytes; i++) {
+    for (size_t i = 0; i < k; i++) {
         if (bytes[i] >= '0' && bytes[i] <= '9') {
             if (a->n_digits + 1 == sizeof a->digits)
                 return false;
@@ -943,12 +941,12 @@ static kvtc_status answer_right(run_state *r, const question *q, bool *right, kv
 {
     uint32_t steps = q->n_answer + 4;
     if (q->text) {
-        text_answer a = {.r = r, .q = q};
+        text_answer a = {.q = q};
         kvtc_status st = greedy_answer(r, q, steps, text_wants, &a, err);
         *right = a.right;
         return st;
     }
-    number_answer a = {.r = r};
+    number_answer a = {0};
     kvtc_status st = greedy_answer(r, q, steps, number_wants, &a, err);
     a.digits[a.n_digits] = '\0';
     *right = a.n_digits > 0 && strcmp(a.digits, q->value) == 0;

@@ -45,7 +45,8 @@ cp "$journal" "$tmp/saved.journal"
 
 "$kvtc" "${args[@]}" --journal "$journal" > "$tmp/resumed.json" 2> "$tmp/resumed.err"
 n=$(sed -n 's/^kvtc eval: resumed after \([0-9]*\) contexts from .*/\1/p' "$tmp/resumed.err")
-[ -n "$n" ] && [ "$n" -ge 1 ] && [ "$n" -lt 5 ] || { cat "$tmp/resumed.err"; fail "did not resume"; }
+[ -n "$n" ] && [ "$n" -ge 1 ] && [ "$n" -lt 5 ] ||
+  { cat "$tmp/resumed.err"; fail "did not resume"; }
 [ ! -e "$journal" ] || fail "the journal of a completed run was left behind"
 
 python3 - "$tmp/whole.json" "$tmp/resumed.json" <<'PY'
@@ -66,7 +67,8 @@ echo "test_eval_resume: resumed after $n of 5 contexts"
 # another run's journal (another method list) is not used
 cp "$tmp/saved.journal" "$journal"
 "$kvtc" "${args[@]/exact,kvtc:16,int4/exact}" --journal "$journal" > /dev/null 2> "$tmp/other.err"
-grep -q "another run's journal: started over" "$tmp/other.err" || { cat "$tmp/other.err"; fail "another run's journal was used"; }
+grep -q "another run's journal: started over" "$tmp/other.err" ||
+  { cat "$tmp/other.err"; fail "another run's journal was used"; }
 grep -q "resumed" "$tmp/other.err" && fail "resumed from another run's journal"
 
 # a damaged journal: refused, named, left as it was
