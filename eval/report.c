@@ -177,7 +177,8 @@ static void write_setup(md *d, const eval_setup *s, const eval_results *r)
             100 * eval_tally_accuracy(&r->exact_kv));
     if (o->code)
         mdf(d, "- Code questions: %u excerpts of at least %u tokens of C headers, up to %u "
-               "numeric macros asked each, %u cases; exact model accuracy %.1f%%\n",
+               "numeric macros and struct field types asked each, %u cases; exact model "
+               "accuracy %.1f%%\n",
             r->code_contexts, o->code_tokens, o->code_questions, r->exact_code.cases,
             100 * eval_tally_accuracy(&r->exact_code));
     mdf(d, "- Wall time: %.0f s with %u threads\n\n", r->seconds, o->n_threads);
@@ -236,8 +237,8 @@ static void write_table(md *d, const eval_results *r)
     }
     task_table(d, r, "Key-value retrieval (a UUID value for its UUID key in a JSON object)",
                &r->exact_kv, offsetof(eval_method_result, kv));
-    task_table(d, r, "Code questions (the value of a macro of a real C header)", &r->exact_code,
-               offsetof(eval_method_result, code));
+    task_table(d, r, "Code questions (a macro's value, a struct field's type in a real C header)",
+               &r->exact_code, offsetof(eval_method_result, code));
     mdf(d, "\nCases lost / gained: retrieval cases the exact model answers and the method "
            "does not, and the reverse (the same questions on the same haystacks).\n");
     mdf(d, "Relative error = squared error of the restored treated tokens / their energy "

@@ -702,10 +702,87 @@ static bool numeric_define(const char *line, size_t len, char name[64], char val
     return digits;
 }
 
+/* The words of a line up to a ';' or a comment: at most `max` identifiers
+ * separated by blanks, starting at line[i]; their spans into start/end.
+ * Returns how many, 0 when anything else comes first. */
+static size_t line_words(const char *line, size_t len, size_t i, size_t max, size_t *start,
+                         size_t *end, size_t *stop)
+{
+    size_t n = 0;
+    for (;;) {
+        while (i < len && (line[i] == ' ' || line[i] == '\t'))
+            i++;
+        if (i == len || !ident_char(line[i]) || n == max)
+            break;
+        start[n] = i;
+        while (i < len && ident_char(line[i]))
+            i++;
+        end[n++] = i;
+    }
+    *stop = i;
+    return n;
+}
+
+/* "struct NAME {" opening a line (a comment after it allowed): NAME into name. */
+static bool struct_opens(const char *line, size_t len, char name[64])
+{
+    size_t start[3], end[3], stop;
+    size_t n = line_words(line, len, 0, 3, start, end, &stop);
+    if (n != 2 || end[0] - start[0] != 6 || memcmp(line + start[0], "struct", 6) != 0 ||
+        stop >= len || line[stop] != '{' || end[1] - start[1] >= 64)
+        return false;
+    memcpy(name, line + start[1], end[1] - start[1]);
+    name[end[1] - start[1]] = '\0';
+    return true;
+}
+
+/* A plain field "TYPE NAME;" of a struct (a comment after it allowed): TYPE
+ * one to three words ("__u32", "unsigned int", "struct timespec"), no pointer,
+ * array or bit-field, into type, and NAME into name. */
+static bool struct_field(const char *line, size_t len, char name[64], char type[40])
+{
+    size_t start[4], end[4], stop;
+    size_t n = line_words(line, len, 0, 4, start, end, &stop);
+    if (n < 2 || stop >= len || line[stop] != ';' || end[n - 1] - start[n - 1] >= 64 ||
+        end[n - 2] - start[0] >= 40 || (line[start[0]] >= '0' && line[start[0]] <= '9'))
+        return false;
+    static const char *const not_types[] = {"return", "typedef", "struct", "union", "enum",
+                                            "extern", "static", "const", "volatile"};
+    for (size_t w = 0; w < sizeof not_types / sizeof *not_types; w++)
+        if (end[0] - start[0] == strlen(not_types[w]) &&
+            !memcmp(line + start[0], not_types[w], end[0] - start[0]) &&
+            !(w == 2 && n == 3)) /* "struct timespec ts;" is a field */
+            return false;
+    memcpy(name, line + start[n - 1], end[n - 1] - start[n - 1]);
+    name[end[n - 1] - start[n - 1]] = '\0';
+    size_t t = 0;
+    for (size_t w = 0; w + 1 < n; w++) { /* the type's words, one space apart */
+        if (w)
+            type[t++] = ' ';
+        memcpy(type + t, line + start[w], end[w] - start[w]);
+        t += end[w] - start[w];
+    }
+    type[t] = '\0';
+    return true;
+}
+
+/* Braces of a line outside its comments: +1 for each '{', -1 for each '}'. */
+static int brace_change(const char *line, size_t len)
+{
+    int d = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (line[i] == '/' && i + 1 < len && (line[i + 1] == '/' || line[i + 1] == '*'))
+            break;
+        d += (line[i] == '{') - (line[i] == '}');
+    }
+    return d;
+}
+
 /* Code context k: a header of the evaluation corpus (documents in turn, later
  * rounds further into each), whole lines to at least code_tokens tokens; the
- * numeric macros asked sit at spread depths of the treated part, each defined
- * once in the excerpt. */
+ * things asked sit at spread depths of the treated part, each defined once in
+ * the excerpt: numeric macros (their value) and the plain fields of structs
+ * opened in the excerpt (their type). */
 static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, kvtc_error *err)
 {
     const eval_options *o = r->o;
@@ -737,16 +814,19 @@ static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, k
     uint32_t head = out->n;
     struct candidate {
         char name[64], value[40];
+        char of[64]; /* a field's struct; "" for a macro */
         uint32_t start, end;
         bool twice;
     } *cand = kvtc_calloc(4096, sizeof *cand);
     uint32_t n_cand = 0;
+    char in_struct[64] = ""; /* the struct whose own level the lines are at */
+    int braces = 0;          /* open since in_struct opened */
     if (!cand && st == KVTC_OK)
         st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory");
     while (st == KVTC_OK && pos < len && out->n - head < o->code_tokens) {
         const char *line = text + pos, *nl = memchr(line, '\n', len - pos);
         size_t line_len = nl ? (size_t)(nl - line) : len - pos;
-        char piece[1024], name[64], value[40];
+        char piece[1024], name[64], value[40], of[64] = "";
         if (line_len + 2 > sizeof piece) { /* an overlong line: skipped */
             pos += line_len + 1;
             continue;
@@ -756,9 +836,18 @@ static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, k
         piece[line_len + 1] = '\0';
         uint32_t at = out->n;
         st = append_text(r->tok, piece, &out->ids, &out->n, err);
-        if (st == KVTC_OK && numeric_define(line, line_len, name, value)) {
+        bool found = numeric_define(line, line_len, name, value);
+        if (!found && in_struct[0] && braces == 1 && struct_field(line, line_len, name, value)) {
+            snprintf(of, sizeof of, "%s", in_struct);
+            found = true;
+        }
+        if (in_struct[0] && (braces += brace_change(line, line_len)) <= 0)
+            in_struct[0] = '\0';
+        else if (!in_struct[0] && struct_opens(line, line_len, in_struct))
+            braces = 1;
+        if (st == KVTC_OK && found) {
             uint32_t i = 0;
-            while (i < n_cand && strcmp(cand[i].name, name))
+            while (i < n_cand && (strcmp(cand[i].name, name) || strcmp(cand[i].of, of)))
                 i++;
             if (i < n_cand)
                 cand[i].twice = true;
@@ -766,6 +855,7 @@ static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, k
                 cand[n_cand] = (struct candidate){.start = at, .end = out->n};
                 snprintf(cand[n_cand].name, 64, "%s", name);
                 snprintf(cand[n_cand].value, 40, "%s", value);
+                snprintf(cand[n_cand].of, 64, "%s", of);
                 n_cand++;
             }
         }
@@ -781,10 +871,18 @@ static kvtc_status build_code_context(run_state *r, uint32_t k, haystack *out, k
         if (next >= n_cand || cand[next].end > usable)
             break; /* no macro left in the treated part: fewer questions here */
         const struct candidate *c = &cand[next++];
-        char ask[160], lead[128];
-        snprintf(ask, sizeof ask, "\n\nWhat is the value of the macro %s in the header above?",
-                 c->name);
-        snprintf(lead, sizeof lead, "%s is defined as ", c->name);
+        char ask[256], lead[192];
+        if (c->of[0]) {
+            snprintf(ask, sizeof ask,
+                     "\n\nWhat is the type of the field %s of struct %s in the header above?",
+                     c->name, c->of);
+            snprintf(lead, sizeof lead, "The field %s of struct %s has the type ", c->name,
+                     c->of);
+        } else {
+            snprintf(ask, sizeof ask,
+                     "\n\nWhat is the value of the macro %s in the header above?", c->name);
+            snprintf(lead, sizeof lead, "%s is defined as ", c->name);
+        }
         out->fact_start[out->n_questions] = c->start;
         out->fact_end[out->n_questions] = c->end;
         st = make_question(r->tok, ask, turn_end, lead, c->value, c->value, true,

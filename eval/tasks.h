@@ -19,8 +19,9 @@
  *   when greedy decoding writes that UUID exactly.
  * - code questions: a real C header of the machine (evaluation corpus) as the
  *   context, questions on the numeric macros it defines ("What is the value
- *   of the macro X?"), right when greedy decoding writes the value exactly as
- *   the source does. */
+ *   of the macro X?") and on the types of its structs' plain fields ("What is
+ *   the type of the field F of struct S?"), right when greedy decoding writes
+ *   the value or type exactly as the source does. */
 #ifndef KVTC_EVAL_TASKS_H
 #define KVTC_EVAL_TASKS_H
 
@@ -45,7 +46,7 @@ typedef struct eval_options {
     uint32_t kv_questions;         /* keys asked per object, 1..10 */
     uint32_t code_contexts;        /* code questions: header excerpts */
     uint32_t code_tokens;          /* tokens of each excerpt (whole lines, at least this) */
-    uint32_t code_questions;       /* macros asked per excerpt, 1..10 */
+    uint32_t code_questions;       /* macros and fields asked per excerpt, 1..10 */
     uint32_t sinks, window;        /* never treated (the calibration's) */
     uint32_t n_threads;
     kvtc_progress_fn progress;     /* stage "eval": done / total work items */
