@@ -7,7 +7,9 @@
 # run also on Qwen2.5-Coder-0.5B and 1.5B, and the time to first token on 1.5B
 # at 4096 and 8192 tokens (about 10 minutes, one repeat: recomputing 8192
 # tokens takes 5 minutes) (plus 3-4 minutes the first time, to
-# build the default calibration, and the models' fetch). BUILD picks the build folder (default: build).
+# build the default calibration, and the models' fetch). Last, the Python
+# package's decompression from several threads (bench/python_threads.py, in the
+# test suite's environment under BUILD). BUILD picks the build folder (default: build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
@@ -19,7 +21,7 @@ if [ ! -x "$KVTC" ]; then
 fi
 
 tmp="$(mktemp)"
-trap 'rm -f "$tmp" "$tmp.section"' EXIT
+trap 'rm -f "$tmp" "$tmp.section" "$tmp.cache.safetensors" "$tmp.kvtc"' EXIT
 
 cpu="$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 mem_kb="$(grep -m1 '^MemTotal' /proc/meminfo | awk '{print $2}')"
@@ -46,24 +48,32 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "  contexts are text of the evaluation corpus (app/corpus.h), never calibrated on."
 } > "$tmp"
 
-# run TITLE ARGS...: runs kvtc ARGS, shows its output, and adds it to the report.
-run() {
-  local title="$1"
-  shift
-  echo "== $title: kvtc $*" >&2
+# section TITLE SHOWN CMD...: runs CMD, shows its output, and adds it to the
+# report under "$ SHOWN".
+section() {
+  local title="$1" shown="$2"
+  shift 2
+  echo "== $title: $shown" >&2
   local start=$SECONDS
-  "$KVTC" "$@" | tee "$tmp.section"
+  "$@" | tee "$tmp.section"
   {
     echo
     echo "## $title"
     echo
     echo '```'
-    echo "\$ kvtc $*"
+    echo "\$ $shown"
     cat "$tmp.section"
     echo '```'
     echo
     echo "($((SECONDS - start)) s)"
   } >> "$tmp"
+}
+
+# run TITLE ARGS...: a section of kvtc ARGS.
+run() {
+  local title="$1"
+  shift
+  section "$title" "kvtc $*" "$KVTC" "$@"
 }
 
 run "Time to first token, 1024 tokens of context" bench ttft --context 1024 --ratio 16
@@ -74,20 +84,8 @@ run "Time to first token, Qwen2.5-Coder-1.5B, 4096 tokens of context" \
 run "Time to first token, Qwen2.5-Coder-1.5B, 8192 tokens of context" \
   bench ttft --model qwen2.5-coder-1.5b --context 8192 --ratio 16 --repeat 1
 run "Codec throughput, memory per token, time against context" bench codec --context 4096
-echo "== Restore against c100641: bench/compare.sh" >&2
-start=$SECONDS
-BUILD="$BUILD" bench/compare.sh c100641 | tee "$tmp.section"
-{
-  echo
-  echo "## Restore of 4096 tokens against c100641 (before the tile kernels), side by side"
-  echo
-  echo '```'
-  echo "\$ bench/compare.sh c100641"
-  cat "$tmp.section"
-  echo '```'
-  echo
-  echo "($((SECONDS - start)) s)"
-} >> "$tmp"
+section "Restore of 4096 tokens against c100641 (before the tile kernels), side by side" \
+  "bench/compare.sh c100641" env BUILD="$BUILD" bench/compare.sh c100641
 run "Prefill speed and sgemm peak" bench prefill
 run "Decode speed and memory bandwidth" bench decode
 run "Prefill speed and sgemm peak, Qwen2.5-Coder-0.5B" bench prefill --model qwen2.5-coder-0.5b
@@ -98,6 +96,21 @@ run "Calibration time against calibration tokens" bench calibration --calib-chun
 run "Peak memory of compress and decompress, 4096 tokens" bench memory --context 4096
 run "Peak memory of compress and decompress, 16384 tokens" bench memory --context 16384
 run "Serving: conversations on kvtc serve, first messages of about 2K tokens" bench serve
+
+# The Python package: decompression from several Python threads at once, on a
+# real cache (2048 tokens of an evaluation text at 16x) and the default
+# calibration; the package installed in the test suite's environment.
+venv="$BUILD/python-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q -r tests/python/requirements.txt
+"$venv/bin/python" -m pip install -q .
+cal="$("$KVTC" fetch --calibration | tail -1)"
+"$KVTC" capture --text /usr/include/linux/perf_event.h --max-tokens 2048 -o "$tmp.cache.safetensors"
+"$KVTC" compress -c "$cal" --ratio 16 -o "$tmp.kvtc" "$tmp.cache.safetensors"
+section "Python: decompression from several threads at once" \
+  "python bench/python_threads.py DEFAULT_CALIBRATION perf_event.h-2048.kvtc" \
+  "$venv/bin/python" bench/python_threads.py "$cal" "$tmp.kvtc"
+rm -f "$tmp.cache.safetensors" "$tmp.kvtc"
 
 mkdir -p "$(dirname "$OUT")"
 mv "$tmp" "$OUT"
