@@ -196,10 +196,11 @@ kvtc_status eval_journal_load(const char *path, const char *key, eval_results *r
             *contexts = done;
             for (uint32_t i = 0; i < res->n_methods; i++)
                 got.methods[i].method = res->methods[i].method;
-            memcpy(res->methods, got.methods, res->n_methods * sizeof *res->methods);
+            eval_method_result *scratch = got.methods;
+            memcpy(res->methods, scratch, res->n_methods * sizeof *res->methods);
             got.methods = res->methods;
             *res = got;
-            got.methods = NULL;
+            got.methods = scratch; /* freed below */
         }
     }
     kvtc_free(got.methods);

@@ -43,7 +43,10 @@ pid=
 [ -s "$journal" ] || fail "no journal after the first context"
 cp "$journal" "$tmp/saved.journal"
 
-"$kvtc" "${args[@]}" --journal "$journal" > "$tmp/resumed.json" 2> "$tmp/resumed.err"
+if ! "$kvtc" "${args[@]}" --journal "$journal" > "$tmp/resumed.json" 2> "$tmp/resumed.err"; then
+  cat "$tmp/resumed.err"
+  fail "the resumed run failed"
+fi
 n=$(sed -n 's/^kvtc eval: resumed after \([0-9]*\) contexts from .*/\1/p' "$tmp/resumed.err")
 [ -n "$n" ] && [ "$n" -ge 1 ] && [ "$n" -lt 5 ] ||
   { cat "$tmp/resumed.err"; fail "did not resume"; }
@@ -66,7 +69,11 @@ echo "test_eval_resume: resumed after $n of 5 contexts"
 
 # another run's journal (another method list) is not used
 cp "$tmp/saved.journal" "$journal"
-"$kvtc" "${args[@]/exact,kvtc:16,int4/exact}" --journal "$journal" > /dev/null 2> "$tmp/other.err"
+if ! "$kvtc" "${args[@]/exact,kvtc:16,int4/exact}" --journal "$journal" > /dev/null \
+  2> "$tmp/other.err"; then
+  cat "$tmp/other.err"
+  fail "the run with another run's journal failed"
+fi
 grep -q "another run's journal: started over" "$tmp/other.err" ||
   { cat "$tmp/other.err"; fail "another run's journal was used"; }
 grep -q "resumed" "$tmp/other.err" && fail "resumed from another run's journal"
