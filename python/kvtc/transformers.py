@@ -1,8 +1,8 @@
 """Hugging Face transformers caches to kvtc streams and back (torch on CPU).
 
-    data = kvtc.transformers.compress_cache(calibration, outputs.past_key_values, ratio=16)
+    data = kvtc.transformers.compress_cache(calibration, outputs.cache, ratio=16)
     cache = kvtc.transformers.decompress_cache(calibration, data)   # a DynamicCache
-    model(next_ids, past_key_values=cache)                          # and generation goes on
+    model(next_ids, cache=cache)                                    # and generation goes on
 
 RoPE convention. A model converted from GGUF by transformers' loader rotates
 keys NeoX-style (pairs (x[i], x[i + d/2]), `rotate_half`): the loader undoes

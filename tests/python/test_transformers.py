@@ -67,7 +67,7 @@ def greedy(model, cache, last_id: torch.Tensor, n: int):
     """n tokens of greedy decoding after last_id (the cache grows)."""
     out, ids = [], last_id
     for _ in range(n):
-        logits = model(ids, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(ids, cache=cache, use_cache=True).logits[:, -1]
         ids = logits.argmax(-1, keepdim=True)
         out.append(int(ids))
     return out
@@ -76,14 +76,14 @@ def greedy(model, cache, last_id: torch.Tensor, n: int):
 @torch.no_grad()
 def forced_argmax(model, cache, ids: torch.Tensor):
     """Top-1 token after each of ids (teacher forcing) and the mean NLL of ids[1:]."""
-    logits = model(ids, past_key_values=cache, use_cache=True).logits[0]
+    logits = model(ids, cache=cache, use_cache=True).logits[0]
     nll = float(torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:]))
     return logits.argmax(-1).tolist(), nll
 
 
 @torch.no_grad()
 def prompt_cache(model, ids):
-    return model(ids, use_cache=True).past_key_values
+    return model(ids, use_cache=True).cache
 
 
 @pytest.mark.parametrize("text", TEXTS)
