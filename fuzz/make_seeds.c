@@ -389,12 +389,12 @@ int main(int argc, char **argv)
     }
     /* p = 16 features: a ratio above ~7 leaves a kind no coordinate at all. */
     static const stream_seed streams[] = {
-        {"seed-f32-blocks", KVTC_F32, 40, 0, 4.0, 4.0, 8, 0, 0},
-        {"seed-f16-mixed", KVTC_F16, 24, 0, 6.0, 2.0, 16, 0, 0},
-        {"seed-bf16-raw-only", KVTC_BF16, 5, 0, 3.0, 3.0, 256, 0, 0},
-        {"seed-f32-pos0", KVTC_F32, 12, 100, 5.0, 5.0, 4, 0, 0},
-        {"seed-f16-appended", KVTC_F16, 20, 0, 4.0, 6.0, 8, 10, 0},
-        {"seed-f32-escaped-v2", KVTC_F32, 32, 0, 4.0, 4.0, 8, 0, 1e30f},
+        {"seed-f32-blocks", KVTC_F32, 40, 0, 4.0, 4.0, 8, 0, 0, false},
+        {"seed-f16-mixed", KVTC_F16, 24, 0, 6.0, 2.0, 16, 0, 0, false},
+        {"seed-bf16-raw-only", KVTC_BF16, 5, 0, 3.0, 3.0, 256, 0, 0, false},
+        {"seed-f32-pos0", KVTC_F32, 12, 100, 5.0, 5.0, 4, 0, 0, false},
+        {"seed-f16-appended", KVTC_F16, 20, 0, 4.0, 6.0, 8, 10, 0, false},
+        {"seed-f32-escaped-v2", KVTC_F32, 32, 0, 4.0, 4.0, 8, 0, 1e30f, false},
         {"seed-f16-lm-v2", KVTC_F16, 40, 0, 8.0, 8.0, 8, 0, 0, true},
     };
     for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++)
