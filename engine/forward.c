@@ -55,8 +55,10 @@ void session_free(session *s)
 {
     if (!s)
         return;
-    float *bufs[] = {s->keys, s->values, s->x, s->xn, s->qkv, s->att, s->ffn, s->scores,
-                     s->rope_cos, s->rope_sin, s->panel};
+    float *bufs[] = {s->keys,     s->values,   s->x,     s->xn,
+                     s->qkv,      s->att,      s->ffn,   s->scores,
+                     s->rope_cos, s->rope_sin, s->panel, s->observe.per_thread,
+                     s->observe.head_last};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         kvtc_free(bufs[i]);
     kvtc_free(s);
@@ -254,10 +256,56 @@ typedef struct attention_job {
     uint32_t n_chunks; /* of QUERY_CHUNK queries */
 } attention_job;
 
+/* Adds a chunk's probabilities (rows of unnormalized scores over width keys,
+ * zero past each row's last visible key) to the thread's sums for head h,
+ * and keeps the batch's last row for head h. */
+static void observe_chunk(const attention_job *j, uint32_t h, uint32_t thread, uint32_t q0,
+                          uint32_t rows, const float *scores, uint32_t width, const float *sums)
+{
+    const session *s = j->s;
+    size_t per_head = s->capacity;
+    float *acc = s->observe.per_thread + ((size_t)thread * s->m->cfg.n_head + h) * per_head;
+    for (uint32_t r = 0; r < rows; r++) {
+        const float *row = scores + (size_t)r * width;
+        float inv = 1.0f / sums[r];
+        for (uint32_t t = 0; t < width; t++)
+            acc[t] += row[t] * inv;
+        if (q0 + r + 1 == j->n) {
+            float *last = s->observe.head_last + h * per_head;
+            for (uint32_t t = 0; t < width; t++)
+                last[t] = row[t] * inv;
+        }
+    }
+}
+
+/* Moves the layer's observed sums (keys [0, width)) into the caller's arrays
+ * and clears them for the next layer. */
+static void observe_layer(session *s, uint32_t layer, uint32_t width)
+{
+    const model_config *c = &s->m->cfg;
+    uint32_t group = c->n_head / c->n_kv_head, stride = s->observe.stride;
+    for (uint32_t g = 0; g < c->n_kv_head; g++) {
+        size_t at = ((size_t)layer * c->n_kv_head + g) * stride;
+        float *acc = s->observe.acc + at, *last = s->observe.last ? s->observe.last + at : NULL;
+        if (last)
+            memset(last, 0, (size_t)stride * sizeof(float));
+        for (uint32_t h = g * group; h < (g + 1) * group; h++) {
+            for (uint32_t t = 0; t < s->n_threads; t++) {
+                float *sum = s->observe.per_thread + ((size_t)t * c->n_head + h) * s->capacity;
+                for (uint32_t k = 0; k < width; k++)
+                    acc[k] += sum[k];
+                memset(sum, 0, (size_t)width * sizeof(float));
+            }
+            for (uint32_t k = 0; last && k < width; k++)
+                last[k] += s->observe.head_last[(size_t)h * s->capacity + k];
+        }
+    }
+}
+
 /* One query head over one chunk of queries: scores = scale Q K^T against
  * every key the chunk's last query may see, causal softmax left
  * unnormalized, output = scores V, then each row divided by its sum. */
-static void attend(const attention_job *j, uint32_t item, float *scores)
+static void attend(const attention_job *j, uint32_t item, uint32_t thread, float *scores)
 {
     session *s = j->s;
     const model_config *c = &s->m->cfg;
@@ -279,6 +327,8 @@ static void attend(const attention_job *j, uint32_t item, float *scores)
         sums[r] = exp_shifted(row, visible, max_of(row, visible));
         memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
     }
+    if (s->observe.acc)
+        observe_chunk(j, h, thread, q0, rows, scores, width, sums);
     matmul(rows, hd, width, scores, width, v, hd, out, ld_att);
     for (uint32_t r = 0; r < rows; r++)
         for (uint32_t d = 0; d < hd; d++)
@@ -293,7 +343,7 @@ static kvtc_status attention_worker(void *user, uint32_t t, kvtc_error *err)
     session *s = j->s;
     float *scores = s->scores + (size_t)t * QUERY_CHUNK * s->capacity;
     for (uint32_t item = t; item < s->m->cfg.n_head * j->n_chunks; item += s->n_threads)
-        attend(j, item, scores);
+        attend(j, item, t, scores);
     return KVTC_OK;
 }
 
@@ -306,7 +356,29 @@ static kvtc_status attention(session *s, uint32_t layer, uint32_t n, kvtc_error 
     openblas_set_num_threads(1);
     kvtc_status st = kvtc_parallel_for(s->n_threads, s->n_threads, attention_worker, &job, err);
     openblas_set_num_threads((int)s->n_threads);
+    if (st == KVTC_OK && s->observe.acc)
+        observe_layer(s, layer, s->n_past + n);
     return st;
+}
+
+kvtc_status session_observe_attention(session *s, float *acc, float *last, uint32_t stride,
+                                      kvtc_error *err)
+{
+    size_t per_head = (size_t)s->m->cfg.n_head * s->capacity;
+    if (acc && !s->observe.per_thread) {
+        s->observe.per_thread = kvtc_calloc((size_t)s->n_threads * per_head, sizeof(float));
+        s->observe.head_last = kvtc_calloc(per_head, sizeof(float));
+        if (!s->observe.per_thread || !s->observe.head_last) {
+            kvtc_free(s->observe.per_thread);
+            kvtc_free(s->observe.head_last);
+            s->observe.per_thread = s->observe.head_last = NULL;
+            return kvtc_fail(err, KVTC_E_NOMEM, "out of memory for attention scores");
+        }
+    }
+    s->observe.acc = acc;
+    s->observe.last = acc ? last : NULL;
+    s->observe.stride = acc ? stride : 0;
+    return KVTC_OK;
 }
 
 /* ---- one batch ------------------------------------------------------------------ */
@@ -399,6 +471,10 @@ kvtc_status session_forward(session *s, const int32_t *tokens, uint32_t n, float
         return kvtc_fail(err, KVTC_E_INVALID,
                          "context full: %u tokens held, %u more do not fit in %u", s->n_past, n,
                          s->capacity);
+    if (s->observe.acc && (s->n_past > s->observe.stride || n > s->observe.stride - s->n_past))
+        return kvtc_fail(err, KVTC_E_INVALID,
+                         "attention observed for %u slots: %u tokens held, %u more do not fit",
+                         s->observe.stride, s->n_past, n);
     for (uint32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= c->vocab_size)
             return kvtc_fail(err, KVTC_E_INVALID, "token id %d out of range [0, %u)", tokens[i],

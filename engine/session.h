@@ -28,6 +28,13 @@ typedef struct session {
     float *scores;             /* [n_threads][query chunk][capacity] */
     float *rope_cos, *rope_sin; /* [batch][rope_dims / 2] */
     float *panel;              /* [WEIGHT_PANEL_FLOATS]: dequantized weight tiles */
+    /* attention observed for eviction scores (session_observe_attention) */
+    struct {
+        float *acc, *last;     /* the caller's [n_layer][n_kv_head][stride], or NULL */
+        uint32_t stride;
+        float *per_thread;     /* [n_threads][n_head][capacity]: this layer's sums */
+        float *head_last;      /* [n_head][capacity]: this batch's last query */
+    } observe;
     /* layer-by-layer import in progress */
     struct {
         bool active;
@@ -67,6 +74,16 @@ float *session_cache_layer(const session *s, kvtc_kind kind, uint32_t layer);
  * range or the cache would overflow. */
 kvtc_status session_forward(session *s, const int32_t *tokens, uint32_t n, float *logits,
                             bool all_logits, kvtc_error *err);
+
+/* Observing attention, the scores H2O and TOVA evict by. While on, every
+ * forward adds to acc[layer][kv_head][slot] (slot < stride) the attention
+ * probability cache slot `slot` receives from each query it runs, summed over
+ * the query heads that share the KV head, and writes to last (the same
+ * layout; may be NULL) the probabilities the last query it ran gave each slot
+ * (zero past that query). The caller zeroes acc. Forwards then fail when
+ * they would fill slots at or beyond stride. acc NULL turns observing off. */
+kvtc_status session_observe_attention(session *s, float *acc, float *last, uint32_t stride,
+                                      kvtc_error *err);
 
 /* ---- KV cache hooks (kv_io.c) ------------------------------------------- */
 

@@ -82,7 +82,7 @@ main_run() {
     echo "values per token over groups of 32 channels, fp16 minimum and scale per group, the"
     echo "last 32-63 treated tokens kept in fp16 (its own window, counted). \`h2o:R\`: per"
     echo "layer and KV head, keeps the treated tokens with the most attention accumulated over"
-    echo "all queries of the context (queries recomputed exactly, see eval/attention.h), as many"
+    echo "all queries of the context (observed in its prefill, see engine/session.h), as many"
     echo "as fit the ratio with fp16 keys and values plus a 4-byte position each; the others"
     echo "are evicted; kept tokens keep their positions. \`tova:R\`: the same with one set of"
     echo "kept tokens per layer, ranked by the last query's attention summed over the layer's"

@@ -4,7 +4,6 @@
  * the model continues on it. */
 #include "tasks.h"
 
-#include "attention.h"
 #include "corpus.h"
 #include "journal.h"
 #include "kvtc_internal.h"
@@ -88,8 +87,7 @@ typedef struct run_state {
     const eval_options *o;
     eval_results *res;
     session *s;
-    attention_probe *probe; /* only when a method evicts */
-    float *attention;       /* [n_layer][n_kv_head][capacity] */
+    float *attention;       /* [n_layer][n_kv_head][context]; only when a method evicts */
     float *last_attention;  /* the same layout: the last query's alone */
     float *logits;          /* [rows][vocab] */
     uint64_t done, total;   /* progress */
@@ -242,11 +240,18 @@ static kvtc_status read_context(run_state *r, const int32_t *tokens, uint32_t n,
                                 kvtc_cache **exact, kvtc_error *err)
 {
     session_reset(r->s);
-    kvtc_status st = session_forward(r->s, tokens, n, NULL, false, err);
+    kvtc_status st = KVTC_OK;
+    if (r->attention) {
+        const model_config *c = &session_model(r->s)->cfg;
+        memset(r->attention, 0, (size_t)c->n_layer * c->n_kv_head * n * sizeof(float));
+        st = session_observe_attention(r->s, r->attention, r->last_attention, n, err);
+    }
+    if (st == KVTC_OK)
+        st = session_forward(r->s, tokens, n, NULL, false, err);
+    if (r->attention) /* the questions that follow are not part of the scores */
+        session_observe_attention(r->s, NULL, NULL, 0, err);
     if (st == KVTC_OK)
         st = session_export_cache(r->s, KVTC_F32, exact, err);
-    if (st == KVTC_OK && r->probe)
-        st = attention_accumulate(r->probe, tokens, n, r->attention, r->last_attention, err);
     if (st == KVTC_OK && r->cal && n > (uint64_t)r->o->sinks + r->o->window)
         st = add_energy(r->cal, *exact, r->o->sinks, n - r->o->window, r->res->energy,
                         r->res->outside_basis, err);
@@ -1222,10 +1227,8 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     if (st == KVTC_OK)
         st = session_create(m, capacity, o->n_threads, &r.s, err);
     if (st == KVTC_OK && needs_attention(&r)) {
-        st = attention_probe_create(m, max_context, o->n_threads, &r.probe, err);
         size_t heads = (size_t)m->cfg.n_layer * m->cfg.n_kv_head;
-        if (st == KVTC_OK &&
-            (!(r.attention = kvtc_malloc_array(heads, (size_t)max_context * sizeof(float))) ||
+        if ((!(r.attention = kvtc_malloc_array(heads, (size_t)max_context * sizeof(float))) ||
              !(r.last_attention = kvtc_malloc_array(heads, (size_t)max_context * sizeof(float)))))
             st = kvtc_fail(err, KVTC_E_NOMEM, "out of memory for attention scores");
     }
@@ -1247,7 +1250,6 @@ kvtc_status eval_run(const model *m, const tokenizer *tok, const kvtc_calibratio
     kvtc_free(r.logits);
     kvtc_free(r.attention);
     kvtc_free(r.last_attention);
-    attention_probe_free(r.probe);
     session_free(r.s);
     kvtc_free(prose);
     corpus_chunks_free(&chunks);

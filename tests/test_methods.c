@@ -3,9 +3,9 @@
  * leaves sinks and window bit-exact; exact changes nothing; h2o keeps the
  * top-scored tokens of each head and the positions of everything it keeps;
  * the attention it ranks by matches a plain reference forward pass. */
-#include "attention.h"
 #include "methods.h"
 #include "model.h"
+#include "session.h"
 #include "testutil.h"
 
 #include "kvtc_internal.h"
@@ -601,28 +601,33 @@ static void reference_attention(const model *m, const int32_t *tokens, uint32_t 
     free(x), free(xn), free(act), free(att), free(ffn), free(tmp), free(p);
 }
 
-static void check_attention_probe(void)
+/* The attention a session observes during its forwards, against the
+ * reference: the context runs in two forwards (the second after cached
+ * tokens), on two threads, so sums carry across calls and threads. */
+static void check_observed_attention(void)
 {
     char path[1024];
     if (!CHECK(test_shared_path(path, sizeof path, "models/stories260K.bin")) ||
-        !test_input_present("test_methods", "the attention probe check", path,
+        !test_input_present("test_methods", "the observed attention check", path,
                             "the shared test model"))
         return;
     model *m = NULL;
     kvtc_error err;
     if (!CHECK_OK(model_open(path, &m, NULL, &err), &err))
         return;
-    enum { N = 40 };
+    enum { N = 40, FIRST = 23 };
     int32_t tokens[N];
     for (uint32_t i = 0; i < N; i++)
         tokens[i] = (int32_t)((i * 97 + 13) % m->cfg.vocab_size);
     size_t n_acc = (size_t)m->cfg.n_layer * m->cfg.n_kv_head * N;
     float *acc = calloc(n_acc, sizeof *acc), *last = calloc(n_acc, sizeof *last);
     double *ref = calloc(n_acc, sizeof *ref), *ref_last = calloc(n_acc, sizeof *ref_last);
-    attention_probe *p = NULL;
+    session *s = NULL;
     if (CHECK(acc && last && ref && ref_last) &&
-        CHECK_OK(attention_probe_create(m, N, 2, &p, &err), &err) &&
-        CHECK_OK(attention_accumulate(p, tokens, N, acc, last, &err), &err)) {
+        CHECK_OK(session_create(m, N + 4, 2, &s, &err), &err) &&
+        CHECK_OK(session_observe_attention(s, acc, last, N, &err), &err) &&
+        CHECK_OK(session_forward(s, tokens, FIRST, NULL, false, &err), &err) &&
+        CHECK_OK(session_forward(s, tokens + FIRST, N - FIRST, NULL, false, &err), &err)) {
         reference_attention(m, tokens, N, ref, ref_last);
         double worst = 0, worst_last = 0, total = 0, total_last = 0;
         for (size_t i = 0; i < n_acc; i++) {
@@ -631,14 +636,20 @@ static void check_attention_probe(void)
             total += acc[i];
             total_last += last[i];
         }
-        CHECK_MSG(worst < 1e-3, "probe attention differs from the reference by %g", worst);
+        CHECK_MSG(worst < 1e-3, "observed attention differs from the reference by %g", worst);
         CHECK_MSG(worst_last < 1e-4, "last query's attention differs from the reference by %g",
                   worst_last);
         /* every query's probabilities sum to one */
         CHECK_NEAR(total, (double)m->cfg.n_layer * m->cfg.n_head * N, 1e-2);
         CHECK_NEAR(total_last, (double)m->cfg.n_layer * m->cfg.n_head, 1e-3);
+        /* past the observed slots a forward is refused; once off, it runs and adds nothing */
+        CHECK(session_forward(s, tokens, 1, NULL, false, &err) == KVTC_E_INVALID);
+        float before = acc[0];
+        CHECK_OK(session_observe_attention(s, NULL, NULL, 0, &err), &err);
+        CHECK_OK(session_forward(s, tokens, 1, NULL, false, &err), &err);
+        CHECK(acc[0] == before);
     }
-    attention_probe_free(p);
+    session_free(s);
     free(acc), free(last), free(ref), free(ref_last);
     model_free(m);
 }
@@ -662,7 +673,7 @@ int main(void)
     check_h2o(orig, 8, SHARED);
     check_gear_xkv(orig);
     check_kvtc(orig);
-    check_attention_probe();
+    check_observed_attention();
     kvtc_cache_free(orig);
     return test_summary("test_methods");
 }
