@@ -143,7 +143,8 @@ eviction_run() {
 # results are kept in the kvtc cache folder under eval/NAME/, keyed by its
 # command, with the commit it ran at: after an interruption `make eval
 # MODEL=NAME` again skips the runs already done. The report is rewritten after
-# each run, from the runs done so far.
+# each run, from the runs done so far. EVAL_PARTS="8k" (or "4k") runs only
+# that part.
 model_run() {
   local model=$1 name state
   name="$(basename "$model" .gguf)" # a name, or a GGUF path's file name
@@ -158,7 +159,8 @@ model_run() {
   )
   local -A raw=([4k]="eval-$name.json" [8k]="eval-$name-8k.json")
   local part
-  for part in 4k 8k; do
+  for part in ${EVAL_PARTS:-4k 8k}; do
+    [ -n "${raw[$part]:-}" ] || { echo "eval: EVAL_PARTS: no part '$part' (4k, 8k)" >&2; exit 2; }
     # shellcheck disable=SC2206
     local args=(--model "$model" --method "$methods" ${part_args[$part]} ${EVAL_ARGS:-})
     if [ -f "$state/$part.key" ] && [ "$(cat "$state/$part.key")" = "${args[*]}" ]; then
