@@ -42,10 +42,18 @@ static void detect(void)
         __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_hi) : "c"(0));
     if (f16c && (b7 & (1u << 5)) && (xcr0 & 6u) == 6u)
         detected = KVTC_KERNELS_AVX2;
+    /* AVX512F and AVX512-BF16 (leaf 7, sub-leaf 1), the OS saving the
+     * opmask and upper ZMM state too */
+    unsigned a71 = 0;
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d))
+        a71 = a;
+    if (KVTC_HAVE_AVX512BF16_INTRINSICS && detected == KVTC_KERNELS_AVX2 &&
+        (b7 & (1u << 16)) && (a71 & (1u << 5)) && (xcr0 & 0xe6u) == 0xe6u)
+        detected = KVTC_KERNELS_AVX512_BF16;
 #if defined(__linux__) && KVTC_HAVE_TILE_INTRINSICS
     /* AMX-TILE and AMX-BF16; Linux hands out the 8 KB tile state only to a
      * process that asks. */
-    if (detected == KVTC_KERNELS_AVX2 && (d7 & (1u << 24)) && (d7 & (1u << 22)) &&
+    if (detected >= KVTC_KERNELS_AVX2 && (d7 & (1u << 24)) && (d7 & (1u << 22)) &&
         syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0)
         detected = KVTC_KERNELS_AMX_BF16;
 #endif
@@ -72,8 +80,17 @@ void kvtc_kernels_limit(kvtc_kernel_level max)
 
 const char *kvtc_kernels_name(kvtc_kernel_level l)
 {
-    static const char *names[] = {"portable", "avx2", "amx-bf16"};
-    return (unsigned)l < 3 ? names[l] : "?";
+    static const char *names[] = {"portable", "avx2", "avx512-bf16", "amx-bf16"};
+    return (unsigned)l < 4 ? names[l] : "?";
+}
+
+void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
+                    uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc)
+{
+    if (kvtc_kernels_level() == KVTC_KERNELS_AMX_BF16)
+        kvtc_tile_gemm_amx(a, m, kp, b, kp_b, n, terms, bias, c, ldc);
+    else
+        kvtc_tile_gemm_avx512(a, m, kp, b, kp_b, n, terms, bias, c, ldc);
 }
 
 uint32_t kvtc_tile_depth(uint32_t k) { return (k + 31u) & ~31u; }

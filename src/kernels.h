@@ -1,7 +1,8 @@
-/* CPU kernels chosen at run time: the bf16 tile product (Intel AMX) the
- * inverse projection runs on where the CPU has it (elsewhere, or when
- * kvtc_kernels_limit turned it off, callers keep the OpenBLAS sgemm, which
- * makes its own choice among AVX-512, AVX2 and portable kernels), and AVX2
+/* CPU kernels chosen at run time: the bf16 tile product the inverse
+ * projection runs on where the CPU has bf16 dot products (Intel AMX tiles, or
+ * AVX512-BF16; elsewhere, or when kvtc_kernels_limit turned them off, callers
+ * keep the OpenBLAS sgemm, which makes its own choice among AVX-512, AVX2 and
+ * portable kernels), and AVX2
  * forms of the per-element stages (dtype conversion, RoPE) that give the
  * portable code's bytes.
  *
@@ -24,11 +25,14 @@
 #else
 #define KVTC_HAVE_TILE_INTRINSICS 0
 #endif
+/* And the AVX512-BF16 ones (the same compilers). */
+#define KVTC_HAVE_AVX512BF16_INTRINSICS KVTC_HAVE_TILE_INTRINSICS
 
 typedef enum kvtc_kernel_level {
     KVTC_KERNELS_PORTABLE = 0, /* C loops; sgemm (OpenBLAS picks its own kernels) */
     KVTC_KERNELS_AVX2 = 1,     /* AVX2 + F16C conversions and RoPE; sgemm */
-    KVTC_KERNELS_AMX_BF16 = 2  /* and bf16 tiles for the inverse projection */
+    KVTC_KERNELS_AVX512_BF16 = 2, /* and the tile product on AVX512-BF16 dot products */
+    KVTC_KERNELS_AMX_BF16 = 3  /* and on bf16 tiles */
 } kvtc_kernel_level;
 
 /* The best level this CPU and OS allow (asking Linux for the tile state
@@ -51,9 +55,17 @@ void kvtc_tile_pack_b(const float *src, size_t ldb, uint32_t n, uint32_t k, uint
 /* c[m][n] (leading dimension ldc) = bias + A B^T over the first kp columns
  * of each term (A packed with depth kp, B with depth kp_b >= kp); bias (n
  * floats, added to every row, as the accumulators' start) may be NULL; n a
- * multiple of 16. Only when kvtc_kernels_level() is KVTC_KERNELS_AMX_BF16. */
+ * multiple of 16. Only when kvtc_kernels_level() >= KVTC_KERNELS_AVX512_BF16:
+ * on the tiles at KVTC_KERNELS_AMX_BF16 (kernels_amx.c), else on AVX512-BF16
+ * (kernels_avx512.c); the two differ only in the order of float additions. */
 void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
                     uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc);
+void kvtc_tile_gemm_amx(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b,
+                        uint32_t kp_b, uint32_t n, uint32_t terms, const float *bias, float *c,
+                        size_t ldc);
+void kvtc_tile_gemm_avx512(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b,
+                           uint32_t kp_b, uint32_t n, uint32_t terms, const float *bias, float *c,
+                           size_t ldc);
 
 /* AVX2 kernels (kernels_avx2.c), only when kvtc_kernels_level() >=
  * KVTC_KERNELS_AVX2: the bytes of kvtc_f32_to_f16 / kvtc_f32_to_bf16 on each

@@ -1,6 +1,6 @@
 /* The bf16 tile product on Intel AMX (kernels.h). Compiled for any x86-64
  * target: the instructions are enabled per function and run only after
- * kvtc_kernels_level found them. Elsewhere kvtc_tile_gemm is never called. */
+ * kvtc_kernels_level found them. Elsewhere kvtc_tile_gemm_amx is never called. */
 #include "kernels.h"
 
 #include <string.h>
@@ -31,7 +31,7 @@ __attribute__((target("amx-tile"))) static void configure(uint32_t r0, uint32_t 
 }
 
 __attribute__((target("amx-tile,amx-bf16"))) void
-kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
+kvtc_tile_gemm_amx(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
                uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc)
 {
     static const float zeros[32];
@@ -92,8 +92,9 @@ kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, ui
 
 #else
 
-void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
-                    uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc)
+void kvtc_tile_gemm_amx(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b,
+                        uint32_t kp_b, uint32_t n, uint32_t terms, const float *bias, float *c,
+                        size_t ldc)
 {
     (void)a, (void)m, (void)kp, (void)b, (void)kp_b, (void)n, (void)terms, (void)bias, (void)c,
         (void)ldc;

@@ -62,7 +62,7 @@ static size_t layer_features(const kvtc_calibration *cal)
 
 bool kvtc_transform_tiles_usable(const kvtc_calibration *cal)
 {
-    return kvtc_kernels_level() == KVTC_KERNELS_AMX_BF16 && layer_features(cal) % 16 == 0;
+    return kvtc_kernels_level() >= KVTC_KERNELS_AVX512_BF16 && layer_features(cal) % 16 == 0;
 }
 
 /* The plan's relative error as the DP predicts it from the calibration's

@@ -1,4 +1,5 @@
-/* The bf16 tile kernels (src/kernels.c, src/kernels_amx.c): the product of
+/* The bf16 tile kernels (src/kernels.c, src/kernels_amx.c, src/kernels_avx512.c), on
+ * each level the CPU has: the product of
  * packed operands against a double reference for every tail of m, n and k,
  * within its bound (3 terms: 2^-15 of sum |a b|, measured about 2^-18; 1
  * term: 2^-7, measured about 2^-9); decodes on the tiles against the sgemm
@@ -6,7 +7,7 @@
  * back value by value within 2^-15 of the largest value, a 16x plan takes 1
  * term and its relative error is the sgemm decode's within 1%; every decode
  * gives the same bytes for 1, 2 and 3 threads. Skips (saying so) on a CPU
- * without AMX. */
+ * with neither AMX nor AVX512-BF16. */
 #include "codec_common.h"
 #include "kernels.h"
 #include "kvtc_internal.h"
@@ -94,9 +95,10 @@ static void check_decode(double ratio, uint32_t expect_terms)
               kvtc_plan_predicted_error(plan));
     for (uint32_t t = 0; t < 3; t++)
         tiles[t] = decode_with(cal, data, len, t + 1);
+    kvtc_kernel_level level = kvtc_kernels_level();
     kvtc_kernels_limit(KVTC_KERNELS_PORTABLE);
     plain = decode_with(cal, data, len, 2);
-    kvtc_kernels_limit(KVTC_KERNELS_AMX_BF16);
+    kvtc_kernels_limit(level);
     if (!CHECK(tiles[0] && tiles[1] && tiles[2] && plain))
         goto done;
     CHECK_MSG(test_caches_equal(tiles[0], tiles[1]) && test_caches_equal(tiles[0], tiles[2]),
@@ -189,17 +191,25 @@ int main(void)
         check_elementwise(&r);
     else
         printf("this CPU has no AVX2: the element-wise kernels are the portable ones\n");
-    if (kvtc_kernels_level() != KVTC_KERNELS_AMX_BF16)
-        test_skip("test_kernels", "this CPU (or OS) has no AMX bf16 tiles; decodes use sgemm");
-    const uint32_t ms[] = {1, 15, 16, 17, 31, 32, 33, 70};
-    const uint32_t ns[] = {16, 32, 48, 96};
+    kvtc_kernel_level best = kvtc_kernels_level();
+    if (best < KVTC_KERNELS_AVX512_BF16)
+        test_skip("test_kernels",
+                  "this CPU (or OS) has neither AMX tiles nor AVX512-BF16; decodes use sgemm");
+    /* every tail of the blocks: 16 and 32 rows (tiles), 6 (AVX-512); 16 to 80 columns */
+    const uint32_t ms[] = {1, 5, 6, 7, 15, 16, 17, 31, 32, 33, 70};
+    const uint32_t ns[] = {16, 32, 48, 64, 80, 96};
     const uint32_t ks[] = {1, 31, 32, 33, 100};
-    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
-        for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++)
-            for (size_t l = 0; l < sizeof ks / sizeof ks[0]; l++)
-                for (uint32_t terms = 1; terms <= 3; terms += 2)
-                    check_gemm(&r, ms[i], ns[j], ks[l], (uint32_t)(l % 2) * 40, terms);
-    check_decode(2, 3);
-    check_decode(16, 1);
+    for (int level = best; level >= KVTC_KERNELS_AVX512_BF16; level--) {
+        kvtc_kernels_limit((kvtc_kernel_level)level);
+        printf("tile product on %s\n", kvtc_kernels_name((kvtc_kernel_level)level));
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+            for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++)
+                for (size_t l = 0; l < sizeof ks / sizeof ks[0]; l++)
+                    for (uint32_t terms = 1; terms <= 3; terms += 2)
+                        check_gemm(&r, ms[i], ns[j], ks[l], (uint32_t)(l % 2) * 40, terms);
+        check_decode(2, 3);
+        check_decode(16, 1);
+    }
+    kvtc_kernels_limit(KVTC_KERNELS_AMX_BF16);
     return test_summary("test_kernels");
 }
