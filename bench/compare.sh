@@ -35,16 +35,29 @@ if [ ! -f "$cache/built" ]; then
   touch "$cache/built"
 fi
 
+# Each version's own default calibration: the base reads the model through a
+# link in its cache folder, where a link to this build's calibration also
+# lies; a base of the same recipe uses it, one of another builds its own
+# there (removing only the link as stale), never touching this build's.
+model="$("$NEW" fetch)"
+calib="$("$NEW" fetch --calibration | tail -n 1)"
+mkdir -p "$cache/model"
+ln -sfn "$model" "$cache/model/$(basename "$model")"
+ln -sfn "$calib" "$cache/model/$(basename "$calib")"
+old_model=(--model "$cache/model/$(basename "$model")")
+
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 args=(bench ttft --context "$CONTEXT" --ratio "$RATIO" --repeat "$REPEAT" --threads "$THREADS" --json)
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then order="old new"; else order="new old"; fi
   for v in $order; do
-    bin="$NEW"
-    [ "$v" = old ] && bin="$OLD"
     echo "compare: round $r/$ROUNDS, $v" >&2
-    "$bin" "${args[@]}" > "$out/$v.$r.json"
+    if [ "$v" = old ]; then
+      "$OLD" "${args[@]}" "${old_model[@]}" > "$out/$v.$r.json"
+    else
+      "$NEW" "${args[@]}" > "$out/$v.$r.json"
+    fi
   done
 done
 
