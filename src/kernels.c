@@ -47,7 +47,7 @@ static void detect(void)
     unsigned a71 = 0;
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d))
         a71 = a;
-    if (KVTC_HAVE_AVX512BF16_INTRINSICS && detected == KVTC_KERNELS_AVX2 &&
+    if (KVTC_HAVE_TILE_INTRINSICS && detected == KVTC_KERNELS_AVX2 &&
         (b7 & (1u << 16)) && (a71 & (1u << 5)) && (xcr0 & 0xe6u) == 0xe6u)
         detected = KVTC_KERNELS_AVX512_BF16;
 #if defined(__linux__) && KVTC_HAVE_TILE_INTRINSICS
@@ -87,10 +87,16 @@ const char *kvtc_kernels_name(kvtc_kernel_level l)
 void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
                     uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc)
 {
+#if KVTC_HAVE_TILE_INTRINSICS
     if (kvtc_kernels_level() == KVTC_KERNELS_AMX_BF16)
         kvtc_tile_gemm_amx(a, m, kp, b, kp_b, n, terms, bias, c, ldc);
     else
         kvtc_tile_gemm_avx512(a, m, kp, b, kp_b, n, terms, bias, c, ldc);
+#else
+    /* never reached: without the intrinsics the level stays below these */
+    (void)a, (void)m, (void)kp, (void)b, (void)kp_b, (void)n, (void)terms, (void)bias, (void)c,
+        (void)ldc;
+#endif
 }
 
 uint32_t kvtc_tile_depth(uint32_t k) { return (k + 31u) & ~31u; }

@@ -18,15 +18,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Whether this compiler has the AMX intrinsics (gcc 11, clang 12 on). */
+/* Whether this compiler has the AMX and AVX512-BF16 intrinsics (gcc 11, clang
+ * 12 on). */
 #if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || \
                             (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #define KVTC_HAVE_TILE_INTRINSICS 1
 #else
 #define KVTC_HAVE_TILE_INTRINSICS 0
 #endif
-/* And the AVX512-BF16 ones (the same compilers). */
-#define KVTC_HAVE_AVX512BF16_INTRINSICS KVTC_HAVE_TILE_INTRINSICS
 
 typedef enum kvtc_kernel_level {
     KVTC_KERNELS_PORTABLE = 0, /* C loops; sgemm (OpenBLAS picks its own kernels) */
@@ -60,12 +59,15 @@ void kvtc_tile_pack_b(const float *src, size_t ldb, uint32_t n, uint32_t k, uint
  * (kernels_avx512.c); the two differ only in the order of float additions. */
 void kvtc_tile_gemm(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b, uint32_t kp_b,
                     uint32_t n, uint32_t terms, const float *bias, float *c, size_t ldc);
+#if KVTC_HAVE_TILE_INTRINSICS
+/* The two forms, defined only where the compiler has their intrinsics. */
 void kvtc_tile_gemm_amx(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b,
                         uint32_t kp_b, uint32_t n, uint32_t terms, const float *bias, float *c,
                         size_t ldc);
 void kvtc_tile_gemm_avx512(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b,
                            uint32_t kp_b, uint32_t n, uint32_t terms, const float *bias, float *c,
                            size_t ldc);
+#endif
 
 /* AVX2 kernels (kernels_avx2.c), only when kvtc_kernels_level() >=
  * KVTC_KERNELS_AVX2: the bytes of kvtc_f32_to_f16 / kvtc_f32_to_bf16 on each

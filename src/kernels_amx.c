@@ -1,6 +1,6 @@
 /* The bf16 tile product on Intel AMX (kernels.h). Compiled for any x86-64
  * target: the instructions are enabled per function and run only after
- * kvtc_kernels_level found them. Elsewhere kvtc_tile_gemm_amx is never called. */
+ * kvtc_kernels_level found them; absent where the compiler lacks them (kernels.h). */
 #include "kernels.h"
 
 #include <string.h>
@@ -88,16 +88,6 @@ kvtc_tile_gemm_amx(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b
         }
     }
     _tile_release();
-}
-
-#else
-
-void kvtc_tile_gemm_amx(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b,
-                        uint32_t kp_b, uint32_t n, uint32_t terms, const float *bias, float *c,
-                        size_t ldc)
-{
-    (void)a, (void)m, (void)kp, (void)b, (void)kp_b, (void)n, (void)terms, (void)bias, (void)c,
-        (void)ldc;
 }
 
 #endif

@@ -4,12 +4,12 @@
  * what vdpbf16ps takes (lane j: columns j's pair (k, k+1)), and A's pair
  * (k, k+1) is broadcast to every lane. Compiled for any x86-64 target: the
  * instructions are enabled per function and run only after
- * kvtc_kernels_level found them. */
+ * kvtc_kernels_level found them; absent where the compiler lacks them. */
 #include "kernels.h"
 
 #include <string.h>
 
-#if KVTC_HAVE_AVX512BF16_INTRINSICS
+#if KVTC_HAVE_TILE_INTRINSICS
 #include <immintrin.h>
 
 #define TARGET __attribute__((target("avx512f,avx512bf16")))
@@ -105,16 +105,6 @@ TARGET void kvtc_tile_gemm_avx512(const uint16_t *a, uint32_t m, uint32_t kp, co
             by_tiles[tiles - 1](&p, m0, n0, rows);
         }
     }
-}
-
-#else
-
-void kvtc_tile_gemm_avx512(const uint16_t *a, uint32_t m, uint32_t kp, const uint16_t *b,
-                           uint32_t kp_b, uint32_t n, uint32_t terms, const float *bias, float *c,
-                           size_t ldc)
-{
-    (void)a, (void)m, (void)kp, (void)b, (void)kp_b, (void)n, (void)terms, (void)bias, (void)c,
-        (void)ldc;
 }
 
 #endif
